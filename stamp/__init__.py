@@ -1,0 +1,74 @@
+"""STAMP: a learnable soft attention mask fused with the logits before the softmax.
+
+Pure PyTorch; the Lightning/Hydra pipeline lives in ``tasks``.
+"""
+
+from stamp.attention import (
+    ATTENTION_BACKENDS,
+    StampAttention,
+    eager_attention,
+    flex_attention_backend,
+    fuse_logits,
+    resolve_backend,
+    sdpa_attention,
+)
+from stamp.config import (
+    AttentionConfig,
+    Backend,
+    Fusion,
+    MaskBound,
+    MaskConfig,
+    MaskType,
+    as_attention_config,
+    as_mask_config,
+)
+from stamp.layers import (
+    DropPath,
+    FeedForward,
+    StampCrossAttentionLayer,
+    StampEncoder,
+    StampEncoderLayer,
+    check_mask_backend,
+    collect_aux_loss,
+    layer_mask_kwargs,
+)
+from stamp.mask import (
+    MaskGenerator,
+    SparseMask,
+    mask_parameter_count,
+    matched_layer_count,
+    matched_linear_count,
+)
+from stamp.record import record_attention
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "AttentionConfig",
+    "Backend",
+    "DropPath",
+    "FeedForward",
+    "Fusion",
+    "MaskBound",
+    "MaskConfig",
+    "MaskGenerator",
+    "MaskType",
+    "SparseMask",
+    "StampAttention",
+    "StampCrossAttentionLayer",
+    "StampEncoder",
+    "StampEncoderLayer",
+    "as_attention_config",
+    "as_mask_config",
+    "check_mask_backend",
+    "collect_aux_loss",
+    "eager_attention",
+    "flex_attention_backend",
+    "fuse_logits",
+    "layer_mask_kwargs",
+    "mask_parameter_count",
+    "matched_layer_count",
+    "matched_linear_count",
+    "record_attention",
+    "resolve_backend",
+    "sdpa_attention",
+]

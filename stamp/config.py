@@ -1,0 +1,155 @@
+"""Typed settings of the STAMP core.
+
+The dataclasses here are plain Python (no Hydra import); ``tasks.common.schemas`` registers them
+as Hydra structured-config schemas so that an invalid value stops at start-up with the valid
+choices listed. Choices are ``str`` enums because OmegaConf validates enums (not ``Literal``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class _StrEnum(str, Enum):
+    def __str__(self) -> str:
+        return self.value
+
+
+# Built with the functional API because ``global`` is a Python keyword: OmegaConf validates an
+# enum field by member *name*, so the member must be called "global" for ``mask=global`` to
+# compose. In code, use ``MaskType.global_`` (an alias of the same member).
+MaskType = _StrEnum(
+    "MaskType",
+    [
+        ("none", "none"),  # full attention
+        ("global", "global"),  # one generator on the encoder input, shared by every layer
+        ("multilayer", "multilayer"),  # one generator per layer, on its input (paper's model)
+        ("sparse", "sparse"),  # SwinBERT's static learnable sparse mask + sparsity loss
+        ("extra_linear", "extra_linear"),  # Table 3 control: extra linear layers after attention
+        ("extra_layers", "extra_layers"),  # Table 3 control: extra transformer layers
+        ("global_", "global"),  # alias usable as an attribute
+    ],
+    module=__name__,
+)
+MaskType.__doc__ = "Which attention mask a model uses (``mask=`` in the configs)."
+
+
+class Fusion(str, Enum):
+    """How the soft mask M is fused with the attention logits, before the softmax."""
+
+    mul = "mul"  # softmax((QK^T / sqrt(d)) * M)   (paper default)
+    add = "add"  # softmax((QK^T / sqrt(d)) + M)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MaskBound(str, Enum):
+    """Optional bound on M. The paper leaves M unconstrained (``none``)."""
+
+    none = "none"
+    sigmoid = "sigmoid"  # M in (0, 1): a multiplicative mask can only damp a logit
+    softplus = "softplus"  # M > 0: never flips a logit's sign
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Backend(str, Enum):
+    """Attention implementation (``attention=`` in the configs)."""
+
+    eager = "eager"  # explicit logits; reference; can return attention probabilities
+    sdpa = "sdpa"  # torch.nn.functional.scaled_dot_product_attention (additive masks only)
+    flex = "flex"  # torch.nn.attention.flex_attention with a score_mod reading M (fused)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _choices(enum: type[Enum]) -> str:
+    return ", ".join(e.value for e in enum)
+
+
+def _as_enum(enum: type[Enum], value: object, field: str) -> Enum:
+    try:
+        return enum(value.value if isinstance(value, Enum) else value)
+    except ValueError:
+        raise ValueError(
+            f"{field}={value!r} is not valid; choose one of: {_choices(enum)}"
+        ) from None
+
+
+@dataclass
+class MaskConfig:
+    """Settings of the soft attention mask.
+
+    ``depth`` is the number of linear layers L of the generator F (1 = a single Linear(D -> N)).
+    ``hidden`` is its hidden width; ``None`` means the model width (paper).
+    The controls (``extra_linear``, ``extra_layers``) are sized to match the parameters of a
+    multi-layer STAMP of the same ``depth``.
+    """
+
+    type: MaskType = MaskType.multilayer
+    depth: int = 2
+    hidden: int | None = None
+    fusion: Fusion = Fusion.mul
+    bound: MaskBound = MaskBound.none
+    sparse_loss_weight: float = 0.5  # SwinBERT's weight of the sparsity loss (mask=sparse)
+
+    def __post_init__(self) -> None:
+        self.type = _as_enum(MaskType, self.type, "mask.type")
+        self.fusion = _as_enum(Fusion, self.fusion, "mask.fusion")
+        self.bound = _as_enum(MaskBound, self.bound, "mask.bound")
+        if not isinstance(self.depth, int) or self.depth < 1:
+            raise ValueError(f"mask.depth must be an integer >= 1, got {self.depth!r}")
+        if self.hidden is not None and self.hidden < 1:
+            raise ValueError(f"mask.hidden must be >= 1 or null (model width), got {self.hidden}")
+        if self.sparse_loss_weight < 0:
+            raise ValueError(f"mask.sparse_loss_weight must be >= 0, got {self.sparse_loss_weight}")
+
+    @property
+    def uses_generator(self) -> bool:
+        return self.type in (MaskType.global_, MaskType.multilayer)
+
+
+@dataclass
+class AttentionConfig:
+    """Settings of the attention implementation.
+
+    ``compile`` wraps the eager path in ``torch.compile`` (it trains on CPU too).
+    ``flex_cpu_training``: torch implements only flex attention's forward on CPU. ``error`` stops
+    with a message when a backward through flex is requested on CPU; ``eager`` falls back to the
+    eager path for such steps (logged once), so a CPU run can train with ``attention=flex`` and
+    still evaluate through the fused kernel.
+    """
+
+    backend: Backend = Backend.eager
+    compile: bool = False
+    flex_cpu_training: str = "error"
+
+    def __post_init__(self) -> None:
+        self.backend = _as_enum(Backend, self.backend, "attention.backend")
+        if self.flex_cpu_training not in ("error", "eager"):
+            raise ValueError(
+                "attention.flex_cpu_training must be one of: error, eager; "
+                f"got {self.flex_cpu_training!r}"
+            )
+
+
+def as_mask_config(cfg: object | None) -> MaskConfig:
+    """Accept a MaskConfig, a mapping (e.g. an OmegaConf node) or None (= mask none)."""
+    if cfg is None:
+        return MaskConfig(type=MaskType.none)
+    if isinstance(cfg, MaskConfig):
+        return cfg
+    return MaskConfig(**{k: cfg[k] for k in cfg})  # type: ignore[index]
+
+
+def as_attention_config(cfg: object | None) -> AttentionConfig:
+    """Accept an AttentionConfig, a mapping or None (= eager)."""
+    if cfg is None:
+        return AttentionConfig()
+    if isinstance(cfg, AttentionConfig):
+        return cfg
+    return AttentionConfig(**{k: cfg[k] for k in cfg})  # type: ignore[index]

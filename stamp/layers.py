@@ -1,0 +1,362 @@
+"""Transformer layers and the encoder stack shared by every task.
+
+``StampEncoder`` implements every ``mask=`` mode of the paper:
+
+* ``none``         full attention;
+* ``global``       one generator computed once from the encoder input, M shared by all layers;
+* ``multilayer``   one generator per layer, computed from that layer's input (paper's model);
+* ``sparse``       SwinBERT's static learnable mask (additive bias) + its sparsity loss;
+* ``extra_linear`` control: extra Linear(D, D) layers after each attention module;
+* ``extra_layers`` control: extra transformer layers;
+
+the controls sized to the parameter count of a multi-layer STAMP of the same ``mask.depth``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from stamp.attention import SDPA_MUL_ERROR, StampAttention
+from stamp.config import (
+    AttentionConfig,
+    Backend,
+    Fusion,
+    MaskConfig,
+    MaskType,
+    as_attention_config,
+    as_mask_config,
+)
+from stamp.mask import (
+    MaskGenerator,
+    SparseMask,
+    matched_layer_count,
+    matched_linear_count,
+    mlp_stack,
+)
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "prelu": nn.PReLU,
+    "glu": lambda: nn.GLU(),
+}
+
+
+def check_mask_backend(mask: MaskConfig, attention: AttentionConfig) -> None:
+    """Stop at construction when the backend cannot run the mask (SDPA x multiplicative M)."""
+    if attention.backend is Backend.sdpa and mask.uses_generator and mask.fusion is Fusion.mul:
+        raise ValueError(SDPA_MUL_ERROR)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (Huang et al., 2016)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return x * x.new_empty(shape).bernoulli_(keep) / keep
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = ACTIVATIONS[activation]()
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class _Residual(nn.Module):
+    """attention/FFN sub-block with pre- or post-norm residual."""
+
+    def __init__(self, dim: int, norm_first: bool, norm_eps: float, dropout: float, drop_path: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm_first = norm_first
+        self.drop = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def __call__(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
+        if self.norm_first:
+            return x + self.drop_path(self.drop(fn(self.norm(x))))
+        return self.norm(x + self.drop_path(self.drop(fn(x))))
+
+
+class StampEncoderLayer(nn.Module):
+    """Self-attention + FFN. Takes M from outside (global) or from its own generator (multilayer).
+
+    With ``own_generator`` the layer computes M from its input (before any norm, so the
+    generator sees the layer input as in the paper's formula). ``extra_linear`` > 0 adds that
+    many Linear(D, D) after the attention (the +Linear control).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int | None = None,
+        *,
+        mask: MaskConfig | None = None,
+        attention: AttentionConfig | None = None,
+        n_max: int | None = None,
+        own_generator: bool = False,
+        extra_linear: int = 0,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = False,
+        norm_eps: float = 1e-5,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        mask = as_mask_config(mask)
+        attention = as_attention_config(attention)
+        self.attn = StampAttention(
+            dim,
+            num_heads,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_dropout,
+            fusion=mask.fusion,
+            attention=attention,
+        )
+        self.mask_generator: MaskGenerator | None = None
+        if own_generator:
+            if n_max is None:
+                raise ValueError("a layer with its own mask generator needs n_max")
+            self.mask_generator = MaskGenerator(dim, n_max, mask.depth, mask.hidden, mask.bound)
+        self.extra: nn.Module | None = None
+        if extra_linear > 0:
+            self.extra = mlp_stack(dim, extra_linear)
+            self.extra.is_mask_control = True  # type: ignore[attr-defined]
+        self.attn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
+        self.ffn = FeedForward(dim, ffn_dim or 4 * dim, dropout, activation)
+        self.ffn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        pos: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        mask: Tensor | None = None,
+        attn_bias: Tensor | None = None,
+    ) -> Tensor:
+        if self.mask_generator is not None:
+            mask = self.mask_generator(x)
+
+        def attend(h: Tensor) -> Tensor:
+            out = self.attn(
+                h, mask=mask, key_padding_mask=key_padding_mask, attn_bias=attn_bias, pos=pos
+            )
+            return out if self.extra is None else self.extra(out)
+
+        x = self.attn_block(x, attend)
+        return self.ffn_block(x, self.ffn)
+
+
+class StampCrossAttentionLayer(nn.Module):
+    """Cross-attention + FFN: queries attend to a context (e.g. video clips to text tokens).
+
+    M is (B, Nq, Nk), generated from the query-side tokens; its generator's last layer is
+    Linear(D -> n_max_keys).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int | None = None,
+        *,
+        context_dim: int | None = None,
+        mask: MaskConfig | None = None,
+        attention: AttentionConfig | None = None,
+        n_max_keys: int | None = None,
+        own_generator: bool = False,
+        extra_linear: int = 0,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = False,
+        norm_eps: float = 1e-5,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        mask = as_mask_config(mask)
+        attention = as_attention_config(attention)
+        self.attn = StampAttention(
+            dim,
+            num_heads,
+            context_dim=context_dim or dim,
+            attn_drop=attn_dropout,
+            fusion=mask.fusion,
+            attention=attention,
+        )
+        self.mask_generator: MaskGenerator | None = None
+        if own_generator:
+            if n_max_keys is None:
+                raise ValueError("a cross-attention layer with a mask generator needs n_max_keys")
+            self.mask_generator = MaskGenerator(
+                dim, n_max_keys, mask.depth, mask.hidden, mask.bound
+            )
+        self.extra: nn.Module | None = None
+        if extra_linear > 0:
+            self.extra = mlp_stack(dim, extra_linear)
+            self.extra.is_mask_control = True  # type: ignore[attr-defined]
+        self.attn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
+        self.ffn = FeedForward(dim, ffn_dim or 4 * dim, dropout, activation)
+        self.ffn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        *,
+        pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
+        context_padding_mask: Tensor | None = None,
+        mask: Tensor | None = None,
+        attn_bias: Tensor | None = None,
+    ) -> Tensor:
+        if self.mask_generator is not None:
+            mask = self.mask_generator(x, n_keys=context.shape[1])
+
+        def attend(h: Tensor) -> Tensor:
+            out = self.attn(
+                h,
+                context,
+                mask=mask,
+                key_padding_mask=context_padding_mask,
+                attn_bias=attn_bias,
+                pos=pos,
+                context_pos=context_pos,
+            )
+            return out if self.extra is None else self.extra(out)
+
+        x = self.attn_block(x, attend)
+        return self.ffn_block(x, self.ffn)
+
+
+def layer_mask_kwargs(mask: MaskConfig, dim: int, n_max: int) -> dict:
+    """Per-layer keyword arguments that a mask mode asks of a layer (generator / +Linear)."""
+    if mask.type is MaskType.multilayer:
+        return {"own_generator": True}
+    if mask.type is MaskType.extra_linear:
+        return {"extra_linear": matched_linear_count(dim, n_max, mask.depth, mask.hidden)}
+    return {}
+
+
+class StampEncoder(nn.Module):
+    """A stack of ``StampEncoderLayer`` with the mask mode of ``mask.type``.
+
+    ``n_max`` is the longest token sequence the encoder accepts (the generators' output width).
+    ``aux_loss()`` returns the weighted sparsity loss for ``mask=sparse`` (zero otherwise).
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int | None = None,
+        *,
+        n_max: int,
+        mask: MaskConfig | None = None,
+        attention: AttentionConfig | None = None,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = False,
+        norm_eps: float = 1e-5,
+        final_norm: bool = False,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.mask_cfg = mask = as_mask_config(mask)
+        attention = as_attention_config(attention)
+        check_mask_backend(mask, attention)
+        self.n_max = n_max
+        layer_kwargs = dict(
+            mask=mask,
+            attention=attention,
+            n_max=n_max,
+            dropout=dropout,
+            attn_dropout=attn_dropout,
+            activation=activation,
+            norm_first=norm_first,
+            norm_eps=norm_eps,
+        )
+        per_layer = layer_mask_kwargs(mask, dim, n_max)
+
+        def make_layer(i: int, total: int, **extra) -> StampEncoderLayer:
+            dp = drop_path * i / max(1, total - 1)
+            return StampEncoderLayer(dim, num_heads, ffn_dim, drop_path=dp, **layer_kwargs, **extra)
+
+        self.num_extra_layers = 0
+        if mask.type is MaskType.extra_layers:
+            reference = MaskGenerator.num_parameters(dim, n_max, mask.depth, mask.hidden)
+            probe = make_layer(0, 1)
+            layer_params = sum(p.numel() for p in probe.parameters())
+            self.num_extra_layers = matched_layer_count(num_layers * reference, layer_params)
+        total = num_layers + self.num_extra_layers
+        self.layers = nn.ModuleList(
+            [make_layer(i, total, **per_layer) for i in range(num_layers)]
+        )
+        for i in range(num_layers, total):
+            layer = make_layer(i, total)
+            layer.is_mask_control = True  # type: ignore[attr-defined]
+            self.layers.append(layer)
+
+        self.mask_generator: MaskGenerator | None = None
+        if mask.type is MaskType.global_:
+            self.mask_generator = MaskGenerator(dim, n_max, mask.depth, mask.hidden, mask.bound)
+        self.sparse_mask: SparseMask | None = None
+        if mask.type is MaskType.sparse:
+            self.sparse_mask = SparseMask(n_max)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if final_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        pos: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        attn_bias: Tensor | None = None,
+    ) -> Tensor:
+        shared_mask = self.mask_generator(x) if self.mask_generator is not None else None
+        if self.sparse_mask is not None:
+            sparse_bias = self.sparse_mask(x.shape[1]).to(x.dtype)
+            attn_bias = sparse_bias if attn_bias is None else attn_bias + sparse_bias
+        for layer in self.layers:
+            x = layer(
+                x, pos=pos, key_padding_mask=key_padding_mask, mask=shared_mask, attn_bias=attn_bias
+            )
+        return self.norm(x)
+
+    def aux_loss(self) -> Tensor:
+        if self.sparse_mask is None:
+            return torch.zeros(())
+        return self.mask_cfg.sparse_loss_weight * self.sparse_mask.sparsity_loss()
+
+
+def collect_aux_loss(model: nn.Module) -> Tensor | None:
+    """Sum of ``aux_loss()`` over every sub-module that defines one (None if none does)."""
+    losses = [m.aux_loss() for m in model.modules() if hasattr(m, "aux_loss")]
+    losses = [loss for loss in losses if loss is not None]
+    if not losses:
+        return None
+    return torch.stack([loss.to(losses[0].device) for loss in losses]).sum()

@@ -1,0 +1,137 @@
+"""Mask modules: the STAMP generator, SwinBERT's static sparse mask, and the parameter counts
+of the Table 3 controls."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stamp.config import MaskBound
+
+
+class MaskGenerator(nn.Module):
+    """F: tokens X (B, Nq, D) -> soft mask M (B, Nq, Nk).
+
+    ``depth`` linear layers with ReLU between them (depth 1 = a single Linear(D -> n_max)). The
+    last layer has ``n_max`` outputs, one per key position of the longest context the model
+    accepts; a batch with ``n_keys`` keys uses the first ``n_keys`` columns.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_max: int,
+        depth: int = 2,
+        hidden: int | None = None,
+        bound: MaskBound | str = MaskBound.none,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"MaskGenerator depth must be >= 1, got {depth}")
+        if n_max < 1:
+            raise ValueError(f"MaskGenerator n_max must be >= 1, got {n_max}")
+        hidden = hidden or dim
+        self.n_max, self.depth, self.bound = n_max, depth, MaskBound(bound)
+        layers: list[nn.Module] = []
+        width = dim
+        for _ in range(depth - 1):
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.hidden = nn.Sequential(*layers)
+        self.out = nn.Linear(width, n_max)
+
+    @staticmethod
+    def num_parameters(dim: int, n_max: int, depth: int, hidden: int | None = None) -> int:
+        """Closed form of the generator's parameter count."""
+        h = hidden or dim
+        if depth == 1:
+            return dim * n_max + n_max
+        return (dim * h + h) + (depth - 2) * (h * h + h) + (h * n_max + n_max)
+
+    def forward(self, x: Tensor, n_keys: int | None = None) -> Tensor:
+        n_keys = x.shape[1] if n_keys is None else n_keys
+        if n_keys > self.n_max:
+            raise ValueError(
+                f"STAMP mask generator: the batch has {n_keys} key tokens but the generator was "
+                f"built for n_max={self.n_max}. Raise the model's maximum context length "
+                "(the task's max length setting) or shorten the inputs; STAMP never truncates."
+            )
+        h = self.hidden(x)
+        # only the first n_keys output columns are computed (same values as slicing M)
+        m = F.linear(h, self.out.weight[:n_keys], self.out.bias[:n_keys])
+        if self.bound is MaskBound.sigmoid:
+            m = torch.sigmoid(m)
+        elif self.bound is MaskBound.softplus:
+            m = F.softplus(m)
+        return m
+
+
+class SparseMask(nn.Module):
+    """SwinBERT's learnable sparse attention mask (Lin et al., 2022).
+
+    A static parameter W (n_max x n_max); A = sigmoid(W) with the diagonal forced to 1; the
+    attention receives the additive bias -1e4 * (1 - A) (BERT's extended-mask convention) over
+    the block it masks. The sparsity loss is mean |A| with the diagonal zeroed (SwinBERT's
+    ``get_loss_sparsity``: the mean runs over all n_max^2 entries).
+    """
+
+    NEG = -1e4
+
+    def __init__(self, n_max: int, init_std: float = 1.0) -> None:
+        super().__init__()
+        self.n_max = n_max
+        # SwinBERT stores W in an nn.Embedding(n_max * n_max, 1), which initialises N(0, 1).
+        self.weight = nn.Parameter(torch.randn(n_max, n_max) * init_std)
+
+    def probabilities(self, n: int | None = None) -> Tensor:
+        n = self.n_max if n is None else n
+        if n > self.n_max:
+            raise ValueError(
+                f"sparse mask: the batch has {n} tokens but the mask was built for "
+                f"n_max={self.n_max}"
+            )
+        a = torch.sigmoid(self.weight[:n, :n])
+        eye = torch.eye(n, device=a.device, dtype=a.dtype)
+        return eye + (1.0 - eye) * a
+
+    def forward(self, n: int | None = None) -> Tensor:
+        """Additive bias (n, n) to add to the logits of the masked block."""
+        return self.NEG * (1.0 - self.probabilities(n))
+
+    def sparsity_loss(self) -> Tensor:
+        a = torch.sigmoid(self.weight)
+        eye = torch.eye(self.n_max, device=a.device, dtype=a.dtype)
+        return ((1.0 - eye) * a).abs().mean()
+
+
+def mlp_stack(dim: int, num_linear: int) -> nn.Sequential:
+    """``num_linear`` Linear(D, D) layers with ReLU between them (the +Linear control)."""
+    layers: list[nn.Module] = []
+    for i in range(num_linear):
+        layers.append(nn.Linear(dim, dim))
+        if i < num_linear - 1:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def matched_linear_count(dim: int, n_max: int, depth: int, hidden: int | None = None) -> int:
+    """How many Linear(D, D) after one attention module match one generator's parameters."""
+    per_linear = dim * dim + dim
+    return max(1, round(MaskGenerator.num_parameters(dim, n_max, depth, hidden) / per_linear))
+
+
+def matched_layer_count(stamp_params: int, layer_params: int) -> int:
+    """How many extra transformer layers match a multi-layer STAMP's generator parameters."""
+    return max(1, round(stamp_params / layer_params))
+
+
+def mask_parameter_count(model: nn.Module) -> int:
+    """Parameters that belong to masks or mask controls (generators, sparse masks, +Linear)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, (MaskGenerator, SparseMask)):
+            total += sum(p.numel() for p in module.parameters())
+        elif getattr(module, "is_mask_control", False):
+            total += sum(p.numel() for p in module.parameters())
+    return total

@@ -1,0 +1,45 @@
+"""Collect attention probabilities and masks from every ``StampAttention`` of a model.
+
+    with record_attention(model) as records:
+        model(batch)
+    records[0]["attn"]  # (B, H, Nq, Nk) probabilities of the first attention module called
+
+Recording routes the recorded modules through the eager path (the only one that materialises
+probabilities); outputs are unchanged up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from stamp.attention import StampAttention
+
+
+@contextmanager
+def record_attention(model: nn.Module) -> Iterator[list[dict]]:
+    modules = [(name, m) for name, m in model.named_modules() if isinstance(m, StampAttention)]
+    records: list[dict] = []
+    hooks = []
+
+    def hook(name):
+        def _hook(module, args, output):
+            if module.recorded is not None:
+                records.append({"name": name, **module.recorded})
+                module.recorded = None
+
+        return _hook
+
+    for name, m in modules:
+        m.record = True
+        hooks.append(m.register_forward_hook(hook(name)))
+    try:
+        yield records
+    finally:
+        for h in hooks:
+            h.remove()
+        for _, m in modules:
+            m.record = False
+            m.recorded = None

@@ -1,0 +1,296 @@
+"""train(cfg) / evaluate(cfg): config -> datamodule -> model -> LightningModule -> metrics.
+
+Every run writes ``results.json`` into its run directory (status, task, mask, backend, seed,
+experiment / table / row tags, parameter counts, final and best metrics, the resolved config);
+``scripts/make_tables.py`` and the multirun summary read these files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from stamp import check_mask_backend
+from stamp.config import AttentionConfig, Backend, MaskConfig
+from tasks.common.module import parameter_counts
+
+log = logging.getLogger(__name__)
+
+from tasks.common.results import RESULTS_FILE
+
+
+def core_configs(cfg: DictConfig) -> tuple[MaskConfig, AttentionConfig]:
+    """Validate the mask / attention settings (runs the dataclasses' ``__post_init__``)."""
+    mask = OmegaConf.to_object(cfg.mask)
+    attention = OmegaConf.to_object(cfg.attention)
+    if not isinstance(mask, MaskConfig):  # configs built without the schema (plain dicts)
+        mask = MaskConfig(**mask)
+    if not isinstance(attention, AttentionConfig):
+        attention = AttentionConfig(**attention)
+    check_mask_backend(mask, attention)
+    return mask, attention
+
+
+def check_startup(cfg: DictConfig, attention: AttentionConfig, training: bool) -> None:
+    """Fail in the first seconds, not after data loading, on combinations that cannot run."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if (
+        training
+        and attention.backend is Backend.flex
+        and on_cpu
+        and attention.flex_cpu_training == "error"
+    ):
+        from stamp.attention import FLEX_CPU_BACKWARD_ERROR
+
+        raise RuntimeError(FLEX_CPU_BACKWARD_ERROR)
+
+
+def run_dir() -> Path:
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # composed without @hydra.main (tests): use paths.output_dir
+        return Path(os.getcwd())
+
+
+def is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def build(cfg: DictConfig, mask: MaskConfig, attention: AttentionConfig):
+    datamodule = instantiate(cfg.data)
+    net = instantiate(cfg.model, mask=mask, attention=attention)
+    module = instantiate(cfg.module, net=net)
+    return datamodule, net, module
+
+
+def build_loggers(cfg: DictConfig, out_dir: Path) -> list:
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None or "_target_" not in logger_cfg:
+            continue
+        kwargs = {}
+        if "Wandb" in logger_cfg._target_:
+            if logger_cfg.get("offline", True):
+                os.environ.setdefault("WANDB_MODE", "offline")
+            os.environ.setdefault("WANDB_SILENT", "true")
+            if logger_cfg.get("group") is None and is_multirun():
+                kwargs["group"] = Path(HydraConfig.get().sweep.dir).name
+        loggers.append(instantiate(logger_cfg, **kwargs))
+        log.info("logger %s -> %s", name, logger_cfg._target_)
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    callbacks = []
+    for cb_cfg in (cfg.get("callbacks") or {}).values():
+        if cb_cfg is not None and "_target_" in cb_cfg:
+            callbacks.append(instantiate(cb_cfg))
+    return callbacks
+
+
+def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path) -> str | None:
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            raise FileNotFoundError(
+                f"ckpt_path=last: no {last}. Resume in the interrupted run's directory: add "
+                "hydra.run.dir=<that run's directory> to the same command, or pass "
+                "ckpt_path=<path/to/file.ckpt>."
+            )
+        return str(last)
+    if not Path(ckpt_path).exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+    return ckpt_path
+
+
+def _clean(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        if isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
+
+
+def result_record(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """The fields of results.json that come from the config."""
+    return {
+        "status": "running",
+        "task": cfg.get("task_name"),
+        "mask": str(cfg.mask.get("type")),
+        "fusion": str(cfg.mask.get("fusion")),
+        "depth": cfg.mask.get("depth"),
+        "attention": str(cfg.attention.get("backend")),
+        "compiled": bool(cfg.attention.get("compile", False)),
+        "seed": cfg.get("seed"),
+        "experiment": cfg.get("experiment"),
+        "table": cfg.get("table"),
+        "row": cfg.get("row"),
+        "tags": list(cfg.get("tags") or []),
+        "run_dir": str(out_dir),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def write_results(record: dict[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS_FILE
+    path.write_text(json.dumps(record, indent=2, default=str))
+    return path
+
+
+def _log_config(loggers: list, cfg: DictConfig) -> None:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(resolved)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then validate (and optionally test) the best checkpoint; return the results record."""
+    start = time.time()
+    out_dir = run_dir()
+    record = result_record(cfg, out_dir)
+    mask, attention = core_configs(cfg)
+    check_startup(cfg, attention, training=cfg.get("train", True))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule, net, module = build(cfg, mask, attention)
+    record["params"] = parameter_counts(net)
+    log.info("parameters: %s", record["params"])
+    loggers = build_loggers(cfg, out_dir)
+    callbacks = build_callbacks(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    _log_config(loggers, cfg)
+
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = _clean(trainer.callback_metrics)
+
+    best_cb = trainer.checkpoint_callback if callbacks else None
+    best_path = getattr(best_cb, "best_model_path", "") or None
+    best_score = getattr(best_cb, "best_model_score", None)
+    if trainer.fast_dev_run:
+        best_path = None
+    eval_ckpt = best_path if best_path else None
+    if cfg.get("train", True) and not trainer.fast_dev_run:
+        trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+        metrics.update(_clean(trainer.callback_metrics))
+    if cfg.get("test", False):
+        trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+        metrics.update(_clean(trainer.callback_metrics))
+
+    record.update(
+        status="ok",
+        metrics=metrics,
+        best={
+            "metric": cfg.monitor.metric,
+            "mode": cfg.monitor.mode,
+            "value": None if best_score is None else float(best_score),
+            "ckpt": best_path,
+        },
+        epochs=trainer.current_epoch,
+        wall_time_s=round(time.time() - start, 2),
+    )
+    if trainer.is_global_zero:
+        path = write_results(record, out_dir)
+        log.info("results -> %s", path)
+        print_metrics(record)
+    for logger in loggers:
+        if hasattr(logger, "experiment") and "Wandb" in type(logger).__name__:
+            import wandb
+
+            wandb.finish()
+    return record
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Validate or test a checkpoint with the model the config describes."""
+    start = time.time()
+    out_dir = run_dir()
+    record = result_record(cfg, out_dir)
+    mask, attention = core_configs(cfg)
+    ckpt = resolve_ckpt_path(cfg.ckpt_path, out_dir)
+    if ckpt is None:
+        raise ValueError("eval.py needs ckpt_path=<path/to/file.ckpt>")
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, net, module = build(cfg, mask, attention)
+    record["params"] = parameter_counts(net)
+    loggers = build_loggers(cfg, out_dir)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False)
+    split = cfg.get("split", "val")
+    if split not in ("val", "test"):
+        raise ValueError(f"split={split!r}; choose val or test")
+    run = trainer.validate if split == "val" else trainer.test
+    run(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    record.update(
+        status="ok",
+        metrics=_clean(trainer.callback_metrics),
+        checkpoint=ckpt,
+        split=split,
+        wall_time_s=round(time.time() - start, 2),
+    )
+    if trainer.is_global_zero:
+        write_results(record, out_dir)
+        print_metrics(record)
+    return record
+
+
+def print_metrics(record: dict[str, Any]) -> None:
+    metrics = record.get("metrics", {})
+    width = max((len(k) for k in metrics), default=10)
+    lines = [f"{k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())]
+    log.info("final metrics (%s, mask=%s):\n%s", record["task"], record["mask"], "\n".join(lines))
+
+
+def run_job(cfg: DictConfig, fn=train) -> float | None:
+    """Run one job; on failure write results.json with the traceback.
+
+    A single run re-raises (non-zero exit). Inside a multirun the error is logged and the sweep
+    goes on; the multirun summary lists the failed jobs and the sweep exits non-zero at the end.
+    """
+    out_dir = run_dir()
+    try:
+        record = fn(cfg)
+    except Exception as error:  # noqa: BLE001 - recorded, then re-raised or reported
+        record = result_record(cfg, out_dir) if _config_ok(cfg) else {"run_dir": str(out_dir)}
+        record.update(status="failed", error=f"{type(error).__name__}: {error}",
+                      traceback=traceback.format_exc())
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            write_results(record, out_dir)
+        if not is_multirun():
+            raise
+        log.error("job failed (%s): %s", out_dir, record["error"])
+        return None
+    value = record.get("metrics", {}).get(cfg.monitor.metric)
+    return None if value is None or math.isnan(value) else value
+
+
+def _config_ok(cfg: DictConfig) -> bool:
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+        return True
+    except Exception:  # noqa: BLE001
+        return False

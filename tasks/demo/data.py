@@ -1,0 +1,185 @@
+"""Synthetic audiovisual token task, generated deterministically from a seed.
+
+Audio-visual correspondence among distractors. Each clip has a visual and an audio token stream
+of random lengths. Each stream holds ``candidates`` marked event tokens (an event-class
+prototype plus a shared "salience" direction) at random positions; exactly one event class is
+marked in *both* streams, and it is the label. Every other token is a distractor: a decoy (the
+prototype of a random class, unmarked) with probability ``distractor_ratio``, noise otherwise.
+One modality alone gets at most 1/candidates of the clips right; the answer is the relation
+across the two modalities, hidden among up to ``visual_len[1] + audio_len[1]`` tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from tasks.common.data import EpochShuffleSampler
+
+
+@dataclass
+class DemoBatch:
+    visual: Tensor  # (B, max_visual, Dv), zero-padded
+    audio: Tensor  # (B, max_audio, Da)
+    visual_pad: Tensor  # (B, max_visual) bool, True = padding
+    audio_pad: Tensor  # (B, max_audio)
+    label: Tensor  # (B,)
+
+
+def _stream(
+    gen: torch.Generator,
+    classes: Tensor,
+    length: tuple[int, int],
+    prototypes: Tensor,
+    salience: Tensor,
+    distractor_ratio: float,
+    noise: float,
+) -> tuple[Tensor, Tensor]:
+    """Streams padded to length[1] with the marked events ``classes`` (n, K): tokens, padding."""
+    (n, k), (num_classes, dim) = classes.shape, prototypes.shape
+    lo, hi = length
+    lengths = torch.randint(lo, hi + 1, (n,), generator=gen)
+    tokens = noise * torch.randn(n, hi, dim, generator=gen)
+    decoy = torch.rand(n, hi, generator=gen) < distractor_ratio
+    decoy_class = torch.randint(0, num_classes, (n, hi), generator=gen)
+    tokens = tokens + decoy.unsqueeze(-1) * prototypes[decoy_class]
+    # K distinct positions inside each stream's valid length
+    scores = torch.rand(n, hi, generator=gen).masked_fill(
+        torch.arange(hi)[None, :] >= lengths[:, None], 2.0
+    )
+    positions = scores.argsort(dim=1)[:, :k]
+    rows = torch.arange(n)[:, None].expand(n, k)
+    events = prototypes[classes] + salience + noise * torch.randn(n, k, dim, generator=gen)
+    tokens[rows, positions] = events
+    pad = torch.arange(hi)[None, :] >= lengths[:, None]
+    return tokens.masked_fill(pad.unsqueeze(-1), 0.0), pad
+
+
+def make_demo_split(
+    n: int,
+    seed: int,
+    num_classes: int = 6,
+    candidates: int = 2,
+    visual_len: tuple[int, int] = (12, 24),
+    audio_len: tuple[int, int] = (12, 24),
+    visual_dim: int = 32,
+    audio_dim: int = 16,
+    distractor_ratio: float = 0.5,
+    noise: float = 0.5,
+    split_offset: int = 0,
+) -> dict[str, Tensor]:
+    """Prototypes come from ``seed``; samples from ``seed`` and ``split_offset``."""
+    if not 0.0 <= distractor_ratio <= 1.0:
+        raise ValueError(f"distractor_ratio must be in [0, 1], got {distractor_ratio}")
+    if candidates < 1 or num_classes < 2 * candidates - 1:
+        raise ValueError(
+            f"need candidates >= 1 and num_classes >= 2 * candidates - 1 "
+            f"(got candidates={candidates}, num_classes={num_classes})"
+        )
+    for name, (lo, hi) in (("visual_len", visual_len), ("audio_len", audio_len)):
+        if not candidates <= lo <= hi:
+            raise ValueError(
+                f"{name} must be [min, max] with candidates <= min <= max, got {[lo, hi]}"
+            )
+    proto_gen = torch.Generator().manual_seed(seed)
+    p_vis = torch.randn(num_classes, visual_dim, generator=proto_gen)
+    p_aud = torch.randn(num_classes, audio_dim, generator=proto_gen)
+    s_vis = 2.0 * torch.randn(visual_dim, generator=proto_gen)
+    s_aud = 2.0 * torch.randn(audio_dim, generator=proto_gen)
+    gen = torch.Generator().manual_seed(seed + 7919 * (split_offset + 1))
+    # per clip: a random class order; [0] is the shared event, then K-1 visual-only and K-1
+    # audio-only events, all distinct
+    order = torch.rand(n, num_classes, generator=gen).argsort(dim=1)
+    label = order[:, 0]
+    k = candidates
+    v_classes = torch.cat([order[:, :1], order[:, 1:k]], dim=1)
+    a_classes = torch.cat([order[:, :1], order[:, k : 2 * k - 1]], dim=1)
+    visual, visual_pad = _stream(gen, v_classes, tuple(visual_len), p_vis, s_vis,
+                                 distractor_ratio, noise)
+    audio, audio_pad = _stream(gen, a_classes, tuple(audio_len), p_aud, s_aud,
+                               distractor_ratio, noise)
+    return {
+        "visual": visual,
+        "audio": audio,
+        "visual_pad": visual_pad,
+        "audio_pad": audio_pad,
+        "label": label,
+    }
+
+
+class DemoDataset(Dataset):
+    def __init__(self, tensors: dict[str, Tensor]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors["label"])
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+def collate(items: list[dict[str, Tensor]]) -> DemoBatch:
+    return DemoBatch(**{k: torch.stack([it[k] for it in items]) for k in items[0]})
+
+
+class DemoDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        num_train: int = 4000,
+        num_val: int = 1000,
+        num_test: int = 1000,
+        num_classes: int = 6,
+        candidates: int = 2,
+        visual_len: tuple[int, int] = (12, 24),
+        audio_len: tuple[int, int] = (12, 24),
+        visual_dim: int = 32,
+        audio_dim: int = 16,
+        distractor_ratio: float = 0.5,
+        noise: float = 0.5,
+        seed: int = 1234,
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.spec = dict(
+            num_classes=num_classes,
+            candidates=candidates,
+            visual_len=tuple(visual_len),
+            audio_len=tuple(audio_len),
+            visual_dim=visual_dim,
+            audio_dim=audio_dim,
+            distractor_ratio=distractor_ratio,
+            noise=noise,
+        )
+        self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers
+        self.splits: dict[str, DemoDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        for offset, (split, n) in enumerate(self.sizes.items()):
+            if split not in self.splits:
+                tensors = make_demo_split(n, self.seed, split_offset=offset, **self.spec)
+                self.splits[split] = DemoDataset(tensors)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.splits[split]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
