@@ -1,4 +1,7 @@
-"""Evaluate a checkpoint: python eval.py task=<task> mask=<mask> ckpt_path=<file.ckpt> [split=test]"""
+"""Evaluate a checkpoint.
+
+    python eval.py task=<task> mask=<mask> ckpt_path=<file.ckpt> [split=test]
+"""
 
 import hydra
 from omegaconf import DictConfig

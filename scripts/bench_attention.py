@@ -126,8 +126,9 @@ def saved_bytes(block: Block, shape: Shape, device: torch.device) -> int:
     return total
 
 
-def time_it(block: Block, shape: Shape, device: torch.device, backward: bool, warmup: int,
-            repeats: int) -> float:
+def time_it(
+    block: Block, shape: Shape, device: torch.device, backward: bool, warmup: int, repeats: int
+) -> float:
     x, ctx = inputs(shape, device, grad=backward)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -151,8 +152,9 @@ def time_it(block: Block, shape: Shape, device: torch.device, backward: bool, wa
     return statistics.median(times)
 
 
-def bench_shape(shape: Shape, backends: set[str], device: torch.device, warmup: int,
-                repeats: int) -> list[dict]:
+def bench_shape(
+    shape: Shape, backends: set[str], device: torch.device, warmup: int, repeats: int
+) -> list[dict]:
     rows = []
     eager_flops: dict[tuple[str | None, bool], int] = {}
     for label, backend, fusion in VARIANTS:
@@ -164,7 +166,9 @@ def bench_shape(shape: Shape, backends: set[str], device: torch.device, warmup: 
         if backend == "flex":  # not traced by the flop counter: same arithmetic as eager
             flops = eager_flops.get((fusion, backward))
             if flops is None:
-                flops = count_flops(Block(shape, "eager", fusion).to(device), shape, device, backward)
+                flops = count_flops(
+                    Block(shape, "eager", fusion).to(device), shape, device, backward
+                )
         else:
             flops = count_flops(block, shape, device, backward)
             if backend == "eager":
@@ -172,53 +176,93 @@ def bench_shape(shape: Shape, backends: set[str], device: torch.device, warmup: 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         seconds = time_it(block, shape, device, backward, warmup, repeats)
-        memory = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-                  else saved_bytes(block, shape, device) if backward else None)
-        rows.append({"variant": label, "backend": backend, "fusion": fusion,
-                     "pass": "fwd+bwd" if backward else "fwd", "time_ms": seconds * 1e3,
-                     "flops": flops, "memory_bytes": memory})
-        print(f"  {label:<16} {rows[-1]['pass']:<7} {seconds * 1e3:9.2f} ms  "
-              f"{flops / 1e9:8.3f} GFLOP", flush=True)
+        memory = (
+            torch.cuda.max_memory_allocated()
+            if device.type == "cuda"
+            else saved_bytes(block, shape, device)
+            if backward
+            else None
+        )
+        rows.append(
+            {
+                "variant": label,
+                "backend": backend,
+                "fusion": fusion,
+                "pass": "fwd+bwd" if backward else "fwd",
+                "time_ms": seconds * 1e3,
+                "flops": flops,
+                "memory_bytes": memory,
+            }
+        )
+        print(
+            f"  {label:<16} {rows[-1]['pass']:<7} {seconds * 1e3:9.2f} ms  "
+            f"{flops / 1e9:8.3f} GFLOP",
+            flush=True,
+        )
     add_ratios(rows, shape, device, warmup, repeats, backends)
     return rows
 
 
-def add_ratios(rows: list[dict], shape: Shape, device: torch.device, warmup: int, repeats: int,
-               backends: set[str]) -> None:
+def add_ratios(
+    rows: list[dict],
+    shape: Shape,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    backends: set[str],
+) -> None:
     """Ratios to plain SDPA with the same pass (forward-only rows get a forward-only baseline)."""
     base = {r["pass"]: r for r in rows if r["variant"] == "plain sdpa"}
     if any(r["pass"] == "fwd" for r in rows):
         block = Block(shape, "sdpa", None).to(device)
-        base["fwd"] = {"time_ms": time_it(block, shape, device, False, warmup, repeats) * 1e3,
-                       "flops": count_flops(block, shape, device, False), "memory_bytes": None}
+        base["fwd"] = {
+            "time_ms": time_it(block, shape, device, False, warmup, repeats) * 1e3,
+            "flops": count_flops(block, shape, device, False),
+            "memory_bytes": None,
+        }
     for r in rows:
         b = base[r["pass"]]
         r["time_ratio"] = r["time_ms"] / b["time_ms"]
         r["flop_ratio"] = r["flops"] / b["flops"]
         r["overhead"] = r["time_ratio"] / r["flop_ratio"]  # 1.0 = no cost beyond arithmetic
-        r["memory_ratio"] = (r["memory_bytes"] / b["memory_bytes"]
-                             if r["memory_bytes"] and b.get("memory_bytes") else None)
+        r["memory_ratio"] = (
+            r["memory_bytes"] / b["memory_bytes"]
+            if r["memory_bytes"] and b.get("memory_bytes")
+            else None
+        )
 
 
 def to_markdown(results: dict) -> str:
-    lines = [f"Device: {results['device']}; torch {results['torch']}; "
-             f"median of {results['repeats']} runs after {results['warmup']} warm-up.", ""]
-    for key, entry in results["shapes"].items():
+    lines = [
+        f"Device: {results['device']}; torch {results['torch']}; "
+        f"median of {results['repeats']} runs after {results['warmup']} warm-up.",
+        "",
+    ]
+    for entry in results["shapes"].values():
         s = entry["shape"]
-        lines += [f"### {s['name']}: B={s['batch']}, Nq={s['nq']}, Nk={s['nk']}, D={s['dim']}, "
-                  f"H={s['heads']}, generator depth {s['depth']}", "",
-                  "| variant | pass | time (ms) | time ratio | FLOP ratio | time/FLOP ratio "
-                  "| memory ratio |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {s['name']}: B={s['batch']}, Nq={s['nq']}, Nk={s['nk']}, D={s['dim']}, "
+            f"H={s['heads']}, generator depth {s['depth']}",
+            "",
+            "| variant | pass | time (ms) | time ratio | FLOP ratio | time/FLOP ratio "
+            "| memory ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in entry["rows"]:
             mem = f"{r['memory_ratio']:.2f}" if r["memory_ratio"] else "-"
-            lines.append(f"| {r['variant']} | {r['pass']} | {r['time_ms']:.2f} | "
-                         f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | {r['overhead']:.2f} | "
-                         f"{mem} |")
+            lines.append(
+                f"| {r['variant']} | {r['pass']} | {r['time_ms']:.2f} | "
+                f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | {r['overhead']:.2f} | "
+                f"{mem} |"
+            )
         best = entry.get("best")
         if best:
             verdict = "meets" if best["overhead"] <= 1.1 else "misses"
-            lines += ["", f"Best STAMP (fwd+bwd): {best['variant']} at {best['overhead']:.2f} x its "
-                      f"FLOP ratio ({verdict} the 1.1 x target)."]
+            lines += [
+                "",
+                f"Best STAMP (fwd+bwd): {best['variant']} at {best['overhead']:.2f} x its "
+                f"FLOP ratio ({verdict} the 1.1 x target).",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -230,8 +274,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--batch-scale", type=float, default=1.0,
-                        help="multiply every shape's batch (e.g. 0.25 for a quick run)")
+    parser.add_argument(
+        "--batch-scale",
+        type=float,
+        default=1.0,
+        help="multiply every shape's batch (e.g. 0.25 for a quick run)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -239,13 +287,21 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     if unknown:
         parser.error(f"unknown shapes {unknown}; choose from {list(SHAPES)}")
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else
-               f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__,
-               "warmup": args.warmup, "repeats": args.repeats, "shapes": {}}
+    results = {
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "shapes": {},
+    }
     for key in args.shapes.split(","):
         shape = SHAPES[key]
         if args.batch_scale != 1.0:
-            shape = Shape(**{**asdict(shape), "batch": max(1, round(shape.batch * args.batch_scale))})
+            shape = Shape(
+                **{**asdict(shape), "batch": max(1, round(shape.batch * args.batch_scale))}
+            )
         print(f"{shape.name}", flush=True)
         rows = bench_shape(shape, backends, device, args.warmup, args.repeats)
         stamp_rows = [r for r in rows if r["fusion"] and r["pass"] == "fwd+bwd"]

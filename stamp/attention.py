@@ -75,7 +75,9 @@ def sdpa_attention(
 ) -> tuple[Tensor, Tensor | None]:
     """PyTorch SDPA. An additive M maps onto a float ``attn_mask``; a multiplicative one cannot."""
     if return_attn:
-        raise ValueError("attention=sdpa cannot return attention probabilities; use attention=eager")
+        raise ValueError(
+            "attention=sdpa cannot return attention probabilities; use attention=eager"
+        )
     if mask is not None and Fusion(fusion) is Fusion.mul:
         raise ValueError(SDPA_MUL_ERROR)
     attn_mask = None
@@ -141,7 +143,9 @@ def flex_attention_backend(
     flex has no attention-probability dropout; ``dropout_p`` is ignored (the module warns once).
     """
     if return_attn:
-        raise ValueError("attention=flex cannot return attention probabilities; use attention=eager")
+        raise ValueError(
+            "attention=flex cannot return attention probabilities; use attention=eager"
+        )
     B, H, nq, d = q.shape
     nk = k.shape[2]
     pq, pk = math.ceil(nq / FLEX_PAD) * FLEX_PAD, math.ceil(nk / FLEX_PAD) * FLEX_PAD
@@ -301,8 +305,11 @@ class StampAttention(nn.Module):
             if needs_grad:
                 if self.attention.flex_cpu_training == "error":
                     raise RuntimeError(FLEX_CPU_BACKWARD_ERROR)
-                _warn_once("flex-cpu", "flex attention has no CPU backward: training steps use "
-                           "the eager path (attention.flex_cpu_training=eager).")
+                _warn_once(
+                    "flex-cpu",
+                    "flex attention has no CPU backward: training steps use "
+                    "the eager path (attention.flex_cpu_training=eager).",
+                )
                 attend = eager_attention
         out, probs = attend(
             q,

@@ -83,7 +83,9 @@ class FeedForward(nn.Module):
 class _Residual(nn.Module):
     """attention/FFN sub-block with pre- or post-norm residual."""
 
-    def __init__(self, dim: int, norm_first: bool, norm_eps: float, dropout: float, drop_path: float):
+    def __init__(
+        self, dim: int, norm_first: bool, norm_eps: float, dropout: float, drop_path: float
+    ):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.norm_first = norm_first
@@ -313,9 +315,7 @@ class StampEncoder(nn.Module):
             layer_params = sum(p.numel() for p in probe.parameters())
             self.num_extra_layers = matched_layer_count(num_layers * reference, layer_params)
         total = num_layers + self.num_extra_layers
-        self.layers = nn.ModuleList(
-            [make_layer(i, total, **per_layer) for i in range(num_layers)]
-        )
+        self.layers = nn.ModuleList([make_layer(i, total, **per_layer) for i in range(num_layers)])
         for i in range(num_layers, total):
             layer = make_layer(i, total)
             layer.is_mask_control = True  # type: ignore[attr-defined]

@@ -58,6 +58,10 @@ def run_script(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict 
     """Run ``python <args>`` as a user would; returns the CompletedProcess (output captured)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=full_env,
     )

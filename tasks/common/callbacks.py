@@ -45,4 +45,6 @@ class InterruptAtEpoch(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
-            raise SimulatedInterruption(f"simulated interruption at the start of epoch {self.epoch}")
+            raise SimulatedInterruption(
+                f"simulated interruption at the start of epoch {self.epoch}"
+            )

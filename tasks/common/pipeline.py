@@ -26,10 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from stamp import check_mask_backend
 from stamp.config import AttentionConfig, Backend, MaskConfig
 from tasks.common.module import parameter_counts
+from tasks.common.results import RESULTS_FILE
 
 log = logging.getLogger(__name__)
-
-from tasks.common.results import RESULTS_FILE
 
 
 def core_configs(cfg: DictConfig) -> tuple[MaskConfig, AttentionConfig]:
@@ -276,8 +275,11 @@ def run_job(cfg: DictConfig, fn=train) -> float | None:
         record = fn(cfg)
     except Exception as error:  # noqa: BLE001 - recorded, then re-raised or reported
         record = result_record(cfg, out_dir) if _config_ok(cfg) else {"run_dir": str(out_dir)}
-        record.update(status="failed", error=f"{type(error).__name__}: {error}",
-                      traceback=traceback.format_exc())
+        record.update(
+            status="failed",
+            error=f"{type(error).__name__}: {error}",
+            traceback=traceback.format_exc(),
+        )
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:
             write_results(record, out_dir)
         if not is_multirun():

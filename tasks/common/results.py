@@ -37,23 +37,35 @@ def format_summary(records: list[dict[str, Any]], max_metrics: int = 8) -> str:
             if key.startswith(("val/", "test/")) and key not in metric_keys:
                 metric_keys.append(key)
     metric_keys = sorted(metric_keys)[:max_metrics]
-    header = ["run", "mask", "fusion", "depth", "attention", "seed", "status", "mask params",
-              *metric_keys, "time (s)"]
+    header = [
+        "run",
+        "mask",
+        "fusion",
+        "depth",
+        "attention",
+        "seed",
+        "status",
+        "mask params",
+        *metric_keys,
+        "time (s)",
+    ]
     rows = []
     for r in records:
         masked = r.get("mask") not in (None, "none")
-        rows.append([
-            Path(r.get("run_dir", "")).name,
-            r.get("mask"),
-            r.get("fusion") if masked else "",
-            r.get("depth") if masked else "",
-            r.get("attention"),
-            r.get("seed"),
-            r.get("status"),
-            (r.get("params") or {}).get("params/mask"),
-            *[r.get("metrics", {}).get(k) for k in metric_keys],
-            r.get("wall_time_s"),
-        ])
+        rows.append(
+            [
+                Path(r.get("run_dir", "")).name,
+                r.get("mask"),
+                r.get("fusion") if masked else "",
+                r.get("depth") if masked else "",
+                r.get("attention"),
+                r.get("seed"),
+                r.get("status"),
+                (r.get("params") or {}).get("params/mask"),
+                *[r.get("metrics", {}).get(k) for k in metric_keys],
+                r.get("wall_time_s"),
+            ]
+        )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -98,10 +98,12 @@ def make_demo_split(
     k = candidates
     v_classes = torch.cat([order[:, :1], order[:, 1:k]], dim=1)
     a_classes = torch.cat([order[:, :1], order[:, k : 2 * k - 1]], dim=1)
-    visual, visual_pad = _stream(gen, v_classes, tuple(visual_len), p_vis, s_vis,
-                                 distractor_ratio, noise)
-    audio, audio_pad = _stream(gen, a_classes, tuple(audio_len), p_aud, s_aud,
-                               distractor_ratio, noise)
+    visual, visual_pad = _stream(
+        gen, v_classes, tuple(visual_len), p_vis, s_vis, distractor_ratio, noise
+    )
+    audio, audio_pad = _stream(
+        gen, a_classes, tuple(audio_len), p_aud, s_aud, distractor_ratio, noise
+    )
     return {
         "visual": visual,
         "audio": audio,

@@ -62,7 +62,9 @@ class DemoClassifier(nn.Module):
         )
         return x + self.pos[:, : x.shape[1]]
 
-    def forward(self, visual: Tensor, audio: Tensor, visual_pad: Tensor, audio_pad: Tensor) -> Tensor:
+    def forward(
+        self, visual: Tensor, audio: Tensor, visual_pad: Tensor, audio_pad: Tensor
+    ) -> Tensor:
         cls_pad = torch.zeros_like(visual_pad[:, :1])
         padding = torch.cat([cls_pad, visual_pad, audio_pad], dim=1)
         x = self.encoder(self.tokens(visual, audio), key_padding_mask=padding)

@@ -19,10 +19,24 @@ class DemoModule(TaskModule):
             loss = loss + aux
         acc = (logits.argmax(-1) == batch.label).float().mean()
         on_step = split == "train"
-        self.log(f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True,
-                 batch_size=len(batch.label), sync_dist=not on_step)
-        self.log(f"{split}/acc", acc, prog_bar=True, on_step=False, on_epoch=True,
-                 batch_size=len(batch.label), sync_dist=not on_step)
+        self.log(
+            f"{split}/loss",
+            loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=True,
+            batch_size=len(batch.label),
+            sync_dist=not on_step,
+        )
+        self.log(
+            f"{split}/acc",
+            acc,
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(batch.label),
+            sync_dist=not on_step,
+        )
         return loss
 
     def training_step(self, batch: DemoBatch, batch_idx: int) -> Tensor:

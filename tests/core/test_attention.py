@@ -37,14 +37,18 @@ def soft_mask(nq: int, nk: int) -> torch.Tensor:
 
 
 def grads(out: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    return list(torch.autograd.grad((out * torch.linspace(0, 1, out.numel()).view_as(out)).sum(), tensors))
+    return list(
+        torch.autograd.grad((out * torch.linspace(0, 1, out.numel()).view_as(out)).sum(), tensors)
+    )
 
 
 @pytest.mark.parametrize("nq,nk", [(7, 7), (5, 9)], ids=["self", "cross"])
 def test_eager_matches_hand_written_formula(nq, nk):
     q, k, v = qkv(nq, nk)
     m, pad = soft_mask(nq, nk), padding(nk)
-    out, probs = eager_attention(q, k, v, mask=m, fusion="mul", key_padding_mask=pad, return_attn=True)
+    out, probs = eager_attention(
+        q, k, v, mask=m, fusion="mul", key_padding_mask=pad, return_attn=True
+    )
     logits = torch.einsum("bhqd,bhkd->bhqk", q, k) / D_HEAD**0.5 * m[:, None]
     logits = logits.masked_fill(pad[:, None, None], float("-inf"))
     expected = torch.softmax(logits, -1) @ v
@@ -94,7 +98,9 @@ def test_flex_forward_matches_eager(nq, nk, fusion, compiled, monkeypatch):
     m, pad = soft_mask(nq, nk).detach().float(), padding(nk)
     bias = torch.randn(B, 1, nq, nk)
     with torch.no_grad():
-        ref, _ = eager_attention(q, k, v, mask=m, fusion=fusion, key_padding_mask=pad, attn_bias=bias)
+        ref, _ = eager_attention(
+            q, k, v, mask=m, fusion=fusion, key_padding_mask=pad, attn_bias=bias
+        )
         out, _ = flex_attention_backend(
             q, k, v, mask=m, fusion=fusion, key_padding_mask=pad, attn_bias=bias
         )
@@ -119,9 +125,12 @@ def test_identity_masks_equal_plain_attention():
     q, k, v = qkv(6, 6)
     pad = padding(6)
     plain = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=torch.zeros(B, 1, 6, 6, dtype=q.dtype).masked_fill(
+        q,
+        k,
+        v,
+        attn_mask=torch.zeros(B, 1, 6, 6, dtype=q.dtype).masked_fill(
             pad[:, None, None], float("-inf")
-        )
+        ),
     )
     ones, zeros = torch.ones(B, 6, 6, dtype=q.dtype), torch.zeros(B, 6, 6, dtype=q.dtype)
     mul, _ = eager_attention(q, k, v, mask=ones, fusion="mul", key_padding_mask=pad)
@@ -135,7 +144,9 @@ def test_padding_after_fusion_avoids_nan_for_zero_and_negative_masks():
     pad = padding(6)
     m = torch.zeros(B, 4, 6, dtype=q.dtype)
     m[..., 0] = -3.0
-    out, probs = eager_attention(q, k, v, mask=m, fusion="mul", key_padding_mask=pad, return_attn=True)
+    out, probs = eager_attention(
+        q, k, v, mask=m, fusion="mul", key_padding_mask=pad, return_attn=True
+    )
     assert torch.isfinite(out).all()
     assert torch.all(probs.masked_select(pad[:, None, None].expand_as(probs)) == 0)
 
@@ -191,7 +202,9 @@ def test_module_backends_agree_on_outputs_and_gradients(fusion):
     out_ref = ref(x, mask=m, key_padding_mask=pad)
     g_ref = torch.autograd.grad(out_ref.square().sum(), list(ref.parameters()))
     for backend in backends:
-        other = StampAttention(dim, heads, fusion=fusion, attention=AttentionConfig(backend=backend))
+        other = StampAttention(
+            dim, heads, fusion=fusion, attention=AttentionConfig(backend=backend)
+        )
         other.load_state_dict(ref.state_dict())
         out = other(x, mask=m, key_padding_mask=pad)
         torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-4)

@@ -23,7 +23,12 @@ DIM, HEADS, FFN, N_MAX, LAYERS = 16, 4, 32, 12, 3
 
 def encoder(mask_type: str, depth: int = 3, **kw) -> StampEncoder:
     return StampEncoder(
-        LAYERS, DIM, HEADS, FFN, n_max=N_MAX, mask=MaskConfig(type=mask_type, depth=depth, **kw),
+        LAYERS,
+        DIM,
+        HEADS,
+        FFN,
+        n_max=N_MAX,
+        mask=MaskConfig(type=mask_type, depth=depth, **kw),
         dropout=0.0,
     ).eval()
 
@@ -32,7 +37,9 @@ def test_generator_is_the_papers_mlp():
     gen = MaskGenerator(DIM, N_MAX, depth=3)
     linears = [m for m in gen.modules() if isinstance(m, torch.nn.Linear)]
     assert [(lin.in_features, lin.out_features) for lin in linears] == [
-        (DIM, DIM), (DIM, DIM), (DIM, N_MAX)
+        (DIM, DIM),
+        (DIM, DIM),
+        (DIM, N_MAX),
     ]
     x = torch.randn(2, 5, DIM)
     h = torch.relu(linears[1](torch.relu(linears[0](x))))
@@ -51,10 +58,13 @@ def test_generator_rejects_sequences_longer_than_n_max():
         gen(torch.randn(1, 13, DIM))
 
 
-@pytest.mark.parametrize("bound,check", [
-    ("sigmoid", lambda m: (m > 0).all() and (m < 1).all()),
-    ("softplus", lambda m: (m > 0).all()),
-])
+@pytest.mark.parametrize(
+    "bound,check",
+    [
+        ("sigmoid", lambda m: (m > 0).all() and (m < 1).all()),
+        ("softplus", lambda m: (m > 0).all()),
+    ],
+)
 def test_bounded_masks(bound, check):
     m = MaskGenerator(DIM, N_MAX, depth=2, bound=bound)(torch.randn(2, 6, DIM) * 10)
     assert check(m)
@@ -64,8 +74,11 @@ def test_bounded_masks(bound, check):
 def test_parameter_counts_follow_the_formulas(depth):
     gen = MaskGenerator.num_parameters(DIM, N_MAX, depth)
     h = DIM
-    assert gen == (DIM * N_MAX + N_MAX if depth == 1 else
-                   (DIM * h + h) + (depth - 2) * (h * h + h) + h * N_MAX + N_MAX)
+    assert gen == (
+        DIM * N_MAX + N_MAX
+        if depth == 1
+        else (DIM * h + h) + (depth - 2) * (h * h + h) + h * N_MAX + N_MAX
+    )
     base = sum(p.numel() for p in encoder("none", depth).parameters())
     glob = encoder("global", depth)
     multi = encoder("multilayer", depth)
@@ -107,8 +120,9 @@ def test_sparse_encoder_exposes_weighted_aux_loss():
     assert float(collect_aux_loss(encoder("multilayer"))) == 0.0
 
 
-@pytest.mark.parametrize("mask_type", ["none", "global", "multilayer", "sparse", "extra_linear",
-                                       "extra_layers"])
+@pytest.mark.parametrize(
+    "mask_type", ["none", "global", "multilayer", "sparse", "extra_linear", "extra_layers"]
+)
 @pytest.mark.parametrize("fusion", ["mul", "add"])
 def test_valid_outputs_do_not_depend_on_padding(mask_type, fusion):
     enc = encoder(mask_type, fusion=fusion)
@@ -143,8 +157,13 @@ def test_global_mask_is_computed_from_the_encoder_input():
 
 def test_cross_attention_mask_comes_from_queries():
     layer = StampCrossAttentionLayer(
-        DIM, HEADS, FFN, mask=MaskConfig(type="multilayer", depth=2), n_max_keys=8,
-        own_generator=True, dropout=0.0,
+        DIM,
+        HEADS,
+        FFN,
+        mask=MaskConfig(type="multilayer", depth=2),
+        n_max_keys=8,
+        own_generator=True,
+        dropout=0.0,
     ).eval()
     video, text = torch.randn(2, 10, DIM), torch.randn(2, 6, DIM)
     with record_attention(layer) as records:
@@ -168,14 +187,27 @@ def test_recorded_probabilities_sum_to_one_and_skip_padding():
 
 def test_sdpa_backend_rejects_multiplicative_stamp_at_construction():
     with pytest.raises(ValueError, match="cannot fuse a multiplicative mask"):
-        StampEncoder(2, DIM, HEADS, n_max=N_MAX, mask=MaskConfig(type="multilayer", fusion="mul"),
-                     attention=AttentionConfig(backend="sdpa"))
+        StampEncoder(
+            2,
+            DIM,
+            HEADS,
+            n_max=N_MAX,
+            mask=MaskConfig(type="multilayer", fusion="mul"),
+            attention=AttentionConfig(backend="sdpa"),
+        )
     # additive STAMP and the sparse mask run on SDPA and match eager
     for mask in [MaskConfig(type="multilayer", fusion="add"), MaskConfig(type="sparse")]:
         torch.manual_seed(0)
         ref = StampEncoder(2, DIM, HEADS, n_max=N_MAX, mask=mask, dropout=0.0).eval()
-        sdpa = StampEncoder(2, DIM, HEADS, n_max=N_MAX, mask=mask, dropout=0.0,
-                            attention=AttentionConfig(backend="sdpa")).eval()
+        sdpa = StampEncoder(
+            2,
+            DIM,
+            HEADS,
+            n_max=N_MAX,
+            mask=mask,
+            dropout=0.0,
+            attention=AttentionConfig(backend="sdpa"),
+        ).eval()
         sdpa.load_state_dict(ref.state_dict())
         x = torch.randn(2, 6, DIM)
         torch.testing.assert_close(sdpa(x), ref(x), atol=1e-4, rtol=1e-4)
@@ -191,12 +223,15 @@ def test_encoder_layer_pre_and_post_norm():
     torch.testing.assert_close(pre(x), h + pre.ffn(pre.ffn_block.norm(h)))
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("fusion", "foo", "mask.fusion='foo' is not valid; choose one of: mul, add"),
-    ("type", "bogus", "choose one of: none, global, multilayer, sparse"),
-    ("bound", "tanh", "choose one of: none, sigmoid, softplus"),
-    ("depth", 0, "mask.depth must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("fusion", "foo", "mask.fusion='foo' is not valid; choose one of: mul, add"),
+        ("type", "bogus", "choose one of: none, global, multilayer, sparse"),
+        ("bound", "tanh", "choose one of: none, sigmoid, softplus"),
+        ("depth", 0, "mask.depth must be an integer >= 1"),
+    ],
+)
 def test_mask_config_validation_lists_choices(field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("'", "'")):
         MaskConfig(**{field: value})

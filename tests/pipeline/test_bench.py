@@ -7,8 +7,21 @@ from tests.helpers import run_script
 
 def test_bench_attention_writes_ratios(tmp_path):
     proc = run_script(
-        ["scripts/bench_attention.py", "--shapes", "qvh_cross", "--backends", "eager,sdpa",
-         "--repeats", "1", "--warmup", "0", "--batch-scale", "0.125", "--out", str(tmp_path)],
+        [
+            "scripts/bench_attention.py",
+            "--shapes",
+            "qvh_cross",
+            "--backends",
+            "eager,sdpa",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-scale",
+            "0.125",
+            "--out",
+            str(tmp_path),
+        ],
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -46,7 +46,8 @@ def test_resumed_run_ends_with_the_same_metrics(tmp_path):
     interrupted = compose_cfg(overrides, tmp_path / "resumed")
     with open_dict(interrupted):
         interrupted.callbacks.interrupt = {
-            "_target_": "tasks.common.callbacks.InterruptAtEpoch", "epoch": 2
+            "_target_": "tasks.common.callbacks.InterruptAtEpoch",
+            "epoch": 2,
         }
     with pytest.raises(RuntimeError, match="simulated interruption"):
         run_cfg(interrupted)
@@ -94,8 +95,14 @@ def test_multirun_reports_a_failed_job_and_keeps_the_others(tmp_path):
     """mask.depth=0 fails validation in its job; the other jobs finish and are summarised."""
     proc = run_script(
         [
-            "train.py", "-m", "mask=none,multilayer", "mask.depth=2,0", *TINY,
-            "logger=many", "trainer.max_epochs=1", f"paths.log_dir={tmp_path}",
+            "train.py",
+            "-m",
+            "mask=none,multilayer",
+            "mask.depth=2,0",
+            *TINY,
+            "logger=many",
+            "trainer.max_epochs=1",
+            f"paths.log_dir={tmp_path}",
         ],
         timeout=600,
     )
@@ -124,8 +131,11 @@ def test_eval_reproduces_the_validation_metrics_of_a_checkpoint(tmp_path):
     from tasks.common.pipeline import evaluate
 
     eval_cfg = compose_cfg(
-        [*[o for o in TINY if not o.startswith("callbacks")], "mask=global",
-         f"ckpt_path={record['best']['ckpt']}"],
+        [
+            *[o for o in TINY if not o.startswith("callbacks")],
+            "mask=global",
+            f"ckpt_path={record['best']['ckpt']}",
+        ],
         tmp_path / "eval",
         config_name="eval",
     )
@@ -136,8 +146,7 @@ def test_eval_reproduces_the_validation_metrics_of_a_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
     proc = run_script(
-        ["train.py", "trainer=ddp_cpu", *TINY, "trainer.max_epochs=1",
-         f"hydra.run.dir={tmp_path}"],
+        ["train.py", "trainer=ddp_cpu", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}"],
         timeout=600,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
