@@ -1,0 +1,295 @@
+"""ViT-B/16 as MAE fine-tunes it, with its attention routed through the STAMP core.
+
+The model *is* timm's ``VisionTransformer`` (patch embedding, position embedding, blocks, global
+average pooling + ``fc_norm``, head); only each block's attention module is swapped for
+``stamp.StampAttention``, which keeps timm's parameter names (``attn.qkv``, ``attn.proj``), so
+timm and MAE state dicts load unchanged. With ``mask=none`` the logits equal timm's.
+
+Where the generator reads its input (``mask_input``):
+
+* ``block`` (default) — the raw block input x, before ``norm1``. This is the convention of the
+  core's ``StampEncoderLayer`` (the generator sees the tokens that enter the layer, the paper's
+  M = F(X)), so every task feeds its generators the same thing.
+* ``normed`` — ``norm1(x)``, the tensor the attention projections see in a pre-norm block.
+
+``mask=global`` computes one M from the encoder input (after the position embedding) and hands
+it to every block. The generators are new parameters: ``mask_init=timm`` leaves them with timm's
+ViT init (trunc-normal 0.02, zero bias), what adding ``nn.Linear(D, 197)`` to a timm block gives;
+``mask_init=neutral`` starts M at the fusion's identity (1 for mul, 0 for add) so the fine-tune
+starts from exactly the pre-trained attention.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.models import load_state_dict
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
+
+from stamp import (
+    AttentionConfig,
+    Fusion,
+    MaskBound,
+    MaskConfig,
+    MaskGenerator,
+    MaskType,
+    StampAttention,
+    as_attention_config,
+    as_mask_config,
+    check_mask_backend,
+)
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MASKS = (MaskType.none, MaskType.global_, MaskType.multilayer)
+MaskInput = Literal["block", "normed"]
+MaskInit = Literal["timm", "neutral"]
+
+
+class StampBlock(Block):
+    """timm's pre-norm ViT block whose attention is ``StampAttention`` (+ optional generator)."""
+
+    def __init__(
+        self,
+        *,
+        mask: MaskConfig,
+        attention: AttentionConfig,
+        n_max: int,
+        own_generator: bool,
+        mask_input: MaskInput = "block",
+        **block_kwargs,
+    ) -> None:
+        unsupported = [k for k in ("qk_norm", "scale_attn_norm") if block_kwargs.get(k)] + (
+            ["proj_bias=False"] if block_kwargs.get("proj_bias") is False else []
+        )
+        if unsupported:
+            raise ValueError(f"StampBlock does not support {unsupported} (plain ViT only)")
+        super().__init__(**block_kwargs)
+        self.attn = StampAttention(
+            block_kwargs["dim"],
+            block_kwargs["num_heads"],
+            qkv_bias=block_kwargs.get("qkv_bias", False),
+            attn_drop=block_kwargs.get("attn_drop", 0.0),
+            proj_drop=block_kwargs.get("proj_drop", 0.0),
+            fusion=mask.fusion,
+            attention=attention,
+        )
+        if mask_input not in ("block", "normed"):
+            raise ValueError(f"mask_input={mask_input!r}; choose one of: block, normed")
+        self.mask_input = mask_input
+        self.mask_generator: MaskGenerator | None = None
+        if own_generator:
+            dim = block_kwargs["dim"]
+            self.mask_generator = MaskGenerator(dim, n_max, mask.depth, mask.hidden, mask.bound)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        h = self.norm1(x)
+        if self.mask_generator is not None:
+            mask = self.mask_generator(x if self.mask_input == "block" else h)
+        x = x + self.drop_path1(self.ls1(self.attn(h, mask=mask)))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+def _token_count(img_size: int | tuple[int, int], patch_size: int | tuple[int, int]) -> int:
+    """Tokens of a ViT with one class token: the generators' output width N (197 for B/16-224)."""
+    (h, w), (ph, pw) = to_2tuple(img_size), to_2tuple(patch_size)
+    return (h // ph) * (w // pw) + 1
+
+
+class StampViT(VisionTransformer):
+    """timm ``VisionTransformer`` with STAMP in every block (``mask=multilayer``), one shared
+    generator (``mask=global``) or plain attention (``mask=none``).
+
+    ``pretrained`` is a local checkpoint path (MAE ``mae_pretrain_vit_base.pth`` layout or a timm
+    state dict, ``.pth``/``.bin``/``.safetensors``); ``head_init_std`` re-initialises a head the
+    checkpoint does not provide (MAE fine-tune: 2e-5).
+    """
+
+    def __init__(
+        self,
+        *,
+        mask: MaskConfig | None = None,
+        attention: AttentionConfig | None = None,
+        img_size: int = 224,
+        patch_size: int = 16,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        global_pool: str = "avg",
+        drop_path_rate: float = 0.1,
+        head_init_std: float | None = 2e-5,
+        mask_input: MaskInput = "block",
+        mask_init: MaskInit = "timm",
+        pretrained: str | None = None,
+        **vit_kwargs,
+    ) -> None:
+        mask = as_mask_config(mask)
+        attention = as_attention_config(attention)
+        if mask.type not in SUPPORTED_MASKS:
+            raise ValueError(
+                f"task=imagenet supports mask types {[str(m) for m in SUPPORTED_MASKS]}, "
+                f"got mask.type={mask.type}"
+            )
+        check_mask_backend(mask, attention)
+        n_max = _token_count(img_size, patch_size)
+        block_fn = partial(
+            StampBlock,
+            mask=mask,
+            attention=attention,
+            n_max=n_max,
+            own_generator=mask.type is MaskType.multilayer,
+            mask_input=mask_input,
+        )
+        super().__init__(
+            img_size=img_size,
+            patch_size=patch_size,
+            num_classes=num_classes,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            global_pool=global_pool,
+            drop_path_rate=drop_path_rate,
+            norm_layer=partial(nn.LayerNorm, eps=norm_eps),
+            block_fn=block_fn,
+            **vit_kwargs,
+        )
+        if self.patch_embed.num_patches + self.num_prefix_tokens != n_max:
+            raise ValueError("StampViT expects exactly one class token and no register tokens")
+        self.mask_cfg = mask
+        self.n_max = n_max
+        self.mask_generator: MaskGenerator | None = None
+        if mask.type is MaskType.global_:
+            self.mask_generator = MaskGenerator(
+                embed_dim, n_max, mask.depth, mask.hidden, mask.bound
+            )
+            self.mask_generator.apply(_timm_linear_init)
+        if mask_init == "neutral":
+            neutral_mask_init(self, mask)
+        elif mask_init != "timm":
+            raise ValueError(f"mask_init={mask_init!r}; choose one of: timm, neutral")
+        self.head_init_std = head_init_std
+        if head_init_std is not None and isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=head_init_std)
+        self.load_report: dict[str, list[str]] | None = None
+        if pretrained:
+            self.load_report = load_pretrained(self, pretrained)
+
+    def forward_features(  # type: ignore[override]
+        self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False
+    ) -> Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError("StampViT takes no attn_mask / is_causal (image tokens, no padding)")
+        x = self.patch_embed(x)
+        x = self._pos_embed(x)
+        x = self.patch_drop(x)
+        x = self.norm_pre(x)
+        shared_mask = self.mask_generator(x) if self.mask_generator is not None else None
+        for block in self.blocks:
+            x = block(x, mask=shared_mask)
+        return self.norm(x)
+
+
+def _timm_linear_init(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        nn.init.zeros_(module.bias)
+
+
+def neutral_mask_init(model: nn.Module, mask: MaskConfig) -> None:
+    """Make every generator output the fusion's identity (M = 1 for mul, 0 for add)."""
+    target = 1.0 if mask.fusion is Fusion.mul else 0.0
+    if mask.bound is MaskBound.none:
+        bias = target
+    elif mask.bound is MaskBound.softplus and target > 0:
+        bias = math.log(math.expm1(target))  # softplus^-1
+    else:
+        raise ValueError(
+            f"mask_init=neutral cannot reach M={target} with mask.bound={mask.bound}; "
+            "use mask_init=timm"
+        )
+    for module in model.modules():
+        if isinstance(module, MaskGenerator):
+            nn.init.zeros_(module.out.weight)
+            nn.init.constant_(module.out.bias, bias)
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_state_dict(str(path), use_ema=False, weights_only=True)
+    except pickle.UnpicklingError:
+        # training checkpoints (MAE's misc.save_model) also pickle argparse args
+        log.warning("%s holds non-tensor objects; loading it with weights_only=False", path)
+        return load_state_dict(str(path), use_ema=False, weights_only=False)
+
+
+MAE_DECODER_PREFIXES = ("decoder_", "mask_token")
+
+
+def load_pretrained(model: StampViT, path: str | Path) -> dict[str, list[str]]:
+    """Load MAE or timm ViT weights from a local file into ``model``; returns the load report.
+
+    As MAE's ``main_finetune.py``: drops the MAE decoder, drops a head of another class count,
+    resamples the position embedding (bicubic) when the grid differs, loads non-strictly and
+    reports missing / unexpected keys; a head the file lacks gets ``trunc_normal(std=2e-5)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pre-trained checkpoint not found: {path} (config key model.pretrained; "
+            "e.g. the MAE release mae_pretrain_vit_base.pth, or null to train from scratch)"
+        )
+    state = {
+        k: v for k, v in _read_state_dict(path).items() if not k.startswith(MAE_DECODER_PREFIXES)
+    }
+    own = model.state_dict()
+    for key in ("head.weight", "head.bias"):
+        if key in state and key in own and state[key].shape != own[key].shape:
+            log.info(
+                "dropping %s %s from the checkpoint (model has %s)",
+                key,
+                tuple(state[key].shape),
+                tuple(own[key].shape),
+            )
+            del state[key]
+    if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
+        old = state["pos_embed"]
+        old_grid = int(math.isqrt(old.shape[1] - model.num_prefix_tokens))
+        state["pos_embed"] = resample_abs_pos_embed(
+            old,
+            new_size=list(model.patch_embed.grid_size),
+            old_size=[old_grid, old_grid],
+            num_prefix_tokens=model.num_prefix_tokens,
+            interpolation="bicubic",
+            antialias=False,  # MAE's interpolate_pos_embed: F.interpolate(bicubic)
+        )
+        log.info(
+            "position embedding resampled from %dx%d to %s",
+            old_grid,
+            old_grid,
+            tuple(model.patch_embed.grid_size),
+        )
+    result = model.load_state_dict(state, strict=False)
+    report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+    log.info(
+        "loaded %s: %d tensors; missing %s; unexpected %s",
+        path,
+        len(state) - len(report["unexpected"]),
+        report["missing"],
+        report["unexpected"],
+    )
+    if "head.weight" in report["missing"] and model.head_init_std is not None:
+        trunc_normal_(model.head.weight, std=model.head_init_std)
+    return report
