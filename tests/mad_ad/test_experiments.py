@@ -1,0 +1,82 @@
+"""The paper-table experiment files of the MAD task: they compose with the intended rows, and
+(slow) each one trains a step and evaluates on the synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mad_testing import minilm_dir
+from test_train import compose_train
+
+from tasks.common.pipeline import train
+
+EXPERIMENTS = {
+    "mad_ad_t1a": ("T1a", "mad-v2-ad-named.csv", "mask: none,multilayer"),
+    "mad_ad_t2": ("T2", "mad-v2-ad-unnamed.csv", "mask: none,sparse,global,multilayer"),
+    "mad_ad_t3": ("T3", "mad-v2-ad-unnamed.csv", "mask: none,extra_linear,extra_layers,multilayer"),
+    "mad_ad_t7": ("T7", "mad-v2-ad-unnamed.csv", "attention: eager,flex"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_experiment_files_compose(tmp_path, name):
+    table, annotations, sweep = EXPERIMENTS[name]
+    cfg = compose_train(tmp_path, [f"experiment={name}"])
+    assert (cfg.experiment, cfg.table, cfg.data.annotations) == (name, table, annotations)
+    params = cfg.hydra.sweeper.params if "hydra" in cfg else None
+    assert params is None or sweep.split(":")[0] in params
+
+
+@pytest.mark.parametrize("backend, llm", [("eager", "eager"), ("flex", "sdpa")])
+def test_table7_llm_attention_follows_the_backend(tmp_path, backend, llm):
+    cfg = compose_train(tmp_path, ["experiment=mad_ad_t7", f"attention={backend}"])
+    assert cfg.model.llm_attn_implementation == llm and cfg.row == backend
+
+
+TINY = [
+    "logger=csv",
+    "callbacks.progress_bar=null",
+    "model.visual_dim=16",
+    "model.audio_dim=16",
+    "model.dim=32",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.num_queries=4",
+    "model.adapter_layers=2",
+    "mask.depth=2",
+    "data.batch_size=8",
+    "data.eval_batch_size=32",
+    "data.limit_train=8",
+    "data.num_workers=0",
+    "trainer.max_epochs=1",
+    "module.stage1_epochs=1",
+    "module.max_new_tokens=2",
+    "module.bertscore_layers=6",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("mad_ad_t1a", ["mask=none"]),
+        ("mad_ad_t2", ["mask=sparse"]),
+        ("mad_ad_t3", ["mask=extra_layers"]),
+        ("mad_ad_t7", ["attention=flex", "attention.flex_cpu_training=eager"]),
+    ],
+)
+def test_every_experiment_runs_a_step(tmp_path, monkeypatch, tiny_llama, mad_dir, name, extra):
+    monkeypatch.chdir(tmp_path)
+    overrides = [
+        f"experiment={name}",
+        *TINY,
+        *extra,
+        f"data.root={mad_dir}",
+        f"model.llm_path={tiny_llama}",
+        f"module.bertscore_model={minilm_dir()}",
+    ]
+    record = train(compose_train(tmp_path, overrides))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "ok" and saved["table"] == EXPERIMENTS[name][0]
+    assert {"val/CIDEr", "val/ROUGE_L", "val/R@5_16"} <= set(record["metrics"])
