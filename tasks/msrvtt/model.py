@@ -1,0 +1,501 @@
+"""SwinBERT (Lin et al., 2022) with the video->video attention block under any ``mask=`` mode.
+
+    frames (B, F, 3, R, R) -> Video Swin -> (B, V, C) -> Linear(C, 512) -> Linear(512, D) -> video
+    [caption tokens (T) ; video tokens (V)] -> BERT encoder (StampEncoderLayer x L) -> LM head
+
+Attention layout over the N = T + V tokens (SwinBERT's ``learn_vid_att`` mask, 1 = may attend):
+
+    caption -> caption   causal (over the valid caption tokens)
+    caption -> video     full
+    video   -> video     the learned block (below)
+    video   -> caption   none
+
+It enters the attention as BERT's additive bias ``-1e4 * (1 - layout)`` *after* the fusion of M,
+following ``stamp.attention``'s order of operations. The video->video block is
+
+* ``mask=none``: full attention;
+* ``mask=sparse``: SwinBERT's learnable sparse mask ``stamp.SparseMask`` (V x V), added to the
+  bias of that block, with its sparsity loss (``mask.sparse_loss_weight``, 0.5 in SwinBERT);
+* ``mask=global|multilayer``: a STAMP generator (``mask.depth`` linear layers, 16 in the paper)
+  maps the video tokens to M (B, V, V); outside the block M is the identity of the fusion
+  (1 for ``mul``, 0 for ``add``) so every other logit is untouched. ``global`` computes M once
+  from the encoder input; ``multilayer`` has one generator per layer on that layer's input.
+  ``stamp_scope=full`` is an extension: M over all N x N logits from all tokens (the reviews
+  list N = 834 for MSR-VTT); the paper's "same dimensionality as the original SwinBERT" reads
+  as the V x V block, the default.
+
+Training is SwinBERT's masked-token captioning: logits at the masked caption positions only.
+Decoding appends a [MASK] after the caption so far and reads the prediction at that position
+(greedy, or beam search with ``num_beams > 1``), stopping at [SEP].
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stamp import (
+    AttentionConfig,
+    Fusion,
+    MaskConfig,
+    MaskGenerator,
+    MaskType,
+    SparseMask,
+    StampEncoderLayer,
+    as_attention_config,
+    as_mask_config,
+    check_mask_backend,
+)
+from tasks.msrvtt.data import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+NEG = -1e4  # BERT's extended-attention-mask value (SwinBERT keeps it)
+SUPPORTED_MASKS = (MaskType.none, MaskType.sparse, MaskType.global_, MaskType.multilayer)
+SWIN3D_ARCHS = ("swin3d_t", "swin3d_s", "swin3d_b")
+TORCHVISION_SWIN3D_DROP_PATH = 0.1  # the stochastic depth torchvision builds swin3d_* with
+
+
+# --------------------------------------------------------------------------------------------
+# attention layout
+# --------------------------------------------------------------------------------------------
+
+
+def caption_video_layout(text_len: Tensor, max_text: int, n_video: int) -> Tensor:
+    """(B, N, N) bool, True where a query may attend to a key (SwinBERT's ``learn_vid_att``).
+
+    Rows/columns 0..max_text-1 are caption slots (the first ``text_len`` valid), then the video
+    tokens. Padded caption rows attend to nothing (they get a uniform distribution under the
+    -1e4 bias, as in BERT, and are never read).
+    """
+    idx = torch.arange(max_text, device=text_len.device)
+    valid = idx[None, :] < text_len[:, None]  # (B, T)
+    causal = idx[:, None] >= idx[None, :]  # (T, T)
+    n = max_text + n_video
+    allow = torch.zeros(text_len.shape[0], n, n, dtype=torch.bool, device=text_len.device)
+    allow[:, :max_text, :max_text] = causal & valid[:, :, None] & valid[:, None, :]
+    allow[:, :max_text, max_text:] = valid[:, :, None]
+    allow[:, max_text:, max_text:] = True
+    return allow
+
+
+def layout_bias(allow: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(B, N, N) layout -> (B, 1, N, N) additive bias: 0 where allowed, -1e4 elsewhere."""
+    return (NEG * (~allow).to(dtype)).unsqueeze(1)
+
+
+def embed_block_mask(block: Tensor, offset: int, fusion: Fusion | str) -> Tensor:
+    """Place M (B, V, V) at [offset:, offset:] of an (B, N, N) mask filled with the identity of
+    the fusion (1 for ``mul``, 0 for ``add``), so logits outside the block are unchanged."""
+    fill = 1.0 if Fusion(fusion) is Fusion.mul else 0.0
+    return F.pad(block, (offset, 0, offset, 0), value=fill)
+
+
+# --------------------------------------------------------------------------------------------
+# Video Swin backbone
+# --------------------------------------------------------------------------------------------
+
+
+class VideoSwinBackbone(nn.Module):
+    """torchvision's Video Swin (``swin3d_t|s|b``, or a tiny configurable one) as a token encoder.
+
+    Returns the last stage's normalised features as tokens (B, T' * H' * W', C), T' = F / 2 and
+    H' = W' = R / 32 for the standard patch (2, 4, 4): 32 x 224 x 224 -> 16 x 7 x 7 = 784 tokens.
+    ``weights`` is a local torchvision-format state dict (e.g. ``Swin3D_B_Weights`` saved with
+    ``torch.save(model.state_dict())``); the classification head is dropped.
+    """
+
+    def __init__(
+        self,
+        arch: str = "swin3d_b",
+        weights: str | None = None,
+        *,
+        embed_dim: int = 96,
+        depths: tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: tuple[int, ...] = (3, 6, 12, 24),
+        window_size: tuple[int, int, int] = (8, 7, 7),
+        patch_size: tuple[int, int, int] = (2, 4, 4),
+        stochastic_depth_prob: float = 0.1,
+    ) -> None:
+        super().__init__()
+        from torchvision.models import video as tv_video
+        from torchvision.models.video.swin_transformer import SwinTransformer3d
+        from torchvision.ops import StochasticDepth
+
+        if arch in SWIN3D_ARCHS:
+            swin = getattr(tv_video, arch)(weights=None)
+            # torchvision fixes stochastic_depth_prob=0.1 for these; rescale the per-block rates
+            for module in swin.modules():
+                if isinstance(module, StochasticDepth):
+                    module.p *= stochastic_depth_prob / TORCHVISION_SWIN3D_DROP_PATH
+        elif arch == "custom":
+            swin = SwinTransformer3d(
+                patch_size=list(patch_size),
+                embed_dim=embed_dim,
+                depths=list(depths),
+                num_heads=list(num_heads),
+                window_size=list(window_size),
+                stochastic_depth_prob=stochastic_depth_prob,
+            )
+        else:
+            raise ValueError(
+                f"model.backbone.arch={arch!r}; choose one of {SWIN3D_ARCHS} or custom"
+            )
+        swin.head = nn.Identity()  # unused: no dangling parameters under DDP
+        self.swin = swin
+        self.patch_size = tuple(swin.patch_embed.tuple_patch_size)
+        self.num_stages = len(swin.features) // 2 + 1  # stages interleaved with PatchMerging
+        self.out_dim = swin.num_features
+        if weights:
+            self.load_weights(weights)
+        else:
+            log.warning("Video Swin backbone %s: no weights given, random initialisation", arch)
+
+    def load_weights(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Video Swin weights not found: {path} (config key model.backbone.weights)"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model"):
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        missing, unexpected = self.swin.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} is not a torchvision Video Swin state dict for this arch: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+
+    def num_tokens(self, num_frames: int, img_res: int) -> int:
+        """Tokens for ``num_frames`` frames at ``img_res`` (PatchMerging pads odd sizes)."""
+        t = math.ceil(num_frames / self.patch_size[0])
+        h = math.ceil(img_res / self.patch_size[1])
+        w = math.ceil(img_res / self.patch_size[2])
+        for _ in range(self.num_stages - 1):
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        return t * h * w
+
+    def forward(self, frames: Tensor) -> Tensor:
+        x = frames.permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W) -> (B, 3, F, H, W)
+        x = self.swin.patch_embed(x)
+        x = self.swin.pos_drop(x)
+        x = self.swin.norm(self.swin.features(x))  # (B, T', H', W', C)
+        return x.flatten(1, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# BERT
+# --------------------------------------------------------------------------------------------
+
+
+def build_bert(path: str | None, overrides: dict | None, vocab_size: int):
+    """A ``BertForMaskedLM`` from a local HF folder (weights) or from a config (random init).
+
+    Returns the HF model; its embeddings and LM head are used directly, its encoder layers are
+    copied into ``StampEncoderLayer``s by ``load_bert_layer``.
+    """
+    from transformers import BertConfig, BertForMaskedLM
+
+    overrides = dict(overrides or {})
+    if path:
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(
+                f"BERT checkpoint: no config.json in {p} (config key model.bert.path); expected a "
+                "local HF folder such as bert-base-uncased (config.json + model weights)"
+            )
+        config = BertConfig.from_pretrained(str(p), local_files_only=True, **overrides)
+        hf = BertForMaskedLM.from_pretrained(str(p), config=config, local_files_only=True)
+    else:
+        overrides.setdefault("vocab_size", vocab_size)
+        hf = BertForMaskedLM(BertConfig(**overrides))
+    if hf.config.vocab_size < vocab_size:
+        raise ValueError(
+            f"BERT vocab_size={hf.config.vocab_size} < tokenizer size {vocab_size}; "
+            "model.bert and the tokenizer do not belong together"
+        )
+    return hf
+
+
+@torch.no_grad()
+def load_bert_layer(layer: StampEncoderLayer, hf_layer: nn.Module) -> None:
+    """Copy one HF ``BertLayer`` into a post-norm ``StampEncoderLayer`` (q,k,v -> fused qkv)."""
+    att = hf_layer.attention
+    q, k, v = att.self.query, att.self.key, att.self.value
+    layer.attn.qkv.weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
+    layer.attn.qkv.bias.copy_(torch.cat([q.bias, k.bias, v.bias]))
+    pairs = [
+        (layer.attn.proj, att.output.dense),
+        (layer.attn_block.norm, att.output.LayerNorm),
+        (layer.ffn.fc1, hf_layer.intermediate.dense),
+        (layer.ffn.fc2, hf_layer.output.dense),
+        (layer.ffn_block.norm, hf_layer.output.LayerNorm),
+    ]
+    for ours, theirs in pairs:
+        ours.load_state_dict(theirs.state_dict())
+
+
+# --------------------------------------------------------------------------------------------
+# SwinBERT
+# --------------------------------------------------------------------------------------------
+
+
+class SwinBERT(nn.Module):
+    """Video Swin + BERT multimodal transformer for masked-token video captioning.
+
+    ``backbone``: kwargs of ``VideoSwinBackbone``. ``bert``: ``{path, config}`` with ``path`` a
+    local HF BERT folder (or null) and ``config`` BertConfig overrides (the tiny test model).
+    """
+
+    def __init__(
+        self,
+        tokenizer_path: str,
+        backbone: dict | None = None,
+        bert: dict | None = None,
+        *,
+        num_frames: int = 32,
+        img_res: int = 224,
+        img_feature_dim: int = 512,
+        max_text_len: int = 50,
+        max_gen_len: int = 20,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        stamp_scope: str = "video",
+        freeze_backbone: bool = False,
+        mask: MaskConfig | dict | None = None,
+        attention: AttentionConfig | dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.mask_cfg = mask = as_mask_config(mask)
+        attention = as_attention_config(attention)
+        if mask.type not in SUPPORTED_MASKS:
+            raise ValueError(
+                f"task=msrvtt supports mask= {', '.join(m.value for m in SUPPORTED_MASKS)}; "
+                f"got {mask.type.value} (the Table 3 controls belong to task=mad_ad)"
+            )
+        if stamp_scope not in ("video", "full"):
+            raise ValueError(f"model.stamp_scope={stamp_scope!r}; choose video or full")
+        check_mask_backend(mask, attention)
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        tok = self.tokenizer
+        self.cls_id, self.sep_id = tok.cls_token_id, tok.sep_token_id
+        self.pad_id, self.mask_id = tok.pad_token_id, tok.mask_token_id
+        self.max_text_len, self.max_gen_len = max_text_len, max_gen_len
+        self.num_beams, self.length_penalty = num_beams, length_penalty
+        self.stamp_scope = stamp_scope
+
+        self.backbone = VideoSwinBackbone(**(backbone or {}))
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self.n_video = self.backbone.num_tokens(num_frames, img_res)
+
+        bert = dict(bert or {})
+        hf = build_bert(bert.get("path"), bert.get("config"), len(tok))
+        cfg = hf.config
+        if max_text_len > cfg.max_position_embeddings:
+            raise ValueError(
+                f"model.max_text_len={max_text_len} > BERT max_position_embeddings="
+                f"{cfg.max_position_embeddings}"
+            )
+        dim = self.dim = cfg.hidden_size
+        self.embeddings = hf.bert.embeddings
+        self.head = hf.cls.predictions
+        if self.head.decoder.weight is self.embeddings.word_embeddings.weight:
+            # SwinBERT trains with tie_weights=False: the LM head starts from, but is not, the
+            # word embedding matrix
+            self.head.decoder.weight = nn.Parameter(self.head.decoder.weight.detach().clone())
+        # SwinBERT's ``fc`` (backbone width -> img_feature_dim) and BERT's ``img_embedding``
+        self.video_fc = nn.Linear(self.backbone.out_dim, img_feature_dim)
+        self.video_embedding = nn.Linear(img_feature_dim, dim)
+        self.video_dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+        if cfg.hidden_act != "gelu":
+            raise ValueError(f"BERT hidden_act={cfg.hidden_act!r}; only gelu is supported")
+        self.layers = nn.ModuleList()
+        for hf_layer in hf.bert.encoder.layer:
+            layer = StampEncoderLayer(
+                dim,
+                cfg.num_attention_heads,
+                cfg.intermediate_size,
+                mask=mask,
+                attention=attention,
+                dropout=cfg.hidden_dropout_prob,
+                attn_dropout=cfg.attention_probs_dropout_prob,
+                activation="gelu",
+                norm_first=False,
+                norm_eps=cfg.layer_norm_eps,
+            )
+            layer.ffn.drop = nn.Identity()  # BERT has no dropout inside the FFN
+            load_bert_layer(layer, hf_layer)
+            self.layers.append(layer)
+
+        n_scope = self.n_video if stamp_scope == "video" else max_text_len + self.n_video
+        gen = dict(dim=dim, n_max=n_scope, depth=mask.depth, hidden=mask.hidden, bound=mask.bound)
+        self.mask_generators = nn.ModuleList()
+        self.mask_generator: MaskGenerator | None = None
+        self.sparse_mask: SparseMask | None = None
+        if mask.type is MaskType.multilayer:
+            self.mask_generators.extend(MaskGenerator(**gen) for _ in self.layers)
+        elif mask.type is MaskType.global_:
+            self.mask_generator = MaskGenerator(**gen)
+        elif mask.type is MaskType.sparse:
+            self.sparse_mask = SparseMask(self.n_video)
+
+    # ---------------------------------------------------------------- encoding
+
+    def encode_video(self, frames: Tensor) -> Tensor:
+        """(B, F, 3, R, R) -> video token embeddings (B, V, D)."""
+        tokens = self.backbone(frames)
+        if tokens.shape[1] != self.n_video:
+            raise ValueError(
+                f"the backbone produced {tokens.shape[1]} video tokens, the model was built for "
+                f"{self.n_video} (model.num_frames / model.img_res must match the data)"
+            )
+        return self.video_dropout(self.video_embedding(self.video_fc(tokens)))
+
+    def _soft_mask(self, generator: MaskGenerator, x: Tensor, n_text: int) -> Tensor:
+        if self.stamp_scope == "video":
+            return embed_block_mask(generator(x[:, n_text:]), n_text, self.mask_cfg.fusion)
+        return generator(x)
+
+    def attention_bias(self, text_len: Tensor, n_text: int, dtype: torch.dtype) -> Tensor:
+        """Structural layout bias, plus the sparse mask's bias on the video block."""
+        bias = layout_bias(caption_video_layout(text_len, n_text, self.n_video), dtype)
+        if self.sparse_mask is not None:
+            bias[..., n_text:, n_text:] += self.sparse_mask(self.n_video).to(dtype)
+        return bias
+
+    def encode(self, video: Tensor, input_ids: Tensor, text_len: Tensor) -> Tensor:
+        """BERT over [caption ; video]; returns the hidden states (B, T + V, D)."""
+        n_text = input_ids.shape[1]
+        if self.stamp_scope == "full" and n_text != self.max_text_len:
+            raise ValueError(
+                f"stamp_scope=full needs captions padded to max_text_len={self.max_text_len}, "
+                f"got {n_text}"
+            )
+        x = torch.cat([self.embeddings(input_ids=input_ids), video], dim=1)
+        bias = self.attention_bias(text_len, n_text, x.dtype)
+        mask = None  # global: M from the encoder input, shared by every layer
+        if self.mask_generator is not None:
+            mask = self._soft_mask(self.mask_generator, x, n_text)
+        for i, layer in enumerate(self.layers):
+            if self.mask_generators:  # multilayer: M_l from the input of layer l
+                mask = self._soft_mask(self.mask_generators[i], x, n_text)
+            x = layer(x, mask=mask, attn_bias=bias)
+        return x
+
+    def forward(
+        self, frames: Tensor, input_ids: Tensor, text_len: Tensor, masked_pos: Tensor
+    ) -> Tensor:
+        """Masked-token captioning: logits (num_masked_in_batch, vocab), in row-major order of
+        ``masked_pos`` (the order of the non-padding entries of the data's ``masked_ids``)."""
+        hidden = self.encode(self.encode_video(frames), input_ids, text_len)
+        return self.head(hidden[:, : input_ids.shape[1]][masked_pos])
+
+    def aux_loss(self) -> Tensor | None:
+        """SwinBERT's weighted sparsity loss for ``mask=sparse``; None otherwise."""
+        if self.sparse_mask is None:
+            return None
+        return self.mask_cfg.sparse_loss_weight * self.sparse_mask.sparsity_loss()
+
+    # ---------------------------------------------------------------- decoding
+
+    def _next_token_logprobs(self, video: Tensor, ids: Tensor) -> Tensor:
+        """Append [MASK] to the captions ``ids`` (B, t) and return log p(next token) (B, vocab)."""
+        B, t = ids.shape
+        inp = torch.cat([ids, ids.new_full((B, 1), self.mask_id)], dim=1)
+        text_len = torch.full((B,), t + 1, dtype=torch.long, device=ids.device)
+        if self.stamp_scope == "full":  # keep the generator's column positions of training
+            inp = F.pad(inp, (0, self.max_text_len - t - 1), value=self.pad_id)
+        hidden = self.encode(video, inp, text_len)
+        return self.head(hidden[:, t]).float().log_softmax(-1)
+
+    @torch.no_grad()
+    def generate(self, frames: Tensor, num_beams: int | None = None) -> list[list[int]]:
+        """Caption token ids per video (without [CLS]/[SEP]); greedy when ``num_beams`` is 1."""
+        num_beams = self.num_beams if num_beams is None else num_beams
+        max_len = min(self.max_gen_len, self.max_text_len)
+        video = self.encode_video(frames)
+        if num_beams <= 1:
+            return self._greedy(video, max_len)
+        return self._beam_search(video, max_len, num_beams)
+
+    def _greedy(self, video: Tensor, max_len: int) -> list[list[int]]:
+        B = video.shape[0]
+        ids = video.new_full((B, 1), self.cls_id, dtype=torch.long)
+        done = torch.zeros(B, dtype=torch.bool, device=video.device)
+        while ids.shape[1] < max_len and not done.all():
+            nxt = self._next_token_logprobs(video, ids).argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            done |= nxt == self.sep_id
+        return [self._strip(row) for row in ids.tolist()]
+
+    def _beam_search(self, video: Tensor, max_len: int, k: int) -> list[list[int]]:
+        """Beam search; finished hypotheses are ranked by log p / length ** length_penalty."""
+        B = video.shape[0]
+        video = video.repeat_interleave(k, dim=0)
+        ids = video.new_full((B * k, 1), self.cls_id, dtype=torch.long)
+        scores = torch.full((B, k), float("-inf"), device=video.device)
+        scores[:, 0] = 0.0  # all beams start identical: expand only the first
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+        while ids.shape[1] < max_len:
+            logp = self._next_token_logprobs(video, ids)
+            vocab = logp.shape[-1]
+            cand = (scores.view(-1, 1) + logp).view(B, k * vocab)
+            top_scores, top_idx = cand.topk(2 * k, dim=-1)
+            new_ids, new_scores = [], []
+            for b in range(B):
+                kept = 0
+                for s, i in zip(top_scores[b].tolist(), top_idx[b].tolist(), strict=True):
+                    beam, token = divmod(i, vocab)
+                    prefix = ids[b * k + beam]
+                    if token == self.sep_id:
+                        if len(finished[b]) < k and s > float("-inf"):
+                            length = prefix.shape[0]  # generated tokens incl. [SEP]
+                            finished[b].append((s / length**self.length_penalty, prefix.tolist()))
+                        continue
+                    new_ids.append(torch.cat([prefix, prefix.new_tensor([token])]))
+                    new_scores.append(s)
+                    kept += 1
+                    if kept == k:
+                        break
+                while kept < k:  # unlikely: fill with dead beams
+                    new_ids.append(torch.cat([ids[b * k], ids.new_tensor([self.pad_id])]))
+                    new_scores.append(float("-inf"))
+                    kept += 1
+            ids = torch.stack(new_ids)
+            scores = torch.tensor(new_scores, device=video.device).view(B, k)
+            if all(len(f) >= k for f in finished):
+                break
+        results = []
+        for b in range(B):
+            hyps = list(finished[b])
+            for j in range(k):
+                if scores[b, j] > float("-inf"):
+                    length = ids.shape[1] - 1
+                    hyps.append(
+                        (scores[b, j].item() / length**self.length_penalty, ids[b * k + j].tolist())
+                    )
+            best = max(hyps, key=lambda h: h[0])[1] if hyps else [self.cls_id]
+            results.append(self._strip(best))
+        return results
+
+    def _strip(self, ids: list[int]) -> list[int]:
+        out = []
+        for i in ids[1:]:  # drop [CLS]
+            if i in (self.sep_id, self.pad_id):
+                break
+            out.append(i)
+        return out
+
+    def decode_text(self, ids: list[list[int]]) -> list[str]:
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
