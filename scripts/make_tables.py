@@ -1,0 +1,70 @@
+"""Paper tables from run directories: python scripts/make_tables.py outputs/... [--out DIR]
+
+Reads every results.json (and profile.json from scripts/profile_compute.py) under the given
+run / sweep directories, groups runs by paper table and configuration, aggregates seeds as
+mean ± std (n) and prints each table beside the paper's numbers (paper/results.yaml). Runs
+without a paper table (the demo) get one table per experiment / task in the same format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.common.tables import (
+    PAPER_FILE,
+    load_paper,
+    load_records,
+    load_wandb_records,
+    make_tables,
+    to_csv,
+    to_markdown,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="*", help="run / sweep directories or results files")
+    parser.add_argument(
+        "--wandb", default="", help="also read the runs of an online W&B project (entity/project)"
+    )
+    parser.add_argument("--out", type=Path, help="write tables.md and tables.csv here")
+    parser.add_argument("--tables", default="", help="only these table ids, e.g. T1b,T2")
+    parser.add_argument(
+        "--metrics", default="", help="columns of untagged tables (default: every val/, test/)"
+    )
+    parser.add_argument("--paper", type=Path, default=PAPER_FILE, help="the paper's numbers")
+    args = parser.parse_args(argv)
+
+    missing = [d for d in args.run_dirs if not Path(d).exists()]
+    if missing:
+        parser.error(f"not found: {', '.join(missing)}")
+    if not args.run_dirs and not args.wandb:
+        parser.error("give run directories and / or --wandb entity/project")
+    records = load_records(args.run_dirs)
+    if args.wandb:
+        records += load_wandb_records(args.wandb)
+    if not records:
+        print(f"no results.json under {' '.join(args.run_dirs)}", file=sys.stderr)
+        return 1
+    rendered = make_tables(
+        records,
+        load_paper(args.paper),
+        tables=[t for t in args.tables.split(",") if t],
+        metrics=[m for m in args.metrics.split(",") if m],
+    )
+    markdown = to_markdown(rendered)
+    print(markdown)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "tables.md").write_text(markdown)
+        (args.out / "tables.csv").write_text(to_csv(rendered))
+        print(f"-> {args.out / 'tables.md'}, {args.out / 'tables.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""The paper's figures: STAMP depth sweep (Fig. S4), attention-weight histograms at the first, a
+middle and the last layer, STAMP vs full attention (Figs. S5 / S7), and a sample's mask heatmap
+with the modality boundaries marked (Figs. S6 / S8 / S9).
+
+Attention and masks are collected with ``stamp.record_attention`` over one batch (the paper's
+Fig. S5 uses 64 samples). Figures are written as PNG with matplotlib's Agg backend (no display
+needed) and can be logged to W&B as images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf, open_dict  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from stamp import record_attention  # noqa: E402
+from tasks.common.profiling import first_batch, forward_fn  # noqa: E402
+from tasks.common.results import RESULTS_FILE, load_results  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- collecting
+def load_run(run_dir: str | Path, checkpoint: str = "best", batch_size: int | None = None):
+    """Rebuild a finished run's model from its results.json config and load its checkpoint
+    (``best``, ``last``, ``none`` for the initial weights, or a path). Returns
+    (record, module, datamodule)."""
+    from tasks.common.pipeline import build, core_configs
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RESULTS_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir / RESULTS_FILE} not found: pass a run directory")
+    record = load_results([run_dir / RESULTS_FILE])[0]
+    cfg = OmegaConf.create(record["config"])
+    if batch_size is not None:
+        with open_dict(cfg):
+            for key in ("batch_size", "eval_batch_size"):
+                if key in cfg.data:
+                    cfg.data[key] = batch_size
+    mask, attention = core_configs(cfg)
+    datamodule, _, module = build(cfg, mask, attention)
+    ckpt = _checkpoint_path(record, run_dir, checkpoint)
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        # as Lightning loads it: modules that keep frozen weights out of their checkpoints (the
+        # MAD task's LLaMA) set strict_loading = False
+        module.load_state_dict(state["state_dict"], strict=getattr(module, "strict_loading", True))
+        log.info("loaded %s", ckpt)
+    return record, module.eval(), datamodule
+
+
+def _checkpoint_path(record: dict, run_dir: Path, checkpoint: str) -> Path | None:
+    if checkpoint == "none":
+        return None
+    if checkpoint == "best":
+        best = (record.get("best") or {}).get("ckpt")
+        if best and Path(best).is_file():
+            return Path(best)
+        checkpoint = "last"
+    if checkpoint == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return last
+        raise FileNotFoundError(
+            f"{run_dir}: no best checkpoint and no {last}; pass --checkpoint none to plot the "
+            "initial weights or --checkpoint <file.ckpt>"
+        )
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+    return Path(checkpoint)
+
+
+def first_calls(records: list[dict]) -> list[dict]:
+    """The first call of every attention module, in call order: one record per layer even when
+    a forward runs a module more than once (QD-DETR's negative pairs, decoding loops)."""
+    seen: dict[str, dict] = {}
+    for record in records:
+        seen.setdefault(record["name"], record)
+    return list(seen.values())
+
+
+def collect_attention(module: nn.Module, batch: Any) -> list[dict]:
+    """One record per attention module (its first call in the forward), in call order:
+    {name, attn (B,H,Nq,Nk), mask, key_padding_mask}."""
+    with record_attention(module) as records:
+        forward_fn(module, batch)()
+    return first_calls(records)
+
+
+def collect_run(module: nn.Module, datamodule: Any, split: str = "val") -> tuple[list[dict], Any]:
+    """Attention records of one batch of ``split``; a val batch that cannot run the training
+    objective (no targets in it) falls back to a train batch."""
+    batch = first_batch(datamodule, split)
+    try:
+        return collect_attention(module, batch), batch
+    except (KeyError, TypeError, AttributeError) as error:
+        if split == "train":
+            raise
+        log.warning("a %s batch cannot run the training objective (%s): using train", split, error)
+        return collect_run(module, datamodule, "train")
+
+
+def pick_layers(count: int, layers: Sequence[int] | None = None) -> list[int]:
+    """Indices of the first, a middle and the last attention call (or the given ones)."""
+    if count == 0:
+        raise ValueError("no attention was recorded (the model has no StampAttention)")
+    chosen = list(layers) if layers else [0, count // 2, count - 1]
+    out = []
+    for i in chosen:
+        j = i + count if i < 0 else i
+        if not 0 <= j < count:
+            raise ValueError(f"layer {i} out of range: {count} attention calls were recorded")
+        if j not in out:
+            out.append(j)
+    return out
+
+
+def attention_weights(record: dict) -> Tensor:
+    """The attention probabilities of valid (query, key) pairs, flattened (padding left out)."""
+    attn = record["attn"].float()  # (B, H, Nq, Nk)
+    valid = torch.ones(attn.shape[0], attn.shape[2], attn.shape[3], dtype=torch.bool)
+    pad = record.get("key_padding_mask")
+    if pad is not None:
+        valid &= ~pad.bool()[:, None, :]
+        if attn.shape[2] == attn.shape[3]:  # self-attention: padded queries too
+            valid &= ~pad.bool()[:, :, None]
+    return attn.permute(0, 2, 3, 1)[valid].flatten()
+
+
+def modality_boundaries(net: nn.Module) -> list[int] | None:
+    """Token indices where a new modality starts, from the ``modality_boundaries()`` method of
+    the model or of the first submodule that has one."""
+    for module in net.modules():
+        fn = getattr(module, "modality_boundaries", None)
+        if callable(fn):
+            return [int(b) for b in fn()]
+    return None
+
+
+# ----------------------------------------------------------------------------- figures
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_attention_histograms(
+    runs: dict[str, list[dict]],
+    path: str | Path,
+    layers: Sequence[int] | None = None,
+    bins: int = 50,
+) -> Path:
+    """Figs. S5 / S7: one panel per chosen layer, one histogram per run (e.g. STAMP, full)."""
+    count = min(len(r) for r in runs.values())
+    idx = pick_layers(count, layers)
+    fig, axes = plt.subplots(1, len(idx), figsize=(4.2 * len(idx), 3.4), squeeze=False)
+    for ax, i in zip(axes[0], idx, strict=True):
+        weights = {label: attention_weights(records[i]).numpy() for label, records in runs.items()}
+        top = max(float(w.max()) for w in weights.values() if w.size) or 1.0
+        for label, w in weights.items():
+            ax.hist(w, bins=bins, range=(0.0, top), alpha=0.55, label=label, density=True)
+        name = next(iter(runs.values()))[i]["name"]
+        ax.set_title(f"attention layer {i + 1} of {count}\n{name}", fontsize=9)
+        ax.set_xlabel("attention weight")
+        ax.set_yscale("log")
+    axes[0][0].set_ylabel("density (log)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("attention-weight distribution over one batch", y=1.04)
+    return _save(fig, path)
+
+
+def plot_mask_heatmap(
+    mask: Tensor,
+    path: str | Path,
+    boundaries: Sequence[int] | None = None,
+    key_padding: Tensor | None = None,
+    title: str = "STAMP mask",
+) -> Path:
+    """Figs. S6 / S8 / S9: one sample's (Nq, Nk) mask; modality boundaries as lines, padded
+    keys blank."""
+    values = mask.detach().float().cpu().clone()
+    if key_padding is not None:
+        pad = key_padding.bool().cpu()
+        values[:, pad] = float("nan")
+        if values.shape[0] == values.shape[1]:  # self-attention: padded queries too
+            values[pad, :] = float("nan")
+    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = ax.imshow(values.numpy(), cmap=cmap, aspect="auto", interpolation="nearest")
+    for b in boundaries or []:
+        ax.axvline(b - 0.5, color="red", linewidth=1.2)
+        if values.shape[0] == values.shape[1]:
+            ax.axhline(b - 0.5, color="red", linewidth=1.2)
+    ax.set_xlabel("key token")
+    ax.set_ylabel("query token")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label="mask value M")
+    return _save(fig, path)
+
+
+def mask_records(records: list[dict]) -> list[int]:
+    """Indices of the recorded calls that had a STAMP mask."""
+    return [i for i, r in enumerate(records) if r.get("mask") is not None]
+
+
+def plot_run_mask(
+    records: list[dict],
+    path: str | Path,
+    sample: int = 0,
+    layer: int = 0,
+    boundaries: Sequence[int] | None = None,
+    label: str = "",
+) -> Path | None:
+    """The mask heatmap of ``sample`` at the ``layer``-th masked attention call (None if the
+    run has no mask)."""
+    masked = mask_records(records)
+    if not masked:
+        return None
+    i = masked[pick_layers(len(masked), [layer])[0]]
+    record = records[i]
+    mask = record["mask"]
+    m = mask[sample] if mask.dim() == 3 else mask[sample].mean(0)  # per-head: head mean
+    pad = record.get("key_padding_mask")
+    title = f"{label} mask, sample {sample}, {record['name']}".strip()
+    return plot_mask_heatmap(m, path, boundaries, None if pad is None else pad[sample], title)
+
+
+def plot_depth_sweep(
+    records: list[dict],
+    metric: str,
+    path: str | Path,
+    paper_points: dict[tuple[int, str], float] | None = None,
+) -> Path:
+    """Fig. S4: ``metric`` against STAMP depth, one line per fusion op (mean ± std over seeds);
+    full attention runs as a dashed line; the paper's points as crosses."""
+    from tasks.common.tables import Stat
+
+    ok = [r for r in records if r.get("status", "ok") == "ok" and metric in r.get("metrics", {})]
+    if not ok:
+        raise ValueError(f"no finished run logged {metric}")
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    stamp = [r for r in ok if r.get("mask") not in ("none", None)]
+    for fusion in sorted({str(r.get("fusion")) for r in stamp}):
+        by_depth: dict[int, list[float]] = {}
+        for r in stamp:
+            if str(r.get("fusion")) == fusion:
+                by_depth.setdefault(int(r["depth"]), []).append(r["metrics"][metric])
+        depths = sorted(by_depth)
+        stats = [Stat.of(by_depth[d]) for d in depths]
+        ax.errorbar(
+            depths,
+            [s.mean for s in stats],
+            yerr=[s.std or 0.0 for s in stats],
+            marker="o",
+            capsize=3,
+            label=f"STAMP, {fusion}",
+        )
+    full = Stat.of([r["metrics"][metric] for r in ok if r.get("mask") == "none"])
+    if full is not None:
+        ax.axhline(full.mean, color="grey", linestyle="--", label=f"full attention ({full.n})")
+    for (depth, fusion), value in (paper_points or {}).items():
+        ax.plot([depth], [value], marker="x", color="black", markersize=8)
+        ax.annotate(
+            f"paper {fusion}", (depth, value), fontsize=7, xytext=(4, 4), textcoords="offset points"
+        )
+    ax.set_xscale("log", base=2)
+    ticks = sorted({int(r["depth"]) for r in stamp} | {d for d, _ in (paper_points or {})})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("STAMP depth (linear layers in the generator)")
+    ax.set_ylabel(metric)
+    ax.set_title("STAMP depth x fusion (Fig. S4)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def log_images_to_wandb(
+    images: dict[str, Path],
+    out_dir: str | Path,
+    project: str = "stamp",
+    name: str = "plots",
+    run: Any = None,
+) -> None:
+    """Log PNGs as W&B images: to ``run`` if given, else to a new (offline by default) run."""
+    import os
+
+    import wandb
+
+    own = run is None
+    if own:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        run = wandb.init(project=project, name=name, dir=str(out_dir), job_type="plots")
+    run.log({key: wandb.Image(str(path)) for key, path in images.items()})
+    if own:
+        run.finish()
