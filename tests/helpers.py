@@ -7,35 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from tasks.common.schemas import register_schemas
+from tasks.common.compose import CONFIG_DIR, ROOT, compose_config, without_hydra
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
+__all__ = ["CONFIG_DIR", "ROOT", "compose_cfg", "run_cfg", "run_script"]
 
 
 def compose_cfg(
     overrides: list[str] | None = None, output_dir: Path | None = None, config_name: str = "train"
 ) -> DictConfig:
-    """Compose ``configs/<config_name>.yaml`` with overrides; resolve hydra-dependent paths to
-    ``output_dir`` so the config can run without @hydra.main."""
-    register_schemas()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
-    if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with open_dict(cfg):
-            cfg.paths.root_dir = str(ROOT)
-            cfg.paths.output_dir = str(output_dir)
-            cfg.paths.log_dir = str(output_dir)
-            cfg.hydra.runtime.output_dir = str(output_dir)
-            cfg.hydra.runtime.cwd = str(ROOT)
-    GlobalHydra.instance().clear()
-    return cfg
+    """Compose ``configs/<config_name>.yaml`` with overrides, run directory ``output_dir``."""
+    return compose_config(overrides or [], output_dir, config_name)
 
 
 def run_cfg(cfg: DictConfig, fn=None) -> dict:
@@ -48,8 +31,7 @@ def run_cfg(cfg: DictConfig, fn=None) -> dict:
     try:
         # the pipeline reads the run dir from Hydra when it runs under @hydra.main; in tests the
         # run dir is the current directory
-        hydra_free = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        return fn(hydra_free)
+        return fn(without_hydra(cfg))
     finally:
         os.chdir(cwd)
 

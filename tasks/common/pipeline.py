@@ -160,6 +160,11 @@ def write_results(record: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
+def unavailable_metrics(module: L.LightningModule) -> dict[str, str]:
+    """Metrics a task could not compute here, with the reason (e.g. SPICE without CoreNLP)."""
+    return dict(getattr(module, "unavailable_metrics", None) or {})
+
+
 def _log_config(loggers: list, cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
@@ -212,6 +217,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         },
         epochs=trainer.current_epoch,
         wall_time_s=round(time.time() - start, 2),
+        unavailable=unavailable_metrics(module),
     )
     if trainer.is_global_zero:
         path = write_results(record, out_dir)
@@ -250,6 +256,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         checkpoint=ckpt,
         split=split,
         wall_time_s=round(time.time() - start, 2),
+        unavailable=unavailable_metrics(module),
     )
     if trainer.is_global_zero:
         write_results(record, out_dir)

@@ -34,7 +34,11 @@ def format_summary(records: list[dict[str, Any]], max_metrics: int = 8) -> str:
     metric_keys: list[str] = []
     for r in records:
         for key in r.get("metrics", {}):
-            if key.startswith(("val/", "test/")) and key not in metric_keys:
+            if (
+                key.startswith(("val/", "test/"))
+                and "aux_loss" not in key
+                and key not in metric_keys
+            ):
                 metric_keys.append(key)
     metric_keys = sorted(metric_keys)[:max_metrics]
     header = [

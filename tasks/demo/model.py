@@ -70,7 +70,6 @@ class DemoClassifier(nn.Module):
         x = self.encoder(self.tokens(visual, audio), key_padding_mask=padding)
         return self.head(x[:, 0])
 
-    @staticmethod
-    def modality_boundaries(max_visual: int, max_audio: int) -> list[int]:
-        """Token indices where a new modality starts (for mask plots)."""
-        return [1, 1 + max_visual]
+    def modality_boundaries(self) -> list[int]:
+        """Token indices where a new modality starts (for mask plots): visual, audio."""
+        return [1, 1 + self.max_visual]

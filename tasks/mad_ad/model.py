@@ -86,6 +86,10 @@ class AudioVisualEncoder(nn.Module):
     def num_output_tokens(self) -> int:
         return self.num_queries or 2 * self.tokens
 
+    def modality_boundaries(self) -> list[int]:
+        """Token indices where the visual and the audio tokens start (for mask plots)."""
+        return [self.num_queries, self.num_queries + self.tokens]
+
     def forward(self, visual: Tensor, audio: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         if visual.shape[1] != self.tokens or audio.shape[1] != self.tokens:
             raise ValueError(
