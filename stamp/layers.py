@@ -355,7 +355,7 @@ class StampEncoder(nn.Module):
 
 def collect_aux_loss(model: nn.Module) -> Tensor | None:
     """Sum of ``aux_loss()`` over every sub-module that defines one (None if none does)."""
-    losses = [m.aux_loss() for m in model.modules() if hasattr(m, "aux_loss")]
+    losses = [m.aux_loss() for m in model.modules() if callable(getattr(m, "aux_loss", None))]
     losses = [loss for loss in losses if loss is not None]
     if not losses:
         return None

@@ -240,3 +240,10 @@ def test_mask_config_validation_lists_choices(field, value, message):
 def test_attention_config_validation_lists_choices():
     with pytest.raises(ValueError, match="choose one of: eager, sdpa, flex"):
         AttentionConfig(backend="bogus")
+
+
+def test_aux_loss_collection_ignores_non_callable_attributes():
+    """DETR models carry a boolean ``aux_loss`` flag; only methods are collected."""
+    model = torch.nn.Sequential(encoder("sparse"))
+    model.aux_loss = True
+    torch.testing.assert_close(collect_aux_loss(model), 0.5 * model[0].sparse_mask.sparsity_loss())
