@@ -1,0 +1,1 @@
+"""QVHighlights moment retrieval + highlight detection with QD-DETR (+ STAMP in its encoder)."""

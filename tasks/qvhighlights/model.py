@@ -1,0 +1,414 @@
+"""QD-DETR (Moon et al., CVPR 2023; wjun0830/QD-DETR) with STAMP in its encoder.
+
+    video, text features -> input projections (LN, dropout, linear) ->
+    2 text-to-video cross-attention layers (video queries, text keys)      <- STAMP (``t2v``)
+    -> 2 self-attention layers over [global token, video]                  <- STAMP (``self``)
+    -> DAB-style decoder: 10 learnable anchors (center, width), 2 layers, iterative refinement
+    -> class (fg / bg), span (center, width) and saliency heads.
+    Negative pairs: the encoder runs again with the text rolled by one in the batch.
+
+The encoder layers come from the shared core (``stamp.StampCrossAttentionLayer``,
+``stamp.StampEncoder``: DETR post-norm, positions added to queries / keys only); the decoder is
+task specific and lives here. ``stamp_layers`` picks which encoder groups get the mask; a group
+not listed runs full attention. Cross-attention supports the mask types ``none``, ``global``,
+``multilayer`` and ``extra_linear``; for ``sparse`` / ``extra_layers`` the T2V layers stay full
+(the self-attention encoder applies them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stamp import (
+    AttentionConfig,
+    MaskConfig,
+    MaskGenerator,
+    MaskType,
+    SparseMask,
+    StampAttention,
+    StampCrossAttentionLayer,
+    StampEncoder,
+    as_attention_config,
+    as_mask_config,
+    check_mask_backend,
+    layer_mask_kwargs,
+)
+
+log = logging.getLogger(__name__)
+
+STAMP_GROUPS = ("t2v", "self")
+CROSS_MASK_TYPES = (MaskType.none, MaskType.global_, MaskType.multilayer, MaskType.extra_linear)
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (DETR's box-head MLP)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden] * (num_layers - 1)
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [out_dim], strict=True)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class LinearLayer(nn.Module):
+    """Input projection block: LayerNorm -> dropout -> linear (-> ReLU)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float, relu: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.drop = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.relu = relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.linear(self.drop(self.norm(x)))
+        return F.relu(x) if self.relu else x
+
+
+def input_projection(in_dim: int, dim: int, dropout: float, n_layers: int = 2) -> nn.Sequential:
+    """QD-DETR's ``n_input_proj`` blocks; ReLU on all but the last."""
+    dims = [in_dim] + [dim] * n_layers
+    return nn.Sequential(
+        *(LinearLayer(dims[i], dim, dropout, relu=i < n_layers - 1) for i in range(n_layers))
+    )
+
+
+def _sine(values: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """(..., ) positions -> (..., dim) interleaved sin / cos features (DETR)."""
+    i = torch.arange(dim, dtype=torch.float32, device=values.device)
+    freqs = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / dim)
+    x = values[..., None] / freqs
+    return torch.stack((x[..., 0::2].sin(), x[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+def video_position_embedding(mask: Tensor, dim: int) -> Tensor:
+    """Normalised sine positions of the valid clips, (B, L) mask -> (B, L, dim)."""
+    pos = mask.float().cumsum(1)
+    pos = pos / (pos[:, -1:] + 1e-6) * 2 * math.pi
+    return _sine(pos, dim)
+
+
+def anchor_sine_embedding(anchors: Tensor, dim: int) -> Tensor:
+    """Anchors (..., 2) as (center, width) in [0, 1] -> (..., dim): half for each coordinate."""
+    half = dim // 2
+    return torch.cat(
+        [_sine(anchors[..., 0] * 2 * math.pi, half), _sine(anchors[..., 1] * 2 * math.pi, half)],
+        dim=-1,
+    )
+
+
+class ProjectedAttention(nn.Module):
+    """Multi-head attention on already projected q / k / v (DAB-DETR's ``MultiheadAttention``):
+    q scaled by (embed_dim / heads)^-0.5, values of another width, output projection only."""
+
+    def __init__(self, embed_dim: int, num_heads: int, value_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads, self.scale = num_heads, (embed_dim // num_heads) ** -0.5
+        self.dropout = dropout
+        self.out_proj = nn.Linear(value_dim, value_dim)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None):
+        B, nq, _ = q.shape
+        H = self.num_heads
+        q = (q * self.scale).view(B, nq, H, -1).transpose(1, 2)
+        k = k.view(B, k.shape[1], H, -1).transpose(1, 2)
+        v = v.view(B, v.shape[1], H, -1).transpose(1, 2)
+        logits = q @ k.transpose(-2, -1)
+        if key_padding_mask is not None:
+            logits = logits.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        probs = F.dropout(logits.softmax(-1), self.dropout, self.training)
+        out = (probs @ v).transpose(1, 2).reshape(B, nq, -1)
+        return self.out_proj(out)
+
+
+class DABDecoderLayer(nn.Module):
+    """Conditional / DAB-DETR decoder layer: self-attention over the anchor queries, then
+    cross-attention whose per-head query / key concatenate content and positional parts."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, first: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.sa_qcontent_proj = nn.Linear(dim, dim)
+        self.sa_qpos_proj = nn.Linear(dim, dim)
+        self.sa_kcontent_proj = nn.Linear(dim, dim)
+        self.sa_kpos_proj = nn.Linear(dim, dim)
+        self.sa_v_proj = nn.Linear(dim, dim)
+        self.self_attn = ProjectedAttention(dim, num_heads, dim, dropout)
+        self.norm1, self.dropout1 = nn.LayerNorm(dim), nn.Dropout(dropout)
+
+        self.ca_qcontent_proj = nn.Linear(dim, dim)
+        # only the first layer adds the anchor's query position to the content query
+        self.ca_qpos_proj = nn.Linear(dim, dim) if first else None
+        self.ca_kcontent_proj = nn.Linear(dim, dim)
+        self.ca_kpos_proj = nn.Linear(dim, dim)
+        self.ca_v_proj = nn.Linear(dim, dim)
+        self.ca_qpos_sine_proj = nn.Linear(dim, dim)
+        self.cross_attn = ProjectedAttention(2 * dim, num_heads, dim, dropout)
+        self.norm2, self.dropout2 = nn.LayerNorm(dim), nn.Dropout(dropout)
+
+        self.linear1, self.linear2 = nn.Linear(dim, ffn_dim), nn.Linear(ffn_dim, dim)
+        self.activation = nn.PReLU()
+        self.dropout = nn.Dropout(dropout)
+        self.norm3, self.dropout3 = nn.LayerNorm(dim), nn.Dropout(dropout)
+
+    def _heads_concat(self, a: Tensor, b: Tensor) -> Tensor:
+        B, n, d = a.shape
+        H = self.num_heads
+        return torch.cat([a.view(B, n, H, d // H), b.view(B, n, H, d // H)], -1).view(B, n, 2 * d)
+
+    def forward(self, tgt, memory, memory_padding, pos, query_pos, query_sine):
+        q = self.sa_qcontent_proj(tgt) + self.sa_qpos_proj(query_pos)
+        k = self.sa_kcontent_proj(tgt) + self.sa_kpos_proj(query_pos)
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, self.sa_v_proj(tgt))))
+
+        q = self.ca_qcontent_proj(tgt)
+        k = self.ca_kcontent_proj(memory)
+        k_pos = self.ca_kpos_proj(pos)
+        if self.ca_qpos_proj is not None:
+            q = q + self.ca_qpos_proj(query_pos)
+            k = k + k_pos
+        q = self._heads_concat(q, self.ca_qpos_sine_proj(query_sine))
+        k = self._heads_concat(k, k_pos)
+        out = self.cross_attn(q, k, self.ca_v_proj(memory), key_padding_mask=memory_padding)
+        tgt = self.norm2(tgt + self.dropout2(out))
+        out = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout3(out))
+
+
+class DABDecoder(nn.Module):
+    """Anchor queries (center, width) refined layer by layer; returns the normed outputs of
+    every layer and the (sigmoid) anchors each layer started from."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float):
+        super().__init__()
+        self.dim = dim
+        self.layers = nn.ModuleList(
+            DABDecoderLayer(dim, num_heads, ffn_dim, dropout, first=i == 0)
+            for i in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.query_scale = MLP(dim, dim, dim, 2)
+        self.ref_point_head = MLP(dim, dim, dim, 2)
+        self.bbox_embed = MLP(dim, dim, 2, 3)
+        self.ref_anchor_head = MLP(dim, dim, 1, 2)
+
+    def forward(self, memory: Tensor, memory_padding: Tensor, pos: Tensor, anchors: Tensor):
+        B = memory.shape[0]
+        ref = anchors.sigmoid()[None].expand(B, -1, -1)
+        output = memory.new_zeros(B, anchors.shape[0], self.dim)
+        refs, hs = [ref], []
+        for i, layer in enumerate(self.layers):
+            sine = anchor_sine_embedding(ref, self.dim)
+            query_pos = self.ref_point_head(sine)
+            if i > 0:
+                sine = sine * self.query_scale(output)
+            # modulated temporal attention: scale by the predicted / anchor width ratio
+            sine = sine * (self.ref_anchor_head(output).sigmoid()[..., 0] / ref[..., 1])[..., None]
+            output = layer(output, memory, memory_padding, pos, query_pos, sine)
+            new_ref = (self.bbox_embed(output) + inverse_sigmoid(ref)).sigmoid()
+            if i < len(self.layers) - 1:
+                refs.append(new_ref)
+            ref = new_ref.detach()
+            hs.append(self.norm(output))
+        return torch.stack(hs), torch.stack(refs)
+
+
+def group_mask(mask: MaskConfig, group: str, stamp_layers: Sequence[str]) -> MaskConfig:
+    """The mask config a layer group runs with (full attention when not in ``stamp_layers``)."""
+    if group not in stamp_layers:
+        return replace(mask, type=MaskType.none)
+    if group == "t2v" and mask.type not in CROSS_MASK_TYPES:
+        log.warning(
+            "mask=%s has no cross-attention form: the T2V layers use full attention", mask.type
+        )
+        return replace(mask, type=MaskType.none)
+    return mask
+
+
+class QDDETR(nn.Module):
+    """QD-DETR with STAMP in the T2V and self-attention encoder layers."""
+
+    def __init__(
+        self,
+        vid_dim: int,
+        txt_dim: int,
+        *,
+        use_tef: bool = True,
+        mask: MaskConfig | dict | None = None,
+        attention: AttentionConfig | dict | None = None,
+        stamp_layers: Sequence[str] = STAMP_GROUPS,
+        hidden_dim: int = 256,
+        num_heads: int = 8,
+        ffn_dim: int = 1024,
+        t2v_layers: int = 2,
+        enc_layers: int = 2,
+        dec_layers: int = 2,
+        num_queries: int = 10,
+        dropout: float = 0.1,
+        input_dropout: float = 0.5,
+        n_input_proj: int = 2,
+        max_v_l: int = 75,
+        max_q_l: int = 32,
+        aux_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        unknown = set(stamp_layers) - set(STAMP_GROUPS)
+        if unknown:
+            raise ValueError(
+                f"model.stamp_layers: unknown groups {sorted(unknown)}; "
+                f"choose from {list(STAMP_GROUPS)}"
+            )
+        self.mask_cfg = mask = as_mask_config(mask)
+        attention = as_attention_config(attention)
+        check_mask_backend(mask, attention)
+        self.hidden_dim, self.max_v_l, self.max_q_l = hidden_dim, max_v_l, max_q_l
+        self.decoder_aux_outputs = aux_loss  # (not "aux_loss": that name is the mask-loss hook)
+        d = hidden_dim
+
+        self.input_vid_proj = input_projection(
+            vid_dim + (2 if use_tef else 0), d, input_dropout, n_input_proj
+        )
+        self.input_txt_proj = input_projection(txt_dim, d, input_dropout, n_input_proj)
+
+        t2v_mask = group_mask(mask, "t2v", stamp_layers)
+        self.t2v_mask_generator = None
+        if t2v_mask.type is MaskType.global_:
+            self.t2v_mask_generator = MaskGenerator(
+                d, max_q_l, t2v_mask.depth, t2v_mask.hidden, t2v_mask.bound
+            )
+        per_layer = layer_mask_kwargs(t2v_mask, d, max_q_l)
+        self.t2v_layers = nn.ModuleList(
+            StampCrossAttentionLayer(
+                d,
+                num_heads,
+                ffn_dim,
+                mask=t2v_mask,
+                attention=attention,
+                n_max_keys=max_q_l,
+                dropout=dropout,
+                attn_dropout=dropout,
+                activation="prelu",
+                **per_layer,
+            )
+            for _ in range(t2v_layers)
+        )
+        self.encoder = StampEncoder(
+            enc_layers,
+            d,
+            num_heads,
+            ffn_dim,
+            n_max=max_v_l + 1,
+            mask=group_mask(mask, "self", stamp_layers),
+            attention=attention,
+            dropout=dropout,
+            attn_dropout=dropout,
+            activation="prelu",
+        )
+        self.decoder = DABDecoder(d, num_heads, ffn_dim, dec_layers, dropout)
+        self._reset_transformer_parameters()
+
+        self.query_embed = nn.Embedding(num_queries, 2)  # anchors (center, width), pre-sigmoid
+        self.class_embed = nn.Linear(d, 2)  # 0: foreground, 1: background
+        self.span_embed = MLP(d, d, 2, 3)
+        self.saliency_proj1 = nn.Linear(d, d)
+        self.saliency_proj2 = nn.Linear(d, d)
+        self.global_rep_token = nn.Parameter(torch.randn(d))
+        self.global_rep_pos = nn.Parameter(torch.randn(d))
+
+    def _reset_transformer_parameters(self) -> None:
+        """As the original ``Transformer._reset_parameters``: Xavier-uniform on every matrix of
+        the encoder / decoder (attention biases zero, like ``nn.MultiheadAttention``). The
+        mask generators keep the core's initialisation."""
+        skip = set()
+        for module in self.modules():
+            if isinstance(module, (MaskGenerator, SparseMask)):
+                skip.update(id(p) for p in module.parameters())
+        for part in (self.t2v_layers, self.encoder, self.decoder):
+            for p in part.parameters():
+                if p.dim() > 1 and id(p) not in skip:
+                    nn.init.xavier_uniform_(p)
+            for m in part.modules():
+                if isinstance(m, (StampAttention, ProjectedAttention)):
+                    for sub in m.modules():
+                        if isinstance(sub, nn.Linear) and sub.bias is not None:
+                            nn.init.zeros_(sub.bias)
+
+    def encode(self, vid: Tensor, vid_pad: Tensor, pos_vid: Tensor, txt: Tensor, txt_pad: Tensor):
+        """T2V cross-attention then self-attention over [global, video] -> (video, global)."""
+        if txt.shape[1] > self.max_q_l:
+            raise ValueError(
+                f"the batch has {txt.shape[1]} query tokens > model.max_q_l={self.max_q_l}"
+            )
+        if vid.shape[1] > self.max_v_l:
+            raise ValueError(f"the batch has {vid.shape[1]} clips > model.max_v_l={self.max_v_l}")
+        shared = None
+        if self.t2v_mask_generator is not None:
+            shared = self.t2v_mask_generator(vid, n_keys=txt.shape[1])
+        x = vid
+        for layer in self.t2v_layers:
+            x = layer(x, txt, pos=pos_vid, context_padding_mask=txt_pad, mask=shared)
+        B = x.shape[0]
+        src = torch.cat([self.global_rep_token.expand(B, 1, -1), x], dim=1)
+        pos = torch.cat([self.global_rep_pos.expand(B, 1, -1), pos_vid], dim=1)
+        pad = torch.cat([vid_pad.new_zeros(B, 1), vid_pad], dim=1)
+        memory = self.encoder(src, pos=pos, key_padding_mask=pad)
+        return memory[:, 1:], memory[:, 0]
+
+    def saliency(self, vid_mem: Tensor, global_mem: Tensor) -> Tensor:
+        proj = self.saliency_proj1(vid_mem) * self.saliency_proj2(global_mem).unsqueeze(1)
+        return proj.sum(-1) / math.sqrt(self.hidden_dim)
+
+    def forward(
+        self,
+        src_txt: Tensor,
+        src_txt_mask: Tensor,
+        src_vid: Tensor,
+        src_vid_mask: Tensor,
+        with_negative: bool = True,
+    ) -> dict[str, Tensor | list]:
+        """Masks are 1 at valid positions. ``with_negative`` adds the saliency scores of the
+        rolled-text pairs (needed by the loss only)."""
+        vid = self.input_vid_proj(src_vid)
+        txt = self.input_txt_proj(src_txt)
+        vid_pad, txt_pad = ~src_vid_mask.bool(), ~src_txt_mask.bool()
+        pos_vid = video_position_embedding(src_vid_mask, self.hidden_dim)
+        vid_mem, global_mem = self.encode(vid, vid_pad, pos_vid, txt, txt_pad)
+
+        hs, refs = self.decoder(vid_mem, vid_pad, pos_vid, self.query_embed.weight)
+        logits = self.class_embed(hs)
+        spans = (self.span_embed(hs) + inverse_sigmoid(refs)).sigmoid()
+        out: dict[str, Tensor | list] = {
+            "pred_logits": logits[-1],
+            "pred_spans": spans[-1],
+            "saliency_scores": self.saliency(vid_mem, global_mem),
+            "video_mask": src_vid_mask,
+        }
+        if self.decoder_aux_outputs:
+            out["aux_outputs"] = [
+                {"pred_logits": a, "pred_spans": b}
+                for a, b in zip(logits[:-1], spans[:-1], strict=True)
+            ]
+        if with_negative:
+            txt_neg = torch.roll(txt, shifts=-1, dims=0)
+            pad_neg = torch.roll(txt_pad, shifts=-1, dims=0)
+            vid_neg, global_neg = self.encode(vid, vid_pad, pos_vid, txt_neg, pad_neg)
+            out["saliency_scores_neg"] = self.saliency(vid_neg, global_neg)
+        return out

@@ -1,0 +1,119 @@
+"""End to end: the real Hydra config (task=qvhighlights and its experiment files), shrunk to a
+tiny QD-DETR on synthetic features generated for the first queries of the real annotations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.qvhighlights.metrics import load_jsonl
+from tasks.qvhighlights.synthetic import write_synthetic_features
+from tests.helpers import compose_cfg, run_cfg
+
+ANN = Path(__file__).resolve().parents[3] / "shared" / "data" / "qvhighlights"
+pytestmark = pytest.mark.skipif(not ANN.is_dir(), reason=f"{ANN} not present")
+N_QUERIES = 16
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("qvh_features")
+    files = [ANN / f"highlight_{s}_release.jsonl" for s in ("train", "val", "test")]
+    write_synthetic_features(
+        files,
+        root,
+        {"slowfast_features": 16, "clip_features": 8},
+        text_dim=8,
+        seed=0,
+        limit=N_QUERIES,
+    )
+    return root
+
+
+def tiny(root: Path) -> list[str]:
+    return [
+        f"data.annotation_dir={root / 'annotations'}",
+        f"data.feature_dir={root}",
+        "data.v_feat_dim=24",
+        "data.t_feat_dim=8",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+        "model.hidden_dim=32",
+        "model.num_heads=4",
+        "model.ffn_dim=64",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        "trainer.max_epochs=1",
+        "trainer.check_val_every_n_epoch=1",
+        "+trainer.limit_train_batches=1",
+    ]
+
+
+def test_train_validate_test_end_to_end(features: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = compose_cfg(
+        ["task=qvhighlights", "mask=multilayer", "test=true", *tiny(features)], output_dir=out
+    )
+    assert cfg.mask.depth == 32 and cfg.monitor.metric == "val/MR-full-mAP"
+    record = run_cfg(cfg)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "ok" and saved["task"] == "qvhighlights"
+    brief = {"MR-full-mAP", "MR-full-R1@0.7", "HL-min-VeryGood-mAP", "HL-min-VeryGood-Hit1"}
+    assert {f"val/{k}" for k in brief} <= set(saved["metrics"])
+    assert record["params"]["params/mask"] > 0
+    preds = load_jsonl(out / "predictions" / "hl_val_submission_e000.jsonl")
+    assert len(preds) == N_QUERIES
+    windows = preds[0]["pred_relevant_windows"]
+    assert len(windows) == 10 and all(w[0] % 2 == 0 and w[1] % 2 == 0 for w in windows)
+    assert [w[2] for w in windows] == sorted((w[2] for w in windows), reverse=True)
+    metrics = json.loads((out / "predictions" / "hl_val_submission_e000_metrics.json").read_text())
+    assert metrics["brief"]["MR-full-mAP"] == pytest.approx(saved["metrics"]["val/MR-full-mAP"])
+    test_rows = load_jsonl(out / "predictions" / "hl_test_submission.jsonl")
+    assert len(test_rows) == N_QUERIES and "pred_saliency_scores" in test_rows[0]
+
+    # eval.py on the best checkpoint reproduces the final validation metrics
+    from tasks.common.pipeline import evaluate
+
+    eval_overrides = [o for o in tiny(features) if not o.startswith(("callbacks", "+trainer"))]
+    ckpt = saved["best"]["ckpt"]
+    eval_cfg = compose_cfg(
+        ["task=qvhighlights", "mask=multilayer", f"ckpt_path={ckpt}", *eval_overrides],
+        output_dir=tmp_path / "eval",
+        config_name="eval",
+    )
+    evaluated = run_cfg(eval_cfg, fn=evaluate)
+    assert evaluated["metrics"]["val/MR-full-mAP"] == pytest.approx(
+        saved["metrics"]["val/MR-full-mAP"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("experiment", "overrides", "table", "row"),
+    [
+        ("qvhighlights_t1", ["mask=multilayer", "seed=1"], "T1b", "multilayer"),
+        ("qvhighlights_t1", ["mask=none", "seed=2"], "T1b", "none"),
+        ("qvhighlights_s4", ["mask.depth=2", "mask.fusion=add"], "S4", "depth2-add"),
+    ],
+)
+def test_experiment_files_run_one_step(features, tmp_path, experiment, overrides, table, row):
+    out = tmp_path / "run"
+    cfg = compose_cfg([f"experiment={experiment}", *overrides, *tiny(features)], output_dir=out)
+    assert cfg.task_name == "qvhighlights"
+    run_cfg(cfg)
+    saved = json.loads((out / "results.json").read_text())
+    assert (saved["status"], saved["table"], saved["row"]) == ("ok", table, row)
+    assert saved["experiment"] == experiment
+
+
+def test_experiment_sweeps_cover_the_paper(tmp_path: Path) -> None:
+    t1 = compose_cfg(["experiment=qvhighlights_t1"], output_dir=tmp_path)
+    assert t1.hydra.sweeper.params.mask == "none,multilayer"
+    assert len(str(t1.hydra.sweeper.params.seed).split(",")) >= 3
+    s4 = compose_cfg(["experiment=qvhighlights_s4"], output_dir=tmp_path)
+    assert s4.hydra.sweeper.params["mask.depth"] == "2,4,8,16,32,64"
+    assert s4.hydra.sweeper.params["mask.fusion"] == "mul,add"
+    synth = compose_cfg(["experiment=qvhighlights_synthetic"], output_dir=tmp_path)
+    assert synth.data.v_feat_dim == 96 and synth.model.vid_dim == 96
