@@ -122,12 +122,15 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path) -> str | None:
 
 
 def _clean(metrics: dict[str, Any]) -> dict[str, float]:
+    """Scalar metrics as Python floats. Lightning keeps logged values as float32 tensors;
+    float32 values are written with the 7 significant digits they hold (13.24, not
+    13.239999771118164)."""
     out = {}
     for key, value in metrics.items():
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
                 continue
-            value = value.item()
+            value = float(f"{value.item():.7g}") if value.dtype == torch.float32 else value.item()
         if isinstance(value, (int, float)):
             out[key] = float(value)
     return out

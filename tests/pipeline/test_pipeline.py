@@ -158,3 +158,19 @@ def test_ddp_on_two_cpu_processes(tmp_path):
 def test_readme_main_command_exists():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+def test_results_keep_float32_metrics_at_their_precision():
+    import torch
+
+    from tasks.common.pipeline import _clean
+
+    cleaned = _clean(
+        {
+            "a": torch.tensor(13.24),
+            "b": torch.tensor(0.1234567891, dtype=torch.float64),
+            "n": 3,
+            "vector": torch.zeros(2),
+        }
+    )
+    assert cleaned == {"a": 13.24, "b": 0.1234567891, "n": 3.0}
