@@ -196,17 +196,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _clean(trainer.callback_metrics)
 
+    # the best checkpoint on the monitored metric (none under fast_dev_run: current weights)
     best_cb = trainer.checkpoint_callback if callbacks else None
-    best_path = getattr(best_cb, "best_model_path", "") or None
+    best_path = None if trainer.fast_dev_run else getattr(best_cb, "best_model_path", "") or None
     best_score = getattr(best_cb, "best_model_score", None)
-    if trainer.fast_dev_run:
-        best_path = None
-    eval_ckpt = best_path if best_path else None
     if cfg.get("train", True) and not trainer.fast_dev_run:
-        trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
         metrics.update(_clean(trainer.callback_metrics))
     if cfg.get("test", False):
-        trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
         metrics.update(_clean(trainer.callback_metrics))
 
     record.update(
@@ -226,11 +224,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         path = write_results(record, out_dir)
         log.info("results -> %s", path)
         print_metrics(record)
-    for logger in loggers:
-        if hasattr(logger, "experiment") and "Wandb" in type(logger).__name__:
-            import wandb
+    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
+        import wandb
 
-            wandb.finish()
+        wandb.finish()  # close the run so the next multirun job starts its own
     return record
 
 
