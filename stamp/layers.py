@@ -103,7 +103,8 @@ class StampEncoderLayer(nn.Module):
 
     With ``own_generator`` the layer computes M from its input (before any norm, so the
     generator sees the layer input as in the paper's formula). ``extra_linear`` > 0 adds that
-    many Linear(D, D) after the attention (the +Linear control).
+    many Linear(D, D) after the attention (the +Linear control). ``ffn_dropout`` is the dropout
+    between the FFN's two linears (default: ``dropout``; BERT has none, 0.0).
     """
 
     def __init__(
@@ -119,6 +120,7 @@ class StampEncoderLayer(nn.Module):
         extra_linear: int = 0,
         dropout: float = 0.1,
         attn_dropout: float = 0.0,
+        ffn_dropout: float | None = None,
         activation: str = "relu",
         norm_first: bool = False,
         norm_eps: float = 1e-5,
@@ -146,7 +148,8 @@ class StampEncoderLayer(nn.Module):
             self.extra = mlp_stack(dim, extra_linear)
             self.extra.is_mask_control = True  # type: ignore[attr-defined]
         self.attn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
-        self.ffn = FeedForward(dim, ffn_dim or 4 * dim, dropout, activation)
+        inner = dropout if ffn_dropout is None else ffn_dropout
+        self.ffn = FeedForward(dim, ffn_dim or 4 * dim, inner, activation)
         self.ffn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
 
     def forward(
@@ -192,6 +195,7 @@ class StampCrossAttentionLayer(nn.Module):
         extra_linear: int = 0,
         dropout: float = 0.1,
         attn_dropout: float = 0.0,
+        ffn_dropout: float | None = None,
         activation: str = "relu",
         norm_first: bool = False,
         norm_eps: float = 1e-5,
@@ -220,7 +224,8 @@ class StampCrossAttentionLayer(nn.Module):
             self.extra = mlp_stack(dim, extra_linear)
             self.extra.is_mask_control = True  # type: ignore[attr-defined]
         self.attn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
-        self.ffn = FeedForward(dim, ffn_dim or 4 * dim, dropout, activation)
+        inner = dropout if ffn_dropout is None else ffn_dropout
+        self.ffn = FeedForward(dim, ffn_dim or 4 * dim, inner, activation)
         self.ffn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
 
     def forward(

@@ -329,11 +329,11 @@ class SwinBERT(nn.Module):
                 attention=attention,
                 dropout=cfg.hidden_dropout_prob,
                 attn_dropout=cfg.attention_probs_dropout_prob,
+                ffn_dropout=0.0,  # BERT has no dropout inside the FFN
                 activation="gelu",
                 norm_first=False,
                 norm_eps=cfg.layer_norm_eps,
             )
-            layer.ffn.drop = nn.Identity()  # BERT has no dropout inside the FFN
             load_bert_layer(layer, hf_layer)
             self.layers.append(layer)
 

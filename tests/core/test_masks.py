@@ -247,3 +247,11 @@ def test_aux_loss_collection_ignores_non_callable_attributes():
     model = torch.nn.Sequential(encoder("sparse"))
     model.aux_loss = True
     torch.testing.assert_close(collect_aux_loss(model), 0.5 * model[0].sparse_mask.sparsity_loss())
+
+
+def test_ffn_dropout_defaults_to_dropout_and_can_be_switched_off():
+    layer = StampEncoderLayer(DIM, HEADS, FFN, dropout=0.3)
+    assert layer.ffn.drop.p == 0.3
+    bert_like = StampEncoderLayer(DIM, HEADS, FFN, dropout=0.3, ffn_dropout=0.0).train()
+    x = torch.randn(2, 5, FFN // 2)
+    torch.testing.assert_close(bert_like.ffn(x), bert_like.ffn(x))  # no dropout inside the FFN
