@@ -47,3 +47,15 @@ def run_script(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict 
         timeout=timeout,
         env=full_env,
     )
+
+
+# the demo at toy size, for tests that need a real run or model but not a trained one
+DEMO_TINY = [
+    "logger=csv",
+    "data.num_train=64",
+    "data.num_val=32",
+    "data.num_test=32",
+    "data.batch_size=16",
+    "model.dim=32",
+    "model.ffn_dim=64",
+]

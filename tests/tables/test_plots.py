@@ -9,20 +9,10 @@ import pytest
 import torch
 
 from tasks.common.plots import attention_weights, modality_boundaries, pick_layers
-from tests.helpers import compose_cfg, run_cfg
+from tests.helpers import DEMO_TINY, compose_cfg, run_cfg
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY = [
-    "logger=csv",
-    "data.num_train=64",
-    "data.num_val=32",
-    "data.num_test=32",
-    "data.batch_size=16",
-    "model.dim=32",
-    "model.ffn_dim=64",
-    "trainer.max_epochs=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+TINY = [*DEMO_TINY, "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0"]
 
 
 def is_png(path: Path) -> bool:

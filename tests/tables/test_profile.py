@@ -14,16 +14,9 @@ from tasks.common.profiling import (
     self_attention_layer_flops,
     split_overrides,
 )
+from tests.helpers import DEMO_TINY
 
-TINY = [
-    "logger=csv",
-    "data.num_train=64",
-    "data.num_val=32",
-    "data.num_test=32",
-    "data.batch_size=16",
-    "model.dim=32",
-    "model.ffn_dim=64",
-]
+TINY = DEMO_TINY
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
