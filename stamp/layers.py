@@ -271,6 +271,8 @@ class StampEncoder(nn.Module):
     """A stack of ``StampEncoderLayer`` with the mask mode of ``mask.type``.
 
     ``n_max`` is the longest token sequence the encoder accepts (the generators' output width).
+    ``mask.type=extra_layers`` appends ``num_extra_layers`` layers (default: as many as match the
+    multi-layer STAMP's generator parameters), zero-initialised so they start as the identity.
     ``aux_loss()`` returns the weighted sparsity loss for ``mask=sparse`` (zero otherwise).
     """
 
@@ -291,6 +293,7 @@ class StampEncoder(nn.Module):
         norm_eps: float = 1e-5,
         final_norm: bool = False,
         drop_path: float = 0.0,
+        num_extra_layers: int | None = None,
     ) -> None:
         super().__init__()
         self.mask_cfg = mask = as_mask_config(mask)
@@ -314,7 +317,11 @@ class StampEncoder(nn.Module):
             return StampEncoderLayer(dim, num_heads, ffn_dim, drop_path=dp, **layer_kwargs, **extra)
 
         self.num_extra_layers = 0
-        if mask.type is MaskType.extra_layers:
+        if mask.type is MaskType.extra_layers and num_extra_layers is not None:
+            if num_extra_layers < 1:
+                raise ValueError(f"num_extra_layers must be >= 1, got {num_extra_layers}")
+            self.num_extra_layers = num_extra_layers
+        elif mask.type is MaskType.extra_layers:
             reference = MaskGenerator.num_parameters(dim, n_max, mask.depth, mask.hidden)
             probe = make_layer(0, 1)
             layer_params = sum(p.numel() for p in probe.parameters())
@@ -323,6 +330,11 @@ class StampEncoder(nn.Module):
         self.layers = nn.ModuleList([make_layer(i, total, **per_layer) for i in range(num_layers)])
         for i in range(num_layers, total):
             layer = make_layer(i, total)
+            # start at the base model's function: both residual branches output zero (exact
+            # identity for pre-norm layers; a post-norm layer then only re-normalises its input)
+            for linear in (layer.attn.proj, layer.ffn.fc2):
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
             layer.is_mask_control = True  # type: ignore[attr-defined]
             self.layers.append(layer)
 

@@ -105,14 +105,44 @@ class SparseMask(nn.Module):
         return ((1.0 - eye) * a).abs().mean()
 
 
-def mlp_stack(dim: int, num_linear: int) -> nn.Sequential:
-    """``num_linear`` Linear(D, D) layers with ReLU between them (the +Linear control)."""
-    layers: list[nn.Module] = []
-    for i in range(num_linear):
-        layers.append(nn.Linear(dim, dim))
-        if i < num_linear - 1:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+class ResidualMLP(nn.Module):
+    """The +Linear control: ``x + W_L ReLU(... ReLU(W_1 x + b_1) ...) + b_L``.
+
+    ``num_linear`` Linear(D, D) with ReLU between them (Table 3: "additional linear layers at the
+    end of each transformer stage"), inside a residual whose last linear is zero-initialised:
+    at init the control is exactly the identity, so the model starts at the base model's
+    function. The hidden linears get He fan-in init (zero biases) so the signal keeps its scale
+    through the ReLU stack and every layer receives gradient once the last one moves.
+    """
+
+    def __init__(self, dim: int, num_linear: int) -> None:
+        super().__init__()
+        if num_linear < 1:
+            raise ValueError(f"the +Linear control needs >= 1 linear layer, got {num_linear}")
+        layers: list[nn.Module] = []
+        for i in range(num_linear):
+            layers.append(nn.Linear(dim, dim))
+            if i < num_linear - 1:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        for layer in linears[:-1]:
+            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+        nn.init.zeros_(linears[-1].weight)
+        nn.init.zeros_(linears[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(x)
+
+
+def mlp_stack(dim: int, num_linear: int) -> ResidualMLP:
+    """``num_linear`` Linear(D, D) layers with ReLU between them in a zero-initialised residual
+    (the +Linear control; ``num_linear`` x (D^2 + D) parameters)."""
+    return ResidualMLP(dim, num_linear)
 
 
 def matched_linear_count(dim: int, n_max: int, depth: int, hidden: int | None = None) -> int:
