@@ -29,7 +29,7 @@ from tasks.qvhighlights.losses import QDDETRLoss  # noqa: E402
 from tasks.qvhighlights.metrics import eval_submission, load_jsonl  # noqa: E402
 from tasks.qvhighlights.model import QDDETR  # noqa: E402
 
-DEFAULT_GT = ROOT.parent / "shared" / "data" / "qvhighlights" / "highlight_val_release.jsonl"
+DEFAULT_GT = ROOT / "data" / "qvhighlights" / "highlight_val_release.jsonl"
 
 
 def synthetic_batch(batch_size: int, n_clips: int = 75, n_tokens: int = 24) -> dict:

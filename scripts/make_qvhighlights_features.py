@@ -2,7 +2,7 @@
 so the pipeline runs end to end without the real SlowFast / CLIP features.
 
     python scripts/make_qvhighlights_features.py --out data/qvhighlights_synthetic \
-        --annotations ../shared/data/qvhighlights/highlight_{train,val,test}_release.jsonl \
+        --annotations data/qvhighlights/highlight_{train,val,test}_release.jsonl \
         --video-dims 64 32 --text-dim 32 --limit 512
 
 Default dimensions are the real ones (SlowFast 2304 + CLIP 512, text 512): about 8 GB for the

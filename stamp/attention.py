@@ -6,7 +6,9 @@ attn_bias, dropout_p, return_attn) -> (out, probs | None)`` with ``q`` (B, H, Nq
 
     logits = Q K^T / sqrt(d);  logits = logits ◇ M;  logits += attn_bias;  padded keys -> -inf
 
-Key padding comes *after* fusion: ``-inf * M`` would be NaN (M = 0) or +inf (M < 0).
+(``fusion_order="bias_first"``, the authors' rebuttal code: ``(logits + attn_bias) ◇ M``; the two
+differ only for a finite bias under ``fusion=mul``.) Key padding comes *after* fusion: ``-inf * M``
+would be NaN (M = 0) or +inf (M < 0).
 ``mask`` is (B, Nq, Nk), one M shared by all heads (paper), or (B, H, Nq, Nk) per head.
 ``attn_bias`` is any additive bias broadcastable to (B, H, Nq, Nk) (causal masks, SwinBERT's
 sparse mask). ``key_padding_mask`` is (B, Nk) bool, True at padded keys.
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stamp.config import AttentionConfig, Backend, Fusion, as_attention_config
+from stamp.config import AttentionConfig, Backend, Fusion, FusionOrder, as_attention_config
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ def eager_attention(
     *,
     mask: Tensor | None = None,
     fusion: Fusion | str = Fusion.mul,
+    fusion_order: FusionOrder | str = FusionOrder.mask_first,
     key_padding_mask: Tensor | None = None,
     attn_bias: Tensor | None = None,
     dropout_p: float = 0.0,
@@ -51,8 +54,11 @@ def eager_attention(
 ) -> tuple[Tensor, Tensor | None]:
     """Reference path: explicit logits, fusion, softmax. Can return the probabilities."""
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    bias_first = attn_bias is not None and FusionOrder(fusion_order) is FusionOrder.bias_first
+    if bias_first:
+        logits = logits + attn_bias
     logits = fuse_logits(logits, mask, fusion)
-    if attn_bias is not None:
+    if attn_bias is not None and not bias_first:
         logits = logits + attn_bias
     if key_padding_mask is not None:
         logits = logits.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
@@ -68,6 +74,7 @@ def sdpa_attention(
     *,
     mask: Tensor | None = None,
     fusion: Fusion | str = Fusion.mul,
+    fusion_order: FusionOrder | str = FusionOrder.mask_first,
     key_padding_mask: Tensor | None = None,
     attn_bias: Tensor | None = None,
     dropout_p: float = 0.0,
@@ -132,6 +139,7 @@ def flex_attention_backend(
     *,
     mask: Tensor | None = None,
     fusion: Fusion | str = Fusion.mul,
+    fusion_order: FusionOrder | str = FusionOrder.mask_first,
     key_padding_mask: Tensor | None = None,
     attn_bias: Tensor | None = None,
     dropout_p: float = 0.0,
@@ -171,11 +179,15 @@ def flex_attention_backend(
     b_per_batch = bias is not None and bias.shape[0] > 1
     b_per_head = bias is not None and bias.shape[1] > 1
 
+    bias_first = FusionOrder(fusion_order) is FusionOrder.bias_first
+
     def score_mod(score, b, h, q_idx, kv_idx):
+        if bias is not None and bias_first:
+            score = score + bias[b if b_per_batch else 0, h if b_per_head else 0, q_idx, kv_idx]
         if m is not None:
             mv = m[b if m_per_batch else 0, h if m_per_head else 0, q_idx, kv_idx]
             score = score * mv if mul else score + mv
-        if bias is not None:
+        if bias is not None and not bias_first:
             score = score + bias[b if b_per_batch else 0, h if b_per_head else 0, q_idx, kv_idx]
         return torch.where(pad[b, kv_idx], -float("inf"), score)
 
@@ -230,6 +242,7 @@ class StampAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         fusion: Fusion | str = Fusion.mul,
+        fusion_order: FusionOrder | str = FusionOrder.mask_first,
         attention: AttentionConfig | None = None,
     ) -> None:
         super().__init__()
@@ -238,6 +251,7 @@ class StampAttention(nn.Module):
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.cross = cross or context_dim is not None
         self.fusion = Fusion(fusion)
+        self.fusion_order = FusionOrder(fusion_order)
         self.attention = as_attention_config(attention)
         if self.cross:
             self.q = nn.Linear(dim, dim, bias=qkv_bias)
@@ -317,14 +331,27 @@ class StampAttention(nn.Module):
             v,
             mask=mask,
             fusion=self.fusion,
+            fusion_order=self.fusion_order,
             key_padding_mask=key_padding_mask,
             attn_bias=attn_bias,
             dropout_p=self.attn_drop if self.training else 0.0,
             return_attn=want_probs,
         )
         if self.record:
+            unmasked = None
+            if mask is not None:  # the same logits without M (diagnostics: entropy change)
+                with torch.no_grad():
+                    _, unmasked = eager_attention(
+                        q,
+                        k,
+                        v,
+                        key_padding_mask=key_padding_mask,
+                        attn_bias=attn_bias,
+                        return_attn=True,
+                    )
             self.recorded = {
                 "attn": probs.detach(),
+                "attn_unmasked": unmasked,
                 "mask": None if mask is None else mask.detach(),
                 "key_padding_mask": None if key_padding_mask is None else key_padding_mask,
             }

@@ -56,6 +56,43 @@ class MaskBound(str, Enum):
         return self.value
 
 
+class MaskInit(str, Enum):
+    """Initialisation of the generator F (the paper does not specify one).
+
+    ``torch``: PyTorch's default Linear init (reproduces the paper as written). Through a deep
+    ReLU stack it shrinks the signal, so at depth 16 / 32 M is practically the last layer's bias:
+    a constant, token-independent mask.
+    ``kaiming``: He fan-in on the ReLU layers (variance-preserving), unit-gain fan-in on the last
+    layer, its bias at the fusion's identity: M = identity + a token-dependent term of the
+    inputs' scale, at any depth.
+    ``identity``: the hidden layers as ``kaiming``, the last layer's weight zero and its bias at
+    the identity: M is exactly the identity at step 0 (a pretrained model keeps its function)
+    and the gradient reaches every layer from the first optimizer step on.
+    """
+
+    torch = "torch"
+    kaiming = "kaiming"
+    identity = "identity"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class FusionOrder(str, Enum):
+    """Where an additive bias (causal, SwinBERT's sparse bias) enters relative to M.
+
+    ``mask_first`` (this project's default): ``(logits ◇ M) + bias``. ``bias_first`` (the
+    authors' rebuttal code): ``(logits + bias) ◇ M``. Identical when there is no bias or with
+    ``fusion=add``. Key padding is always applied after both, as -inf.
+    """
+
+    mask_first = "mask_first"
+    bias_first = "bias_first"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Backend(str, Enum):
     """Attention implementation (``attention=`` in the configs)."""
 
@@ -95,12 +132,16 @@ class MaskConfig:
     hidden: int | None = None
     fusion: Fusion = Fusion.mul
     bound: MaskBound = MaskBound.none
+    init: MaskInit = MaskInit.torch
+    fusion_order: FusionOrder = FusionOrder.mask_first
     sparse_loss_weight: float = 0.5  # SwinBERT's weight of the sparsity loss (mask=sparse)
 
     def __post_init__(self) -> None:
         self.type = _as_enum(MaskType, self.type, "mask.type")
         self.fusion = _as_enum(Fusion, self.fusion, "mask.fusion")
         self.bound = _as_enum(MaskBound, self.bound, "mask.bound")
+        self.init = _as_enum(MaskInit, self.init, "mask.init")
+        self.fusion_order = _as_enum(FusionOrder, self.fusion_order, "mask.fusion_order")
         if not isinstance(self.depth, int) or self.depth < 1:
             raise ValueError(f"mask.depth must be an integer >= 1, got {self.depth!r}")
         if self.hidden is not None and self.hidden < 1:

@@ -136,13 +136,14 @@ class StampEncoderLayer(nn.Module):
             qkv_bias=qkv_bias,
             attn_drop=attn_dropout,
             fusion=mask.fusion,
+            fusion_order=mask.fusion_order,
             attention=attention,
         )
         self.mask_generator: MaskGenerator | None = None
         if own_generator:
             if n_max is None:
                 raise ValueError("a layer with its own mask generator needs n_max")
-            self.mask_generator = MaskGenerator(dim, n_max, mask.depth, mask.hidden, mask.bound)
+            self.mask_generator = MaskGenerator.from_config(mask, dim, n_max)
         self.extra: nn.Module | None = None
         if extra_linear > 0:
             self.extra = mlp_stack(dim, extra_linear)
@@ -210,15 +211,14 @@ class StampCrossAttentionLayer(nn.Module):
             context_dim=context_dim or dim,
             attn_drop=attn_dropout,
             fusion=mask.fusion,
+            fusion_order=mask.fusion_order,
             attention=attention,
         )
         self.mask_generator: MaskGenerator | None = None
         if own_generator:
             if n_max_keys is None:
                 raise ValueError("a cross-attention layer with a mask generator needs n_max_keys")
-            self.mask_generator = MaskGenerator(
-                dim, n_max_keys, mask.depth, mask.hidden, mask.bound
-            )
+            self.mask_generator = MaskGenerator.from_config(mask, dim, n_max_keys)
         self.extra: nn.Module | None = None
         if extra_linear > 0:
             self.extra = mlp_stack(dim, extra_linear)
@@ -340,7 +340,7 @@ class StampEncoder(nn.Module):
 
         self.mask_generator: MaskGenerator | None = None
         if mask.type is MaskType.global_:
-            self.mask_generator = MaskGenerator(dim, n_max, mask.depth, mask.hidden, mask.bound)
+            self.mask_generator = MaskGenerator.from_config(mask, dim, n_max)
         self.sparse_mask: SparseMask | None = None
         if mask.type is MaskType.sparse:
             self.sparse_mask = SparseMask(n_max)

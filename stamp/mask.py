@@ -3,11 +3,25 @@ of the Table 3 controls."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stamp.config import MaskBound
+from stamp.config import Fusion, MaskBound, MaskConfig, MaskInit
+
+
+def identity_preactivation(fusion: Fusion | str, bound: MaskBound | str) -> float | None:
+    """The generator output (before the bound) at which M is the fusion's identity (1 for
+    ``mul``, 0 for ``add``); None where the bound cannot reach it (sigmoid < 1, softplus > 0)."""
+    target = 1.0 if Fusion(fusion) is Fusion.mul else 0.0
+    bound = MaskBound(bound)
+    if bound is MaskBound.none:
+        return target
+    if bound is MaskBound.softplus and target > 0:
+        return math.log(math.expm1(target))  # softplus^-1(1)
+    return None
 
 
 class MaskGenerator(nn.Module):
@@ -15,7 +29,8 @@ class MaskGenerator(nn.Module):
 
     ``depth`` linear layers with ReLU between them (depth 1 = a single Linear(D -> n_max)). The
     last layer has ``n_max`` outputs, one per key position of the longest context the model
-    accepts; a batch with ``n_keys`` keys uses the first ``n_keys`` columns.
+    accepts; a batch with ``n_keys`` keys uses the first ``n_keys`` columns. ``init`` is one of
+    ``MaskInit`` (see there); ``fusion`` tells ``kaiming`` / ``identity`` which M is neutral.
     """
 
     def __init__(
@@ -25,6 +40,8 @@ class MaskGenerator(nn.Module):
         depth: int = 2,
         hidden: int | None = None,
         bound: MaskBound | str = MaskBound.none,
+        init: MaskInit | str = MaskInit.torch,
+        fusion: Fusion | str = Fusion.mul,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -33,6 +50,13 @@ class MaskGenerator(nn.Module):
             raise ValueError(f"MaskGenerator n_max must be >= 1, got {n_max}")
         hidden = hidden or dim
         self.n_max, self.depth, self.bound = n_max, depth, MaskBound(bound)
+        self.init, self.fusion = MaskInit(init), Fusion(fusion)
+        if self.init is MaskInit.identity and identity_preactivation(fusion, bound) is None:
+            raise ValueError(
+                f"mask.init=identity: mask.bound={self.bound} cannot output the identity of "
+                f"fusion={self.fusion} (M={1 if self.fusion is Fusion.mul else 0}); use "
+                "mask.init=kaiming or torch, or another bound"
+            )
         layers: list[nn.Module] = []
         width = dim
         for _ in range(depth - 1):
@@ -40,6 +64,34 @@ class MaskGenerator(nn.Module):
             width = hidden
         self.hidden = nn.Sequential(*layers)
         self.out = nn.Linear(width, n_max)
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, mask: MaskConfig, dim: int, n_max: int) -> MaskGenerator:
+        """The generator that ``mask`` describes (depth, hidden width, bound, init, fusion)."""
+        return cls(dim, n_max, mask.depth, mask.hidden, mask.bound, mask.init, mask.fusion)
+
+    @property
+    def first_linear(self) -> nn.Linear:
+        """The layer that sees the tokens (its gradient norm is a diagnostic)."""
+        return self.hidden[0] if len(self.hidden) else self.out
+
+    def reset_parameters(self) -> None:
+        """Apply ``self.init`` (models that re-initialise all their Linears call this after)."""
+        linears = [m for m in self.hidden if isinstance(m, nn.Linear)]
+        if self.init is MaskInit.torch:
+            for layer in [*linears, self.out]:
+                layer.reset_parameters()
+            return
+        for layer in linears:  # He fan-in: keeps E[h^2] through the ReLU stack
+            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+        neutral = identity_preactivation(self.fusion, self.bound)
+        if self.init is MaskInit.identity:
+            nn.init.zeros_(self.out.weight)
+        else:  # unit gain: the token-dependent part of M has the scale of the hidden features
+            nn.init.normal_(self.out.weight, std=self.out.in_features**-0.5)
+        nn.init.constant_(self.out.bias, 0.0 if neutral is None else neutral)
 
     @staticmethod
     def num_parameters(dim: int, n_max: int, depth: int, hidden: int | None = None) -> int:
@@ -154,6 +206,15 @@ def matched_linear_count(dim: int, n_max: int, depth: int, hidden: int | None = 
 def matched_layer_count(stamp_params: int, layer_params: int) -> int:
     """How many extra transformer layers match a multi-layer STAMP's generator parameters."""
     return max(1, round(stamp_params / layer_params))
+
+
+def init_mask_generators(model: nn.Module) -> int:
+    """Re-apply each generator's own init (after a model's global weight init); returns how
+    many generators were reset."""
+    generators = [m for m in model.modules() if isinstance(m, MaskGenerator)]
+    for generator in generators:
+        generator.reset_parameters()
+    return len(generators)
 
 
 def mask_parameter_count(model: nn.Module) -> int:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stamp import check_mask_backend
 from stamp.config import AttentionConfig, Backend, MaskConfig
+from tasks.common.mask_stats import MaskDiagnostics
 from tasks.common.module import parameter_counts
 from tasks.common.results import RESULTS_FILE
 
@@ -219,6 +220,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         epochs=trainer.current_epoch,
         wall_time_s=round(time.time() - start, 2),
         unavailable=unavailable_metrics(module),
+        mask_stats=getattr(module, "mask_stats", None) or {},
     )
     if trainer.is_global_zero:
         path = write_results(record, out_dir)
@@ -244,7 +246,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule, net, module = build(cfg, mask, attention)
     record["params"] = parameter_counts(net)
     loggers = build_loggers(cfg, out_dir)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False)
+    # mask statistics of the evaluated checkpoint (validation split) -> results.json mask_stats
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=[MaskDiagnostics()], logger=loggers or False
+    )
     split = cfg.get("split", "val")
     if split not in ("val", "test"):
         raise ValueError(f"split={split!r}; choose val or test")
@@ -257,6 +262,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         split=split,
         wall_time_s=round(time.time() - start, 2),
         unavailable=unavailable_metrics(module),
+        mask_stats=getattr(module, "mask_stats", None) or {},
     )
     if trainer.is_global_zero:
         write_results(record, out_dir)

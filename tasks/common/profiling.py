@@ -32,7 +32,6 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-
 def split_overrides(overrides: Iterable[str]) -> list[list[str]]:
     """Expand sweep-style overrides (``mask=none,multilayer attention=eager,sdpa``) into the
     list of single-run override lists (their cartesian product, in order)."""

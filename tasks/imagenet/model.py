@@ -13,10 +13,10 @@ Where the generator reads its input (``mask_input``):
 * ``normed`` — ``norm1(x)``, the tensor the attention projections see in a pre-norm block.
 
 ``mask=global`` computes one M from the encoder input (after the position embedding) and hands
-it to every block. The generators are new parameters: ``mask_init=timm`` leaves them with timm's
-ViT init (trunc-normal 0.02, zero bias), what adding ``nn.Linear(D, 197)`` to a timm block gives;
-``mask_init=neutral`` starts M at the fusion's identity (1 for mul, 0 for add) so the fine-tune
-starts from exactly the pre-trained attention.
+it to every block. The generators are new parameters initialised by the core's ``mask.init``
+(re-applied after timm's own ``init_weights``): the task default ``identity`` starts M at the
+fusion's identity (1 for mul, 0 for add), so the fine-tune starts from exactly the pre-trained
+attention; ``torch`` / ``kaiming`` as in every other task (see ``stamp.MaskInit``).
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from torch import Tensor, nn
 
 from stamp import (
     AttentionConfig,
-    Fusion,
-    MaskBound,
     MaskConfig,
     MaskGenerator,
     MaskType,
@@ -44,13 +42,13 @@ from stamp import (
     as_attention_config,
     as_mask_config,
     check_mask_backend,
+    init_mask_generators,
 )
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_MASKS = (MaskType.none, MaskType.global_, MaskType.multilayer)
 MaskInput = Literal["block", "normed"]
-MaskInit = Literal["timm", "neutral"]
 
 
 class StampBlock(Block):
@@ -87,7 +85,7 @@ class StampBlock(Block):
         self.mask_generator: MaskGenerator | None = None
         if own_generator:
             dim = block_kwargs["dim"]
-            self.mask_generator = MaskGenerator(dim, n_max, mask.depth, mask.hidden, mask.bound)
+            self.mask_generator = MaskGenerator.from_config(mask, dim, n_max)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         h = self.norm1(x)
@@ -130,7 +128,6 @@ class StampViT(VisionTransformer):
         drop_path_rate: float = 0.1,
         head_init_std: float | None = 2e-5,
         mask_input: MaskInput = "block",
-        mask_init: MaskInit = "timm",
         pretrained: str | None = None,
         **vit_kwargs,
     ) -> None:
@@ -172,14 +169,8 @@ class StampViT(VisionTransformer):
         self.n_max = n_max
         self.mask_generator: MaskGenerator | None = None
         if mask.type is MaskType.global_:
-            self.mask_generator = MaskGenerator(
-                embed_dim, n_max, mask.depth, mask.hidden, mask.bound
-            )
-            self.mask_generator.apply(_timm_linear_init)
-        if mask_init == "neutral":
-            neutral_mask_init(self, mask)
-        elif mask_init != "timm":
-            raise ValueError(f"mask_init={mask_init!r}; choose one of: timm, neutral")
+            self.mask_generator = MaskGenerator.from_config(mask, embed_dim, n_max)
+        init_mask_generators(self)  # timm's init_weights re-initialised the blocks' generators
         self.head_init_std = head_init_std
         if head_init_std is not None and isinstance(self.head, nn.Linear):
             trunc_normal_(self.head.weight, std=head_init_std)
@@ -200,30 +191,6 @@ class StampViT(VisionTransformer):
         for block in self.blocks:
             x = block(x, mask=shared_mask)
         return self.norm(x)
-
-
-def _timm_linear_init(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        nn.init.zeros_(module.bias)
-
-
-def neutral_mask_init(model: nn.Module, mask: MaskConfig) -> None:
-    """Make every generator output the fusion's identity (M = 1 for mul, 0 for add)."""
-    target = 1.0 if mask.fusion is Fusion.mul else 0.0
-    if mask.bound is MaskBound.none:
-        bias = target
-    elif mask.bound is MaskBound.softplus and target > 0:
-        bias = math.log(math.expm1(target))  # softplus^-1
-    else:
-        raise ValueError(
-            f"mask_init=neutral cannot reach M={target} with mask.bound={mask.bound}; "
-            "use mask_init=timm"
-        )
-    for module in model.modules():
-        if isinstance(module, MaskGenerator):
-            nn.init.zeros_(module.out.weight)
-            nn.init.constant_(module.out.bias, bias)
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:

@@ -338,14 +338,14 @@ class SwinBERT(nn.Module):
             self.layers.append(layer)
 
         n_scope = self.n_video if stamp_scope == "video" else max_text_len + self.n_video
-        gen = dict(dim=dim, n_max=n_scope, depth=mask.depth, hidden=mask.hidden, bound=mask.bound)
+        gen = dict(mask=mask, dim=dim, n_max=n_scope)
         self.mask_generators = nn.ModuleList()
         self.mask_generator: MaskGenerator | None = None
         self.sparse_mask: SparseMask | None = None
         if mask.type is MaskType.multilayer:
-            self.mask_generators.extend(MaskGenerator(**gen) for _ in self.layers)
+            self.mask_generators.extend(MaskGenerator.from_config(**gen) for _ in self.layers)
         elif mask.type is MaskType.global_:
-            self.mask_generator = MaskGenerator(**gen)
+            self.mask_generator = MaskGenerator.from_config(**gen)
         elif mask.type is MaskType.sparse:
             self.sparse_mask = SparseMask(self.n_video)
 

@@ -28,11 +28,11 @@ def test_mask_none_matches_timm(backend: str, images: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("fusion", ["mul", "add"])
-def test_neutral_generators_keep_timm_logits(fusion: str, images: torch.Tensor) -> None:
-    """mask_init=neutral starts M at the fusion's identity: the pre-trained function is kept."""
+def test_identity_generators_keep_timm_logits(fusion: str, images: torch.Tensor) -> None:
+    """mask.init=identity starts M at the fusion's identity: the pre-trained function is kept."""
     reference = timm_vit().eval()
     model = StampViT(
-        **TINY, mask=MaskConfig(type="multilayer", depth=1, fusion=fusion), mask_init="neutral"
+        **TINY, mask=MaskConfig(type="multilayer", depth=1, fusion=fusion, init="identity")
     ).eval()
     model.load_state_dict(reference.state_dict(), strict=False)
     with torch.no_grad():
@@ -103,8 +103,8 @@ def test_invalid_combinations_fail_at_construction() -> None:
         StampViT(**TINY, mask=MaskConfig(type="sparse"))
     with pytest.raises(ValueError, match="sdpa cannot fuse a multiplicative mask"):
         StampViT(**TINY, mask=MaskConfig(type="multilayer"), attention=AttentionConfig("sdpa"))
-    with pytest.raises(ValueError, match="mask_init=neutral cannot reach"):
-        StampViT(**TINY, mask=MaskConfig(type="multilayer", bound="sigmoid"), mask_init="neutral")
+    with pytest.raises(ValueError, match="mask.init=identity: mask.bound=sigmoid cannot"):
+        StampViT(**TINY, mask=MaskConfig(type="multilayer", bound="sigmoid", init="identity"))
 
 
 @pytest.mark.slow

@@ -37,6 +37,16 @@ def test_demo_run_writes_results_and_checkpoints(tmp_path):
     ckpts = {p.name for p in (tmp_path / "checkpoints").iterdir()}
     assert "last.ckpt" in ckpts and any(n.startswith("best-epoch") for n in ckpts)
     assert (tmp_path / "csv" / "metrics.csv").exists()
+    # mask diagnostics of each STAMP layer, in results.json and as logged curves
+    from stamp.diagnostics import STAT_NAMES
+
+    stats = saved["mask_stats"]
+    assert list(stats) == ["encoder.layers.0.attn", "encoder.layers.1.attn"]
+    for row in stats.values():
+        assert set(row) == set(STAT_NAMES) and row["grad_norm_first"] > 0
+        assert row["mean_abs"] > 0 and 0 <= row["neg_share"] <= 1 and row["entropy"] > 0
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "mask/encoder.layers.1.attn/token_dependence" in header
 
 
 def test_resumed_run_ends_with_the_same_metrics(tmp_path):

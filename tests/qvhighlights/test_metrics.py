@@ -23,8 +23,7 @@ from tests.qvhighlights import qvh_official_reference as reference
 from tests.qvhighlights.qvh_official_reference import fake_predictions
 
 ROOT = Path(__file__).resolve().parents[2]
-VAL = ROOT.parent / "shared" / "data" / "qvhighlights" / "highlight_val_release.jsonl"
-needs_val = pytest.mark.skipif(not VAL.is_file(), reason=f"{VAL} not present")
+VAL = ROOT / "data" / "qvhighlights" / "highlight_val_release.jsonl"
 
 
 def gt_row(qid, windows, duration=150, clip_ids=(0,), scores=((1, 1, 1),)):
@@ -119,14 +118,12 @@ def test_qid_mismatch_is_a_clear_error():
         eval_submission([pred_row(1, [[0, 2, 1]])], [gt_row(1, [[0, 2]]), gt_row(2, [[0, 2]])])
 
 
-@needs_val
 def test_equals_official_reference_on_real_val_subset():
     gt = load_jsonl(VAL)[:200]
     sub = fake_predictions(gt, 0)
     assert eval_submission(sub, gt) == reference.eval_submission(sub, gt)
 
 
-@needs_val
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_equals_official_reference_on_all_1550_val_queries(seed):
@@ -137,7 +134,6 @@ def test_equals_official_reference_on_all_1550_val_queries(seed):
     assert eval_submission(sub, gt) == reference.eval_submission(sub, gt)
 
 
-@needs_val
 def test_per_query_ap_unrounded():
     gt = load_jsonl(VAL)[:300]
     sub = [d for d in fake_predictions(gt, 3) if d["pred_relevant_windows"]]
@@ -153,7 +149,6 @@ def test_per_query_ap_unrounded():
     np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
 
 
-@needs_val
 def test_cli_prints_brief_and_saves(tmp_path):
     gt = load_jsonl(VAL)[:50]
     save_jsonl(gt, tmp_path / "gt.jsonl")
