@@ -145,6 +145,7 @@ def result_record(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "mask": str(cfg.mask.get("type")),
         "fusion": str(cfg.mask.get("fusion")),
         "depth": cfg.mask.get("depth"),
+        "init": str(cfg.mask.get("init")),
         "attention": str(cfg.attention.get("backend")),
         "compiled": bool(cfg.attention.get("compile", False)),
         "seed": cfg.get("seed"),
