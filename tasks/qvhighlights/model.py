@@ -7,11 +7,24 @@
     -> class (fg / bg), span (center, width) and saliency heads.
     Negative pairs: the encoder runs again with the text rolled by one in the batch.
 
-The encoder layers come from the shared core (``stamp.StampCrossAttentionLayer``,
-``stamp.StampEncoder``: DETR post-norm, positions added to queries / keys only); the decoder is
-task specific and lives here. ``stamp_layers`` picks which encoder groups get the mask; a group
-not listed runs full attention. Cross-attention supports the mask types ``none``, ``global``,
-``multilayer`` and ``extra_linear``; for ``sparse`` / ``extra_layers`` the T2V layers stay full
+With the same weights and ``mask=none`` the forward equals the official ``QDDETR`` (checked in
+``tests/qvhighlights/test_official_equivalence.py`` against a re-implementation of the official
+layers; ``tasks/qvhighlights/convert.py`` maps official state dicts to this model):
+
+* the T2V layer is ``QDDETRT2VLayer`` below, in the official order
+  ``x1 = x + attn(x); x = norm2(x1 + ffn(norm1(x1)))`` (not DETR post-norm);
+* ``official_padding_bug`` (default True) reproduces the official T2V attention mask, which is
+  repeated head-major (``.repeat(nhead, 1, 1)``) where ``nn.MultiheadAttention`` reads it
+  batch-major, so for batch > 1 a head masks the (padded clip, padded token) pairs of another
+  sample of the batch; False masks padded text tokens only (the intended behaviour);
+* ``txt_position_embed`` exists but is unused (the original's ``use_txt_pos=False``);
+* initialisation as ``Transformer._reset_parameters`` (see ``_reset_transformer_parameters``).
+
+The self-attention layers come from the shared core (``stamp.StampEncoder``: DETR post-norm,
+positions added to queries / keys only, as the official ``TransformerEncoderLayer``); the decoder
+is task specific and lives here. ``stamp_layers`` picks which encoder groups get the mask; a
+group not listed runs full attention. The T2V layers support the mask types ``none``,
+``global``, ``multilayer`` and ``extra_linear``; for ``sparse`` / ``extra_layers`` they stay full
 (the self-attention encoder applies them).
 """
 
@@ -28,18 +41,21 @@ from torch import Tensor, nn
 
 from stamp import (
     AttentionConfig,
+    FeedForward,
+    Fusion,
+    FusionOrder,
     MaskConfig,
     MaskGenerator,
     MaskType,
     SparseMask,
     StampAttention,
-    StampCrossAttentionLayer,
     StampEncoder,
     as_attention_config,
     as_mask_config,
     check_mask_backend,
     layer_mask_kwargs,
 )
+from stamp.mask import mlp_stack
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +108,22 @@ def input_projection(in_dim: int, dim: int, dropout: float, n_layers: int = 2) -
 
 
 def _sine(values: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
-    """(..., ) positions -> (..., dim) interleaved sin / cos features (DETR)."""
-    i = torch.arange(dim, dtype=torch.float32, device=values.device)
+    """(..., ) positions -> (..., dim) interleaved sin / cos features (DETR), in the dtype of
+    ``values`` (the original: float32)."""
+    i = torch.arange(dim, dtype=values.dtype, device=values.device)
     freqs = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / dim)
     x = values[..., None] / freqs
     return torch.stack((x[..., 0::2].sin(), x[..., 1::2].cos()), dim=-1).flatten(-2)
 
 
-def video_position_embedding(mask: Tensor, dim: int) -> Tensor:
-    """Normalised sine positions of the valid clips, (B, L) mask -> (B, L, dim)."""
-    pos = mask.float().cumsum(1)
+def video_position_embedding(mask: Tensor, dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Normalised sine positions of the valid clips, (B, L) mask -> (B, L, dim) (the official
+    ``PositionEmbeddingSine(dim, normalize=True)``). Computed in float32 as the original, or in
+    float64 for float64 inputs; returned in ``dtype``."""
+    work = torch.promote_types(dtype, torch.float32)
+    pos = mask.to(work).cumsum(1)
     pos = pos / (pos[:, -1:] + 1e-6) * 2 * math.pi
-    return _sine(pos, dim)
+    return _sine(pos, dim).to(dtype)
 
 
 def anchor_sine_embedding(anchors: Tensor, dim: int) -> Tensor:
@@ -231,6 +251,120 @@ class DABDecoder(nn.Module):
         return torch.stack(hs), torch.stack(refs)
 
 
+class TrainablePositionalEncoding(nn.Module):
+    """The official ``txt_position_embed``: learned positions + LayerNorm + dropout over the text
+    tokens. The official model builds it but, with its default ``use_txt_pos=False``, never
+    calls it; it is kept for equal parameter counts and state dicts (``model.use_txt_pos``)."""
+
+    def __init__(self, max_len: int, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.position_embeddings = nn.Embedding(max_len, dim)
+        self.LayerNorm = nn.LayerNorm(dim)  # noqa: N815 - the official parameter name
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ids = torch.arange(x.shape[1], device=x.device)
+        return self.dropout(self.LayerNorm(x + self.position_embeddings(ids)[None]))
+
+
+def official_t2v_padding_bias(
+    vid_pad: Tensor, txt_pad: Tensor, num_heads: int, dtype: torch.dtype
+) -> Tensor:
+    """The extra attention mask of the official T2V layer as an additive (B, H, Lv, Lt) bias.
+
+    The official layer masks (padded clip, padded token) pairs, ``(B, Lv, Lt)``, and passes
+    ``mask.repeat(nhead, 1, 1)`` to ``nn.MultiheadAttention``: row ``i`` of the repeat is sample
+    ``i % B``, but the attention reads row ``i`` as (sample ``i // H``, head ``i % H``). So head
+    ``h`` of sample ``b`` gets the pairs of sample ``(b * H + h) % B``, which can mask valid text
+    tokens of ``b`` for some of its clips. For B = 1 (or without padding) it is a no-op.
+    """
+    pairs = vid_pad[:, :, None] & txt_pad[:, None, :]  # (B, Lv, Lt), True = masked
+    B = pairs.shape[0]
+    source = torch.arange(B * num_heads, device=pairs.device).view(B, num_heads) % B
+    masked = pairs[source]  # (B, H, Lv, Lt)
+    return torch.zeros(masked.shape, dtype=dtype, device=pairs.device).masked_fill(
+        masked, float("-inf")
+    )
+
+
+class QDDETRT2VLayer(nn.Module):
+    """The official ``T2V_TransformerEncoderLayer`` (post-norm variant) with the STAMP mask:
+
+        x1 = x + dropout1(attention(q = x + pos, k = text (+ text_pos), v = text))
+        x  = norm2(x1 + dropout2(ffn(norm1(x1))))
+
+    i.e. the FFN reads the normalised x1 but its residual adds the un-normalised x1 (DETR's
+    post-norm layer would use norm1(x1) for both). Attention goes through ``StampAttention``
+    (every backend; M and the additive bias as in the core), M is (B, Lv, Lt) from the video
+    tokens entering the layer (own generator) or from outside (``mask=global``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        *,
+        mask: MaskConfig | None = None,
+        attention: AttentionConfig | None = None,
+        n_max_keys: int | None = None,
+        own_generator: bool = False,
+        extra_linear: int = 0,
+        dropout: float = 0.1,
+        activation: str = "prelu",
+    ) -> None:
+        super().__init__()
+        mask = as_mask_config(mask)
+        self.attn = StampAttention(
+            dim,
+            num_heads,
+            context_dim=dim,
+            attn_drop=dropout,
+            fusion=mask.fusion,
+            fusion_order=mask.fusion_order,
+            attention=as_attention_config(attention),
+        )
+        self.mask_generator: MaskGenerator | None = None
+        if own_generator:
+            if n_max_keys is None:
+                raise ValueError("a T2V layer with a mask generator needs n_max_keys")
+            self.mask_generator = MaskGenerator.from_config(mask, dim, n_max_keys)
+        self.extra: nn.Module | None = None
+        if extra_linear > 0:
+            self.extra = mlp_stack(dim, extra_linear)
+            self.extra.is_mask_control = True  # type: ignore[attr-defined]
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim, dropout, activation)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        *,
+        pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
+        context_padding_mask: Tensor | None = None,
+        mask: Tensor | None = None,
+        attn_bias: Tensor | None = None,
+    ) -> Tensor:
+        if self.mask_generator is not None:
+            mask = self.mask_generator(x, n_keys=context.shape[1])
+        out = self.attn(
+            x,
+            context,
+            mask=mask,
+            key_padding_mask=context_padding_mask,
+            attn_bias=attn_bias,
+            pos=pos,
+            context_pos=context_pos,
+        )
+        if self.extra is not None:
+            out = self.extra(out)
+        x = x + self.dropout1(out)
+        return self.norm2(x + self.dropout2(self.ffn(self.norm1(x))))
+
+
 def group_mask(mask: MaskConfig, group: str, stamp_layers: Sequence[str]) -> MaskConfig:
     """The mask config a layer group runs with (full attention when not in ``stamp_layers``)."""
     if group not in stamp_layers:
@@ -244,7 +378,13 @@ def group_mask(mask: MaskConfig, group: str, stamp_layers: Sequence[str]) -> Mas
 
 
 class QDDETR(nn.Module):
-    """QD-DETR with STAMP in the T2V and self-attention encoder layers."""
+    """QD-DETR with STAMP in the T2V and self-attention encoder layers.
+
+    Defaults are the official hyper-parameters (``qd_detr/config.py``: hidden 256, 8 heads, FFN
+    1024, 2 T2V + 2 encoder + 2 decoder layers, 10 queries, dropout 0.1, input dropout 0.5,
+    2 input projection blocks, 75 clips, 32 query tokens, PReLU, aux outputs).
+    ``official_padding_bug``: see the module docstring and ``official_t2v_padding_bias``.
+    """
 
     def __init__(
         self,
@@ -268,6 +408,8 @@ class QDDETR(nn.Module):
         max_v_l: int = 75,
         max_q_l: int = 32,
         aux_loss: bool = True,
+        official_padding_bug: bool = True,
+        use_txt_pos: bool = False,
     ) -> None:
         super().__init__()
         unknown = set(stamp_layers) - set(STAMP_GROUPS)
@@ -280,6 +422,8 @@ class QDDETR(nn.Module):
         attention = as_attention_config(attention)
         check_mask_backend(mask, attention)
         self.hidden_dim, self.max_v_l, self.max_q_l = hidden_dim, max_v_l, max_q_l
+        self.num_heads = num_heads
+        self.official_padding_bug, self.use_txt_pos = official_padding_bug, use_txt_pos
         self.decoder_aux_outputs = aux_loss  # (not "aux_loss": that name is the mask-loss hook)
         d = hidden_dim
 
@@ -287,16 +431,30 @@ class QDDETR(nn.Module):
             vid_dim + (2 if use_tef else 0), d, input_dropout, n_input_proj
         )
         self.input_txt_proj = input_projection(txt_dim, d, input_dropout, n_input_proj)
+        self.txt_position_embed = TrainablePositionalEncoding(max_q_l, d, input_dropout)
+        if not use_txt_pos:
+            # unused, as in the original (where AdamW skips it: it never gets a gradient);
+            # frozen so that DDP does not wait for its gradient. Counted in params/total.
+            self.txt_position_embed.requires_grad_(False)
 
         t2v_mask = group_mask(mask, "t2v", stamp_layers)
+        if (
+            official_padding_bug
+            and t2v_mask.uses_generator
+            and t2v_mask.fusion is Fusion.mul
+            and t2v_mask.fusion_order is FusionOrder.bias_first
+        ):
+            raise ValueError(
+                "model.official_padding_bug=true adds the official T2V attention mask as a -inf "
+                "bias; mask.fusion_order=bias_first would multiply it by M (NaN / +inf). Use "
+                "mask.fusion_order=mask_first or model.official_padding_bug=false."
+            )
         self.t2v_mask_generator = None
         if t2v_mask.type is MaskType.global_:
-            self.t2v_mask_generator = MaskGenerator(
-                d, max_q_l, t2v_mask.depth, t2v_mask.hidden, t2v_mask.bound
-            )
+            self.t2v_mask_generator = MaskGenerator.from_config(t2v_mask, d, max_q_l)
         per_layer = layer_mask_kwargs(t2v_mask, d, max_q_l)
         self.t2v_layers = nn.ModuleList(
-            StampCrossAttentionLayer(
+            QDDETRT2VLayer(
                 d,
                 num_heads,
                 ffn_dim,
@@ -304,7 +462,6 @@ class QDDETR(nn.Module):
                 attention=attention,
                 n_max_keys=max_q_l,
                 dropout=dropout,
-                attn_dropout=dropout,
                 activation="prelu",
                 **per_layer,
             )
@@ -334,18 +491,35 @@ class QDDETR(nn.Module):
         self.global_rep_pos = nn.Parameter(torch.randn(d))
 
     def _reset_transformer_parameters(self) -> None:
-        """As the original ``Transformer._reset_parameters``: Xavier-uniform on every matrix of
-        the encoder / decoder (attention biases zero, like ``nn.MultiheadAttention``). The
-        mask generators keep the core's initialisation."""
+        """As the original ``Transformer`` (T2V, encoder, decoder incl. its MLP heads):
+
+        * ``TransformerDecoder.__init__`` sets the last ``bbox_embed`` layer to 0 (weight and
+          bias), then ``Transformer._reset_parameters`` draws Xavier-uniform for every matrix,
+          so that layer ends with a Xavier weight and a zero bias;
+        * ``nn.MultiheadAttention`` / DAB's attention zero their projection biases; the T2V
+          ``q`` / ``kv`` weights use the Xavier bound of the packed (3D, D) ``in_proj_weight``;
+        * everything else keeps PyTorch's default (LayerNorm, PReLU 0.25, other biases).
+
+        The mask generators and the Table 3 controls keep the core's initialisation."""
         skip = set()
         for module in self.modules():
-            if isinstance(module, (MaskGenerator, SparseMask)):
+            if isinstance(module, (MaskGenerator, SparseMask)) or getattr(
+                module, "is_mask_control", False
+            ):
                 skip.update(id(p) for p in module.parameters())
+        last = self.decoder.bbox_embed.layers[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         for part in (self.t2v_layers, self.encoder, self.decoder):
             for p in part.parameters():
                 if p.dim() > 1 and id(p) not in skip:
                     nn.init.xavier_uniform_(p)
             for m in part.modules():
+                if isinstance(m, StampAttention) and m.cross:
+                    # the original's packed in_proj_weight (3D x D): Xavier over that shape
+                    bound = math.sqrt(6.0 / (m.dim + 3 * m.dim))
+                    nn.init.uniform_(m.q.weight, -bound, bound)
+                    nn.init.uniform_(m.kv.weight, -bound, bound)
                 if isinstance(m, (StampAttention, ProjectedAttention)):
                     for sub in m.modules():
                         if isinstance(sub, nn.Linear) and sub.bias is not None:
@@ -362,12 +536,24 @@ class QDDETR(nn.Module):
         shared = None
         if self.t2v_mask_generator is not None:
             shared = self.t2v_mask_generator(vid, n_keys=txt.shape[1])
+        bias = None
+        if self.official_padding_bug and vid.shape[0] > 1:
+            bias = official_t2v_padding_bias(vid_pad, txt_pad, self.num_heads, vid.dtype)
+        txt_pos = self.txt_position_embed(txt) if self.use_txt_pos else None
         x = vid
         for layer in self.t2v_layers:
-            x = layer(x, txt, pos=pos_vid, context_padding_mask=txt_pad, mask=shared)
+            x = layer(
+                x,
+                txt,
+                pos=pos_vid,
+                context_pos=txt_pos,
+                context_padding_mask=txt_pad,
+                mask=shared,
+                attn_bias=bias,
+            )
         B = x.shape[0]
-        src = torch.cat([self.global_rep_token.expand(B, 1, -1), x], dim=1)
-        pos = torch.cat([self.global_rep_pos.expand(B, 1, -1), pos_vid], dim=1)
+        src = torch.cat([self.global_rep_token.expand(B, 1, -1).to(x.dtype), x], dim=1)
+        pos = torch.cat([self.global_rep_pos.expand(B, 1, -1).to(x.dtype), pos_vid], dim=1)
         pad = torch.cat([vid_pad.new_zeros(B, 1), vid_pad], dim=1)
         memory = self.encoder(src, pos=pos, key_padding_mask=pad)
         return memory[:, 1:], memory[:, 0]
@@ -389,7 +575,7 @@ class QDDETR(nn.Module):
         vid = self.input_vid_proj(src_vid)
         txt = self.input_txt_proj(src_txt)
         vid_pad, txt_pad = ~src_vid_mask.bool(), ~src_txt_mask.bool()
-        pos_vid = video_position_embedding(src_vid_mask, self.hidden_dim)
+        pos_vid = video_position_embedding(src_vid_mask, self.hidden_dim, vid.dtype)
         vid_mem, global_mem = self.encode(vid, vid_pad, pos_vid, txt, txt_pad)
 
         hs, refs = self.decoder(vid_mem, vid_pad, pos_vid, self.query_embed.weight)
