@@ -4,6 +4,7 @@ tiny QD-DETR on synthetic features generated for the first queries of the real a
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,7 @@ def test_train_validate_test_end_to_end(features: Path, tmp_path: Path) -> None:
     assert [w[2] for w in windows] == sorted((w[2] for w in windows), reverse=True)
     metrics = json.loads((out / "predictions" / "hl_val_submission_e000_metrics.json").read_text())
     assert metrics["brief"]["MR-full-mAP"] == pytest.approx(saved["metrics"]["val/MR-full-mAP"])
-    test_rows = load_jsonl(out / "predictions" / "hl_test_submission.jsonl")
-    assert len(test_rows) == N_QUERIES and "pred_saliency_scores" in test_rows[0]
+    check_submission(out, saved["metrics"]["val/MR-full-mAP"])
 
     # eval.py on the best checkpoint reproduces the final validation metrics
     from tasks.common.pipeline import evaluate
@@ -87,6 +87,41 @@ def test_train_validate_test_end_to_end(features: Path, tmp_path: Path) -> None:
     assert evaluated["metrics"]["val/MR-full-mAP"] == pytest.approx(
         saved["metrics"]["val/MR-full-mAP"]
     )
+    assert not (tmp_path / "eval" / "hl_submission.zip").exists()
+
+    # eval.py split=test writes the test-server submission into its run directory
+    test_cfg = compose_cfg(
+        [
+            "task=qvhighlights",
+            "mask=multilayer",
+            f"ckpt_path={ckpt}",
+            "split=test",
+            *eval_overrides,
+        ],
+        output_dir=tmp_path / "eval_test",
+        config_name="eval",
+    )
+    tested = run_cfg(test_cfg, fn=evaluate)
+    assert tested["split"] == "test" and tested["metrics"]["test/num_queries"] == N_QUERIES
+    check_submission(tmp_path / "eval_test", saved["metrics"]["val/MR-full-mAP"])
+
+
+def check_submission(run_dir: Path, val_mr_map: float) -> None:
+    """The files of the QVHighlights test server: two jsonl files, zipped without a folder."""
+    val_rows = load_jsonl(run_dir / "hl_val_submission.jsonl")
+    test_rows = load_jsonl(run_dir / "hl_test_submission.jsonl")
+    assert len(val_rows) == len(test_rows) == N_QUERIES
+    gt_test = load_jsonl(ANN / "highlight_test_release.jsonl")[:N_QUERIES]
+    assert [r["qid"] for r in test_rows] == [r["qid"] for r in gt_test]
+    assert "pred_saliency_scores" in test_rows[0] and "pred_relevant_windows" in test_rows[0]
+    with zipfile.ZipFile(run_dir / "hl_submission.zip") as zf:
+        assert sorted(zf.namelist()) == ["hl_test_submission.jsonl", "hl_val_submission.jsonl"]
+        assert (
+            zf.read("hl_val_submission.jsonl") == (run_dir / "hl_val_submission.jsonl").read_bytes()
+        )
+    # the val half is the model's val predictions: the same metrics as its validation
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["metrics"]["val/MR-full-mAP"] == pytest.approx(val_mr_map)
 
 
 @pytest.mark.parametrize(
@@ -94,7 +129,8 @@ def test_train_validate_test_end_to_end(features: Path, tmp_path: Path) -> None:
     [
         ("qvhighlights_t1", ["mask=multilayer", "seed=1"], "T1b", "multilayer"),
         ("qvhighlights_t1", ["mask=none", "seed=2"], "T1b", "none"),
-        ("qvhighlights_s4", ["mask.depth=2", "mask.fusion=add"], "S4", "depth2-add"),
+        ("qvhighlights_s4", ["variant=depth2-add"], "S4", "depth2-add"),
+        ("qvhighlights_s4", ["variant=none", "seed=1"], "S4", "none"),
     ],
 )
 def test_experiment_files_run_one_step(features, tmp_path, experiment, overrides, table, row):
@@ -112,7 +148,17 @@ def test_experiment_sweeps_cover_the_paper(tmp_path: Path) -> None:
     assert t1.hydra.sweeper.params.mask == "none,multilayer"
     assert len(str(t1.hydra.sweeper.params.seed).split(",")) >= 3
     s4 = compose_cfg(["experiment=qvhighlights_s4"], output_dir=tmp_path)
-    assert s4.hydra.sweeper.params["mask.depth"] == "2,4,8,16,32,64"
-    assert s4.hydra.sweeper.params["mask.fusion"] == "mul,add"
+    variants = str(s4.hydra.sweeper.params.variant).split(",")
+    assert str(s4.hydra.sweeper.params.seed) == "0,1,2"
+    expected = {f"depth{d}-{f}" for d in (2, 4, 8, 16, 32, 64) for f in ("mul", "add")}
+    assert len(variants) == 13 and set(variants) == expected | {"none"}  # 13 x 3 seeds = 39 runs
+    for variant in ("none", "depth2-add", "depth64-mul"):  # (composing all 13 takes 11 s)
+        point = compose_cfg(["experiment=qvhighlights_s4", f"variant={variant}"], tmp_path)
+        assert point.row == variant
+        assert str(point.mask.type) == ("none" if variant == "none" else "multilayer")
+        if variant != "none":
+            assert f"depth{point.mask.depth}-{point.mask.fusion}" == variant
+    # a direct override is labelled by the mask that runs
+    assert compose_cfg(["experiment=qvhighlights_s4", "mask.depth=8"], tmp_path).row == "depth8-mul"
     synth = compose_cfg(["experiment=qvhighlights_synthetic"], output_dir=tmp_path)
     assert synth.data.v_feat_dim == 96 and synth.model.vid_dim == 96
