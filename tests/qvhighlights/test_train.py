@@ -141,6 +141,8 @@ def test_experiment_files_run_one_step(features, tmp_path, experiment, overrides
     saved = json.loads((out / "results.json").read_text())
     assert (saved["status"], saved["table"], saved["row"]) == ("ok", table, row)
     assert saved["experiment"] == experiment
+    # T1b's QD-DETR row is the test split: every T1 run writes the server submission
+    assert (out / "hl_submission.zip").exists() == (experiment == "qvhighlights_t1")
 
 
 def test_experiment_sweeps_cover_the_paper(tmp_path: Path) -> None:
