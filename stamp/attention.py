@@ -268,8 +268,18 @@ class StampAttention(nn.Module):
                 f"attention=flex has no attention-probability dropout; attn_drop={attn_drop} "
                 "is not applied by flex (eager/sdpa apply it).",
             )
-        self.record = False  # set by stamp.record_attention()
+        # > 0 while a recorder listens (stamp.record_attention, stamp.diagnostics): the forward
+        # then runs the eager path and leaves its probabilities and mask in ``recorded``
+        self.record = 0
         self.recorded: dict[str, Tensor | None] | None = None
+
+    def start_recording(self) -> None:
+        self.record += 1
+
+    def stop_recording(self) -> None:
+        self.record = max(0, self.record - 1)
+        if not self.record:
+            self.recorded = None
 
     def _heads(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape

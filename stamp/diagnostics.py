@@ -152,7 +152,7 @@ class MaskStatistics:
             if isinstance(module, MaskGenerator):
                 self._hooks.append(module.register_forward_hook(self._generator_hook(name)))
         for name, module in self._attention:
-            module.record = True
+            module.start_recording()
             self._hooks.append(module.register_forward_hook(self._attention_hook(name)))
 
     def stop(self) -> None:
@@ -160,8 +160,7 @@ class MaskStatistics:
             hook.remove()
         self._hooks = []
         for _, module in self._attention:
-            module.record = False
-            module.recorded = None
+            module.stop_recording()
 
     def _generator_hook(self, name: str):
         def hook(module, args, output):
@@ -171,7 +170,7 @@ class MaskStatistics:
 
     def _attention_hook(self, name: str):
         def hook(module: StampAttention, args, output):
-            rec, module.recorded = module.recorded, None
+            rec = module.recorded
             if rec is None or rec.get("mask") is None:
                 return
             stats = layer_statistics(

@@ -28,12 +28,11 @@ def record_attention(model: nn.Module) -> Iterator[list[dict]]:
         def _hook(module, args, output):
             if module.recorded is not None:
                 records.append({"name": name, **module.recorded})
-                module.recorded = None
 
         return _hook
 
     for name, m in modules:
-        m.record = True
+        m.start_recording()
         hooks.append(m.register_forward_hook(hook(name)))
     try:
         yield records
@@ -41,5 +40,4 @@ def record_attention(model: nn.Module) -> Iterator[list[dict]]:
         for h in hooks:
             h.remove()
         for _, m in modules:
-            m.record = False
-            m.recorded = None
+            m.stop_recording()

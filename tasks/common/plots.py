@@ -304,3 +304,74 @@ def log_images_to_wandb(
     run.log({key: wandb.Image(str(path)) for key, path in images.items()})
     if own:
         run.finish()
+
+
+def plot_mask_grid(
+    records: list[dict],
+    path: str | Path,
+    layers: Sequence[int] | None = None,
+    sample: int = 0,
+    boundaries: Sequence[int] | None = None,
+    title: str = "",
+) -> Path | None:
+    """Figs. S6 / S9 style: one sample's mask at the first, a middle and the last STAMP layer
+    (or ``layers``), side by side on one colour scale; padded tokens blank."""
+    masked = [records[i] for i in mask_records(records)]
+    if not masked:
+        return None
+    idx = pick_layers(len(masked), layers)
+    panels = []
+    for i in idx:
+        mask = masked[i]["mask"]
+        m = (mask[sample] if mask.dim() == 3 else mask[sample].mean(0)).float().cpu().clone()
+        pad = masked[i].get("key_padding_mask")
+        if pad is not None:
+            pad = pad[sample].bool().cpu()
+            m[:, pad] = float("nan")
+            if m.shape[0] == m.shape[1]:
+                m[pad, :] = float("nan")
+        panels.append((i, masked[i]["name"], m))
+    finite = torch.cat([m[m.isfinite()] for _, _, m in panels])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = None
+    for ax, (i, name, m) in zip(axes[0], panels, strict=True):
+        image = ax.imshow(m.numpy(), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+        for b in boundaries or []:
+            ax.axvline(b - 0.5, color="red", linewidth=1.0)
+            if m.shape[0] == m.shape[1]:
+                ax.axhline(b - 0.5, color="red", linewidth=1.0)
+        ax.set_title(f"STAMP layer {i + 1} of {len(masked)}\n{name}", fontsize=9)
+        ax.set_xlabel("key token")
+    axes[0][0].set_ylabel("query token")
+    fig.colorbar(image, ax=list(axes[0]), label="mask value M", shrink=0.85)
+    fig.suptitle(title or f"mask of sample {sample}", y=1.02)
+    return _save(fig, path)
+
+
+def plot_mask_statistics(summary: dict[str, dict[str, float | None]], path: str | Path) -> Path:
+    """Per-layer curves of the mask diagnostics (``stamp.diagnostics``): |M|, token dependence
+    and negative share; attention entropy with and without M; generator gradient norm."""
+    names = list(summary)
+    x = list(range(1, len(names) + 1))
+
+    def series(key: str) -> list[float]:
+        return [float("nan") if summary[n].get(key) is None else summary[n][key] for n in names]
+
+    fig, axes = plt.subplots(1, 3, figsize=(14.0, 3.6))
+    for key in ("mean_abs", "token_dependence", "neg_share"):
+        axes[0].plot(x, series(key), marker="o", label=key)
+    axes[0].set_title("the mask M")
+    axes[1].plot(x, series("entropy"), marker="o", label="with M")
+    axes[1].plot(x, series("entropy_unmasked"), marker="o", linestyle="--", label="without M")
+    axes[1].set_title("attention entropy (nats)")
+    axes[2].plot(x, series("grad_norm_first"), marker="o", color="tab:red")
+    axes[2].set_title("gradient norm at the generator's first layer")
+    axes[2].set_yscale("symlog", linthresh=1e-8)
+    for ax in axes:
+        ax.set_xlabel("STAMP layer")
+        ax.set_xticks(x)
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
+    return _save(fig, path)

@@ -80,3 +80,23 @@ def test_layers_and_modality_boundaries():
         ffn_dim=8,
     )
     assert modality_boundaries(net) == [1, 7]
+
+
+def test_plot_mask_stats_script_from_a_checkpoint(demo_runs, tmp_path):
+    import json
+
+    from scripts.plot_mask_stats import main
+    from stamp.diagnostics import STAT_NAMES
+
+    stamp = demo_runs["multilayer"]
+    ckpt = stamp / "checkpoints" / "last.ckpt"
+    assert main([str(ckpt), "--out", str(tmp_path), "--batch-size", "8"]) == 0
+    assert is_png(tmp_path / "mask_layers.png") and is_png(tmp_path / "mask_stats.png")
+    stats = json.loads((tmp_path / "mask_stats.json").read_text())
+    assert list(stats) == ["encoder.layers.0.attn", "encoder.layers.1.attn"]
+    trained = json.loads((stamp / "results.json").read_text())["mask_stats"]
+    for layer, row in stats.items():
+        assert set(row) == set(STAT_NAMES)
+        assert row["grad_norm_first"] == trained[layer]["grad_norm_first"] > 0
+    # full attention: nothing to plot, a clear non-zero exit
+    assert main([str(demo_runs["none"]), "--out", str(tmp_path / "none")]) == 1

@@ -1,0 +1,81 @@
+"""Mask heatmaps and per-layer mask diagnostics of a run or checkpoint (Figs. S5 / S6 style).
+
+    python scripts/plot_mask_stats.py RUN_DIR [--checkpoint best|last|none|FILE] [--out DIR]
+    python scripts/plot_mask_stats.py RUN_DIR/checkpoints/last.ckpt
+
+The model is rebuilt from the run's results.json config, the checkpoint loaded, and one batch of
+the validation split run through it. Writes into --out (default: <run>/plots):
+  mask_layers.png    one sample's M at the first, middle and last STAMP layer
+  mask_stats.png     per layer: mean |M|, token dependence, negative share; attention entropy
+                     with and without M; the generator's first-layer gradient norm (from the
+                     run's results.json, last training step)
+  mask_stats.json    the numbers behind mask_stats.png
+What the statistics mean: stamp/diagnostics.py and the README ("Does STAMP do anything?").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stamp.diagnostics import MaskStatistics  # noqa: E402
+from tasks.common.plots import (  # noqa: E402
+    collect_run,
+    load_run,
+    modality_boundaries,
+    plot_mask_grid,
+    plot_mask_statistics,
+)
+from tasks.common.profiling import forward_fn  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a run directory (results.json) or a checkpoint file in one")
+    parser.add_argument("--checkpoint", default="best", help="best | last | none | FILE")
+    parser.add_argument("--out", default=None, help="output folder (default: <run>/plots)")
+    parser.add_argument("--sample", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    run, checkpoint = Path(args.run), args.checkpoint
+    if run.is_file():  # <run>/checkpoints/<file>.ckpt
+        run, checkpoint = run.parent.parent, str(run)
+    record, module, datamodule = load_run(run, checkpoint, args.batch_size)
+    records, batch = collect_run(module, datamodule)
+    if not any(r.get("mask") is not None for r in records):
+        print(f"{run}: mask={record.get('mask')} has no STAMP mask to plot", file=sys.stderr)
+        return 1
+    stats = MaskStatistics(module)
+    stats.start()
+    forward_fn(module, batch)()
+    stats.stop()
+    trained = record.get("mask_stats") or {}  # the run's last validation: gradient norms
+    summary = {}
+    for name, row in stats.summary().items():
+        layer = name.removeprefix("net.")
+        row["grad_norm_first"] = (trained.get(layer) or {}).get("grad_norm_first")
+        summary[layer] = row
+    out = Path(args.out) if args.out else run / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    label = f"{record.get('mask')} (init {record.get('init')}, depth {record.get('depth')})"
+    plot_mask_grid(
+        records,
+        out / "mask_layers.png",
+        sample=args.sample,
+        boundaries=modality_boundaries(module.net) if hasattr(module, "net") else None,
+        title=f"{label}: sample {args.sample}",
+    )
+    plot_mask_statistics(summary, out / "mask_stats.png")
+    (out / "mask_stats.json").write_text(json.dumps(summary, indent=2))
+    for name in ("mask_layers.png", "mask_stats.png", "mask_stats.json"):
+        print(out / name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
