@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -101,13 +102,84 @@ def embed_block_mask(block: Tensor, offset: int, fusion: Fusion | str) -> Tensor
 # --------------------------------------------------------------------------------------------
 
 
+VIDSWIN_ANCHOR = "patch_embed.proj.weight"  # locates the backbone prefix of a checkpoint
+_VIDSWIN_BLOCK = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.(.+)")
+_VIDSWIN_MERGE = re.compile(r"layers\.(\d+)\.downsample\.(.+)")
+_VIDSWIN_MLP = {"mlp.fc1.": "mlp.0.", "mlp.fc2.": "mlp.3."}  # Mlp(fc1, fc2) -> MLP Sequential
+
+
+def backbone_prefix(state: dict[str, Tensor]) -> str:
+    """The key prefix in front of a Video Swin backbone in a checkpoint: ``backbone.`` in the
+    Video-Swin-Transformer release (an mmaction ``Recognizer3D``), ``swin.backbone.`` in a
+    SwinBERT checkpoint, ``""`` in a bare backbone state dict."""
+    for key in state:
+        if key.endswith(VIDSWIN_ANCHOR):
+            return key[: -len(VIDSWIN_ANCHOR)]
+    raise ValueError(f"no Video Swin backbone in the checkpoint (no key ends in {VIDSWIN_ANCHOR})")
+
+
+def is_vidswin_layout(state: dict[str, Tensor]) -> bool:
+    """True for the original Video Swin key layout (``layers.<stage>.blocks.<block>``),
+    False for torchvision's (``features.<index>``)."""
+    prefix = backbone_prefix(state)
+    return any(k.startswith(prefix + "layers.") for k in state)
+
+
+def vidswin_to_torchvision(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an original Video Swin state dict (``SwinTransformer3D`` of
+    SwinTransformer/Video-Swin-Transformer, the backbone SwinBERT loads from
+    ``swin_base_patch244_window877_kinetics600_22k.pth``) to torchvision's ``SwinTransformer3d``.
+
+    The two compute the same function (same window partition, shift, relative-position index,
+    patch-merging order; tested against a re-implementation of the original in
+    ``tests/msrvtt/vidswin_reference.py``), so the mapping is names only:
+
+        layers.i.blocks.j.<rest>   -> features.(2i).j.<rest>   (mlp.fc1 / mlp.fc2 -> mlp.0 / mlp.3)
+        layers.i.downsample.<rest> -> features.(2i+1).<rest>  (PatchMerging after stage i)
+        patch_embed.*, norm.*      -> unchanged
+
+    Keys outside the backbone (``cls_head.*``, SwinBERT's BERT) are dropped; the prefix in front of
+    the backbone is found by ``backbone_prefix``.
+    """
+    prefix = backbone_prefix(state)
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        if (m := _VIDSWIN_BLOCK.fullmatch(name)) is not None:
+            stage, block, rest = int(m[1]), int(m[2]), m[3]
+            for old, new in _VIDSWIN_MLP.items():
+                if rest.startswith(old):
+                    rest = new + rest[len(old) :]
+            out[f"features.{2 * stage}.{block}.{rest}"] = value
+        elif (m := _VIDSWIN_MERGE.fullmatch(name)) is not None:
+            out[f"features.{2 * int(m[1]) + 1}.{m[2]}"] = value
+        elif name.startswith(("patch_embed.", "norm.")):
+            out[name] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"unexpected keys in a Video Swin checkpoint: {unknown[:5]}")
+    return out
+
+
 class VideoSwinBackbone(nn.Module):
-    """torchvision's Video Swin (``swin3d_t|s|b``, or a tiny configurable one) as a token encoder.
+    """Video Swin (``swin3d_t|s|b``, or a tiny configurable one) as a token encoder, built with
+    torchvision's ``SwinTransformer3d``.
 
     Returns the last stage's normalised features as tokens (B, T' * H' * W', C), T' = F / 2 and
     H' = W' = R / 32 for the standard patch (2, 4, 4): 32 x 224 x 224 -> 16 x 7 x 7 = 784 tokens.
-    ``weights`` is a local torchvision-format state dict (e.g. ``Swin3D_B_Weights`` saved with
-    ``torch.save(model.state_dict())``); the classification head is dropped.
+    ``weights`` is a local checkpoint in either layout (detected from the keys):
+
+    * the original Video Swin release, as SwinBERT uses it:
+      ``swin_base_patch244_window877_kinetics600_22k.pth`` (Kinetics-600, ImageNet-22K init;
+      ``{"state_dict": {"backbone.*", "cls_head.*"}}``), renamed by ``vidswin_to_torchvision``;
+    * a torchvision state dict (the fallback: ``swin3d_b`` ``KINETICS400_IMAGENET22K_V1`` saved
+      with ``torch.save(model.state_dict())``).
+
+    The classification head is dropped either way.
     """
 
     def __init__(
@@ -151,12 +223,14 @@ class VideoSwinBackbone(nn.Module):
         self.patch_size = tuple(swin.patch_embed.tuple_patch_size)
         self.num_stages = len(swin.features) // 2 + 1  # stages interleaved with PatchMerging
         self.out_dim = swin.num_features
+        self.weights_layout: str | None = None  # "vidswin" | "torchvision" once loaded
         if weights:
             self.load_weights(weights)
         else:
             log.warning("Video Swin backbone %s: no weights given, random initialisation", arch)
 
     def load_weights(self, path: str | Path) -> None:
+        """Load a Video Swin checkpoint in the original (VidSwin) or torchvision layout."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
@@ -166,13 +240,40 @@ class VideoSwinBackbone(nn.Module):
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        missing, unexpected = self.swin.load_state_dict(state, strict=False)
+        try:
+            vidswin = is_vidswin_layout(state)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error} (config key model.backbone.weights)") from None
+        if vidswin:
+            state = vidswin_to_torchvision(state)
+            layout = "vidswin"
+        else:
+            prefix = backbone_prefix(state)
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k: v for k, v in state.items() if not k.startswith("head.")}
+            layout = "torchvision"
+        own = self.swin.state_dict()
+        index_keys = [k for k in state if k.endswith("relative_position_index")]
+        for key in index_keys:  # a buffer both layouts derive from the window size
+            if key in own and not torch.equal(state[key].to(own[key].dtype), own[key]):
+                raise ValueError(
+                    f"{path}: {key} differs from this model's (another window size than "
+                    "model.backbone.window_size / arch?)"
+                )
+        try:
+            missing, unexpected = self.swin.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # shape mismatches
+            raise ValueError(
+                f"{path} ({layout} layout) does not fit model.backbone.arch: {error}"
+            ) from None
+        missing = [k for k in missing if not k.endswith("relative_position_index")]
         if missing or unexpected:
             raise ValueError(
-                f"{path} is not a torchvision Video Swin state dict for this arch: "
+                f"{path} ({layout} layout) is not a Video Swin state dict for this arch: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
+        self.weights_layout = layout
+        log.info("Video Swin backbone: loaded %s (%s layout)", path, layout)
 
     def num_tokens(self, num_frames: int, img_res: int) -> int:
         """Tokens for ``num_frames`` frames at ``img_res`` (PatchMerging pads odd sizes)."""

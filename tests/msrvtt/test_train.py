@@ -108,3 +108,9 @@ def test_table6_experiment_composes(tmp_path: Path) -> None:
     assert (cfg.data.mask_prob, cfg.data.max_masked_tokens) == (0.5, 45)
     assert cfg.model.backbone.arch == "swin3d_b" and cfg.monitor.metric == "val/CIDEr"
     assert cfg.model.bert.path.endswith("checkpoints/bert-base-uncased")
+    # SwinBERT's backbone: the Kinetics-600 VidSwin release (load_swin.py), drop path 0.2
+    assert cfg.model.backbone.weights.endswith(
+        "checkpoints/swin_base_patch244_window877_kinetics600_22k.pth"
+    )
+    assert cfg.model.backbone.stochastic_depth_prob == 0.2
+    assert cfg.mask.init == "identity"  # M = identity at step 0: BERT keeps its function
