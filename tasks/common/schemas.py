@@ -17,6 +17,43 @@ REPO_DIR = Path(__file__).resolve().parents[2]
 _registered = False
 
 
+def device_count(devices: object) -> int:
+    """Lightning's ``trainer.devices`` as a number (-1 / "auto": the visible CUDA devices)."""
+    if isinstance(devices, str) and devices.strip() not in ("-1", "auto"):
+        parts = [d for d in devices.split(",") if d.strip()]
+        return int(parts[0]) if len(parts) == 1 and "," not in devices else len(parts)
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    import torch
+
+    count = torch.cuda.device_count()
+    if count < 1:
+        raise ValueError(
+            f"trainer.devices={devices!r} needs visible GPUs to count; none here. Set "
+            "trainer.devices to a number (the effective batch is derived from it)."
+        )
+    return count
+
+
+def effective_accumulation(
+    effective: int | None, per_device: int, devices: object, num_nodes: int = 1
+) -> int:
+    """``trainer.accumulate_grad_batches`` that makes per-device batch x devices x nodes x
+    accumulation equal ``effective`` (None: 1, no target); an error if it does not divide."""
+    if effective is None:
+        return 1
+    per_step = int(per_device) * device_count(devices) * int(num_nodes)
+    if per_step < 1 or effective % per_step:
+        raise ValueError(
+            f"effective batch {effective} is not a multiple of per-device batch {per_device} x "
+            f"{device_count(devices)} devices x {num_nodes} nodes = {per_step}; change "
+            "data.batch_size or the device count"
+        )
+    return effective // per_step
+
+
 def register_schemas() -> None:
     global _registered
     if _registered:
@@ -32,4 +69,7 @@ def register_schemas() -> None:
     )
     # the repository (files shipped with the code, e.g. the QVHighlights annotations)
     OmegaConf.register_new_resolver("stamp_repo", lambda: str(REPO_DIR), replace=True)
+    # effective batch on any device count (MAD-AD: 256)
+    OmegaConf.register_new_resolver("device_count", device_count, replace=True)
+    OmegaConf.register_new_resolver("effective_accumulation", effective_accumulation, replace=True)
     _registered = True

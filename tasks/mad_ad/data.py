@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.common.data import DataValidationError, EpochShuffleSampler, check_finite
+
 log = logging.getLogger(__name__)
 
 AD_PROMPT = (
@@ -36,6 +38,11 @@ AD_PROMPT = (
 )
 IGNORE_INDEX = -100  # labels that the loss skips (prompt and padding)
 DEFAULT_COLUMNS = {"movie": "movie", "start": "start", "end": "end", "text": "text"}
+
+
+# val / test audio: the moment's own window, or (Fig. S8) the movie's last S audio tokens
+# (end credits: soundtrack only) beside the unchanged video
+AUDIO_SOURCES = ("original", "credits")
 
 
 def check_paths(paths: Mapping[str, str | None], what: str = "MAD audio description") -> None:
@@ -84,16 +91,26 @@ def read_ad_csv(path: str | Path, columns: Mapping[str, str] | None = None) -> l
                 f"{path}: no column(s) {missing}; the file has {reader.fieldnames}. Set "
                 "data.columns.{movie,start,end,text} to the file's column names."
             )
-        return [
-            ADMoment(
-                movie=str(row[names["movie"]]),
-                start=float(row[names["start"]]),
-                end=float(row[names["end"]]),
-                text=str(row[names["text"]]).strip(),
-                index=i,
+        moments = []
+        for i, row in enumerate(reader):
+            line = i + 2  # the header is line 1
+            try:
+                start, end = float(row[names["start"]]), float(row[names["end"]])
+            except (TypeError, ValueError) as err:
+                raise DataValidationError(
+                    path, f"start / end are not numbers ({err})", line
+                ) from None
+            if not (np.isfinite(start) and np.isfinite(end)) or start > end or start < 0:
+                raise DataValidationError(path, f"bad AD window start={start}, end={end}", line)
+            text = row[names["text"]]
+            if text is None or not str(text).strip():
+                raise DataValidationError(path, "empty AD text", line)
+            moments.append(
+                ADMoment(str(row[names["movie"]]), start, end, str(text).strip(), index=i)
             )
-            for i, row in enumerate(reader)
-        ]
+    if not moments:
+        raise DataValidationError(path, "no AD rows (empty file)")
+    return moments
 
 
 def movie_list(spec: Sequence[str] | str | None) -> list[str]:
@@ -150,6 +167,37 @@ class FeatureStore:
             raise KeyError(f"{self.path} has no features for movie {movie!r}")
         return int(self._h5()[movie].shape[0])
 
+    def validate(self, movies: Sequence[str], chunk: int = 65536) -> int:
+        """Open the file and check every listed movie's features: present, 2-d, one width for
+        all, finite values (read in chunks). Returns the feature width."""
+        try:
+            h5 = self._h5()
+        except Exception as err:  # noqa: BLE001 - truncated / not an HDF5 file
+            raise DataValidationError(self.path, f"not a readable HDF5 file ({err})") from err
+        width = None
+        for movie in sorted(set(movies)):
+            if movie not in h5:
+                raise DataValidationError(self.path, f"no features for movie {movie!r}")
+            data = h5[movie]
+            if data.ndim != 2 or data.shape[0] == 0:
+                raise DataValidationError(
+                    self.path, f"movie {movie!r}: expected (frames, dim), got {data.shape}"
+                )
+            if width is not None and data.shape[1] != width:
+                raise DataValidationError(
+                    self.path, f"movie {movie!r} has dim {data.shape[1]}, other movies {width}"
+                )
+            width = data.shape[1]
+            for first in range(0, data.shape[0], chunk):
+                block = np.asarray(data[first : first + chunk], dtype=np.float32)
+                try:
+                    check_finite(block, self.path, f"movie {movie!r} features")
+                except DataValidationError as err:
+                    raise DataValidationError(
+                        self.path, f"movie {movie!r}: NaN / Inf features", first + (err.row or 0)
+                    ) from None
+        return int(width or 0)
+
     def dim(self) -> int:
         first = next(iter(self._h5().keys()))
         return int(self._h5()[first].shape[1])
@@ -201,9 +249,11 @@ class MadADDataset(Dataset):
         tokens_per_modality: int,
         fps: float,
         max_text_tokens: int,
+        audio_source: str = "original",
     ) -> None:
         self.moments = list(moments)
         self.visual, self.audio = visual, audio
+        self.audio_source = audio_source
         self.tokenizer, self.prompt = tokenizer, prompt
         self.tokens, self.fps, self.max_text_tokens = tokens_per_modality, fps, max_text_tokens
 
@@ -214,7 +264,11 @@ class MadADDataset(Dataset):
         m = self.moments[i]
         center = 0.5 * (m.start + m.end)
         visual, visual_pad = self.visual.window(m.movie, center, self.tokens, self.fps)
-        audio, audio_pad = self.audio.window(m.movie, center, self.tokens, self.fps)
+        if self.audio_source == "credits":  # Fig. S8: the movie's last S audio tokens
+            audio_center = self.audio.length(m.movie) / self.fps
+        else:
+            audio_center = center
+        audio, audio_pad = self.audio.window(m.movie, audio_center, self.tokens, self.fps)
         ids, labels = encode_example(self.tokenizer, m.text, self.prompt, self.max_text_tokens)
         return {
             "visual": visual,
@@ -272,8 +326,12 @@ class MadADDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 4,
         limit_train: int | None = None,
+        eval_audio: str = "original",
     ) -> None:
         super().__init__()
+        if eval_audio not in AUDIO_SOURCES:
+            raise ValueError(f"data.eval_audio={eval_audio!r}; choose one of {AUDIO_SOURCES}")
+        self.eval_audio = eval_audio
         visual_features, audio_features, annotations = (
             resolve(root, p) for p in (visual_features, audio_features, annotations)
         )
@@ -303,6 +361,10 @@ class MadADDataModule(L.LightningDataModule):
         log.info("MAD ADs: %s", {k: len(v) for k, v in self.splits.items()})
         if not self.splits["train"]:
             raise ValueError(f"{annotations}: no training ADs after removing val / test movies")
+        # every split's features checked now, before any training step
+        used = [m.movie for split in self.splits.values() for m in split]
+        self.visual.validate(used)
+        self.audio.validate(used)
         self.dataset_kwargs = dict(
             visual=self.visual,
             audio=self.audio,
@@ -317,15 +379,18 @@ class MadADDataModule(L.LightningDataModule):
         self.num_workers = num_workers
 
     def dataset(self, split: str) -> MadADDataset:
-        return MadADDataset(self.splits[split], **self.dataset_kwargs)
+        audio = "original" if split == "train" else self.eval_audio
+        return MadADDataset(self.splits[split], **self.dataset_kwargs, audio_source=audio)
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         if not self.splits[split]:
             raise ValueError(f"the {split} split has no ADs; set data.{split}_movies")
+        dataset = self.dataset(split)
+        # training order fixed by (seed, epoch): resuming is exact
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset)) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=partial(collate, pad_id=self.pad_id),
             persistent_workers=self.num_workers > 0,

@@ -1,12 +1,14 @@
 """LightningModule of the MAD audio description task: the two-stage protocol and AD metrics.
 
 Stage 1 (alignment, the first ``stage1_epochs`` epochs) trains ``stage1_groups`` (AV encoder,
-adapter prompts, gates); stage 2 trains ``stage2_groups`` (bias / scale, gates, AV layers);
-the LLM stays frozen throughout (paper appendix A.4, after LLaMA-Adapter V2's pretrain / finetune
-phases). Every parameter of either stage has ``requires_grad`` from the start (so DDP registers
-and all-reduces the same set in both stages) and sits in one AdamW; after each backward the
-gradients of the parameters the current stage does not train are dropped, so AdamW leaves them
-(and their weight decay) alone: exactly the stage's groups change.
+V2 query adapter and prompts, gates); stage 2 trains ``stage2_groups`` (biases, norms, LoRA, gates,
+AV encoder); the LLM's own weights stay frozen throughout (paper appendix A.4, after LLaMA-Adapter
+V2's pretrain / finetune phases). ``batch_plan`` states the effective batch (paper: 256) and how
+it is reached; ``effective_batch`` (a dict, written to results.json) is checked against the
+trainer at the start of fitting. Every parameter of either stage has ``requires_grad`` from the
+start (so DDP registers and all-reduces the same set in both stages) and sits in one AdamW; after
+each backward the gradients of the parameters the current stage does not train are dropped, so
+AdamW leaves them (and their weight decay) alone: exactly the stage's groups change.
 
 Validation / test: greedy captions for every AD, then CIDEr and ROUGE-L (STAMP's protocol:
 lowercase, no punctuation, HF-evaluate ROUGE-L) and AutoAD-II's R@5/16 from BERTScore, per movie
@@ -40,7 +42,8 @@ class MadADModule(TaskModule):
         scheduler_interval: str = "step",
         stage1_epochs: int = 2,
         stage1_groups: Sequence[str] = ("av", "adapter", "gate"),
-        stage2_groups: Sequence[str] = ("bias", "gate", "av"),
+        stage2_groups: Sequence[str] = ("bias", "norm", "lora", "gate", "av"),
+        batch_plan: dict | None = None,
         max_new_tokens: int = 32,
         caption_metrics: Sequence[str] = ("CIDEr", "ROUGE_L"),
         bertscore_model: str | None = None,
@@ -68,6 +71,26 @@ class MadADModule(TaskModule):
         self._outputs: list[dict] = []
         self._flops_warned = False
         self.strict_loading = False  # checkpoints carry no frozen LLM weights
+        self.effective_batch: dict | None = dict(batch_plan) if batch_plan else None
+
+    def check_effective_batch(self) -> None:
+        """The trainer must run the planned batch: per-device x world size x accumulation."""
+        plan = self.effective_batch
+        if not plan or self._trainer is None:
+            return
+        world = self.trainer.world_size
+        accumulation = self.trainer.accumulate_grad_batches
+        actual = int(plan["per_device"]) * world * accumulation
+        plan.update(world_size=world, accumulate_grad_batches=accumulation, actual=actual)
+        target = plan.get("effective_batch")
+        if target is not None and actual != target:
+            raise ValueError(
+                f"effective batch {actual} (per-device {plan['per_device']} x {world} processes "
+                f"x accumulation {accumulation}) differs from module.batch_plan.effective_batch="
+                f"{target}; leave trainer.accumulate_grad_batches to its interpolation and set "
+                "trainer.devices / trainer.num_nodes to the processes you run"
+            )
+        log.info("MAD AD: effective batch %s", plan)
 
     # ------------------------------------------------------------------ stages
     def set_stage(self, stage: int) -> None:
@@ -90,6 +113,7 @@ class MadADModule(TaskModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        self.check_effective_batch()
         counts = {
             f"params/trainable_stage{stage}": float(
                 sum(p.numel() for p in self.net.group_parameters(groups))
@@ -197,7 +221,7 @@ class MadADModule(TaskModule):
         if self.save_predictions and self.trainer.is_global_zero:
             out_dir = Path(self.trainer.default_root_dir) / "predictions"
             out_dir.mkdir(parents=True, exist_ok=True)
-            path = out_dir / f"{split}_epoch{self.current_epoch:03d}.jsonl"
+            path = out_dir / f"{split}_epoch{self.weights_epoch:03d}.jsonl"
             path.write_text("".join(json.dumps(o) + "\n" for o in outputs))
 
     def recall_metric(self) -> RecallWithinNeighbours:

@@ -19,6 +19,10 @@ TINY_AV = dict(
     num_heads=4,
     num_queries=4,
     adapter_layers=2,
+    adapter_dim=16,
+    adapter_depth=2,
+    adapter_heads=2,
+    lora_rank=4,
 )
 
 

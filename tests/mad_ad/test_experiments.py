@@ -7,6 +7,7 @@ import json
 
 import pytest
 from mad_testing import minilm_dir
+from omegaconf import OmegaConf
 from test_train import compose_train
 
 from tasks.common.pipeline import train
@@ -16,6 +17,8 @@ EXPERIMENTS = {
     "mad_ad_t2": ("T2", "mad-v2-ad-unnamed.csv", "mask: none,sparse,global,multilayer"),
     "mad_ad_t3": ("T3", "mad-v2-ad-unnamed.csv", "mask: none,extra_linear,extra_layers,multilayer"),
     "mad_ad_t7": ("T7", "mad-v2-ad-unnamed.csv", "attention: eager,flex"),
+    "mad_ad_s8": ("S8", "mad-v2-ad-unnamed.csv", "data.eval_audio: original,credits"),
+    "mad_ad_fig1c": ("Fig1c", "mad-v2-ad-unnamed.csv", "model.encoder_sparsity: 0.0,0.25"),
 }
 
 
@@ -28,10 +31,31 @@ def test_experiment_files_compose(tmp_path, name):
     assert params is None or sweep.split(":")[0] in params
 
 
-@pytest.mark.parametrize("backend, llm", [("eager", "eager"), ("flex", "sdpa")])
-def test_table7_llm_attention_follows_the_backend(tmp_path, backend, llm):
-    cfg = compose_train(tmp_path, ["experiment=mad_ad_t7", f"attention={backend}"])
-    assert cfg.model.llm_attn_implementation == llm and cfg.row == backend
+def test_table7_switches_only_stamps_kernel(tmp_path):
+    rows = {
+        backend: compose_train(tmp_path, ["experiment=mad_ad_t7", f"attention={backend}"])
+        for backend in ("eager", "flex")
+    }
+    for backend, cfg in rows.items():
+        assert cfg.row == backend and cfg.attention.backend == backend
+    eager, flex = (OmegaConf.to_container(rows[b], resolve=True) for b in ("eager", "flex"))
+    assert eager["model"] == flex["model"]  # LLM and adapter kernels held fixed
+    assert eager["model"]["llm_attn_implementation"] == "sdpa"
+    del eager["attention"], flex["attention"], eager["row"], flex["row"]
+    assert eager == flex
+
+
+def test_s8_and_fig1c_rows(tmp_path):
+    s8 = compose_train(tmp_path, ["experiment=mad_ad_s8"])
+    assert s8.data.eval_audio == "credits" and s8.row == "credits" and s8.mask.type == "multilayer"
+    assert "mask_plot" in s8.callbacks
+    fig = compose_train(tmp_path, ["experiment=mad_ad_fig1c", "model.encoder_sparsity=0.5"])
+    assert fig.row == 0.5 and fig.mask.type == "none"
+
+
+def test_table3_controls_at_the_papers_sizes(tmp_path):
+    cfg = compose_train(tmp_path, ["experiment=mad_ad_t3", "mask=extra_layers"])
+    assert cfg.model.extra_layers == 39 and cfg.mask.depth == 16 and cfg.model.dim == 768
 
 
 TINY = [
@@ -44,6 +68,10 @@ TINY = [
     "model.num_heads=4",
     "model.num_queries=4",
     "model.adapter_layers=2",
+    "model.adapter_dim=16",
+    "model.adapter_depth=2",
+    "model.adapter_heads=2",
+    "model.lora_rank=4",
     "mask.depth=2",
     "data.batch_size=8",
     "data.eval_batch_size=32",
@@ -64,6 +92,8 @@ TINY = [
         ("mad_ad_t2", ["mask=sparse"]),
         ("mad_ad_t3", ["mask=extra_layers"]),
         ("mad_ad_t7", ["attention=flex", "attention.flex_cpu_training=eager"]),
+        ("mad_ad_s8", ["callbacks.mask_plot.every_n_epochs=1"]),
+        ("mad_ad_fig1c", ["model.encoder_sparsity=0.5"]),
     ],
 )
 def test_every_experiment_runs_a_step(tmp_path, monkeypatch, tiny_llama, mad_dir, name, extra):

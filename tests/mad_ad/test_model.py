@@ -9,9 +9,11 @@ from transformers import LlamaForCausalLM
 
 from stamp import mask_parameter_count
 from tasks.mad_ad.data import encode_example
-from tasks.mad_ad.model import BiasScaleLinear
 
 S, DV = TINY_AV["tokens_per_modality"], TINY_AV["visual_dim"]
+HIDDEN, INTERMEDIATE = 64, 128  # the tiny LLaMA of conftest.py
+ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 def features(batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,53 +60,123 @@ def test_exactly_the_stage_parameters_are_trainable(tiny_llama):
     frozen_llm = set(model.llm_frozen_names)
     assert frozen_llm and not frozen_llm & trainable_names(model)
     stage1 = trainable_names(model)  # the constructor's default: av + adapter + gate
-    assert "adapter_prompts" in stage1
-    assert {n for n in stage1 if n.endswith(".gate")} == {
-        f"llm.model.layers.{i}.self_attn.gate" for i in range(2)
+    gates = {f"llm.model.layers.{i}.self_attn.gate" for i in range(2)}
+    assert {n for n in stage1 if n.startswith("llm.")} == gates
+    assert {n.split(".")[0] for n in stage1 if not n.startswith("llm.")} == {
+        "av_encoder",
+        "av_adapter",
+        "adapter_prompts",
     }
-    assert all(
-        n.startswith(("av_encoder.", "av_to_llm.", "adapter_prompts")) or n.endswith(".gate")
-        for n in stage1
-    )
-    assert not any(n.endswith((".bias", ".scale")) and n.startswith("llm.") for n in stage1)
 
-    model.set_trainable(["bias", "gate", "av"])
+    model.set_trainable(["bias", "norm", "lora", "gate", "av"])
     stage2 = trainable_names(model)
     llm_side = {n for n in stage2 if n.startswith("llm.")}
+    prefix = "llm.model.layers.{i}.{block}.{name}"
+    # V2's bias tuning: q, o and the MLP (k / v have none); LoRA on all seven, around them
     expected_bias = {
-        f"llm.model.layers.{i}.{block}.{name}.{kind}"
+        (prefix + ".base_layer.{kind}").format(i=i, block=block, name=name, kind=kind)
         for i in range(2)
-        for block, names in (
-            ("self_attn.attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
-            ("mlp", ("gate_proj", "up_proj", "down_proj")),
-        )
+        for block, names in (("self_attn.attn", ("q_proj", "o_proj")), ("mlp", MLP))
         for name in names
-        for kind in ("bias", "scale")
+        for kind in ("tuned_bias", "tuned_scale")
     }
-    gates = {f"llm.model.layers.{i}.self_attn.gate" for i in range(2)}
-    assert llm_side == expected_bias | gates
-    assert "adapter_prompts" not in stage2
-    assert {n for n in stage2 if n.startswith("av_")} == {n for n in stage1 if n.startswith("av_")}
+    expected_lora = {
+        (prefix + ".lora_{ab}.default.weight").format(i=i, block=block, name=name, ab=ab)
+        for i in range(2)
+        for block, names in (("self_attn.attn", ATTN), ("mlp", MLP))
+        for name in names
+        for ab in "AB"
+    }
+    norms = {n for n in llm_side if "norm" in n}
+    assert len(norms) == 2 * 2 + 1  # two RMSNorms per layer + the final one
+    assert llm_side == expected_bias | expected_lora | gates | norms
+    assert not any(n.startswith(("adapter_prompts", "av_adapter")) for n in stage2)
+    assert {n for n in stage2 if n.startswith("av_")} == {
+        n for n in stage1 if n.startswith("av_encoder")
+    }
     with pytest.raises(ValueError, match="unknown parameter groups"):
-        model.set_trainable(["lora"])
+        model.set_trainable(["everything"])
 
 
-def test_bias_scale_linear_is_identity_at_init():
-    base = torch.nn.Linear(8, 6, bias=False)
-    wrapped = BiasScaleLinear(base, with_scale=True)
-    x = torch.randn(3, 8)
-    assert torch.equal(wrapped(x), base(x))
+def test_bias_scale_and_lora_are_identity_at_init_and_then_act(tiny_llama):
+    model = make_model(tiny_llama, scale_tuning=True).eval()
+    frozen = LlamaForCausalLM.from_pretrained(tiny_llama).eval()
+    ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        wrapped.bias.fill_(1.0)
-        wrapped.scale.fill_(2.0)
-    assert torch.allclose(wrapped(x), 2 * (base(x) + 1))
-    assert torch.allclose(wrapped.project_without_bias(x), 2 * base(x))
+        assert torch.equal(model.llm(ids).logits, frozen(ids).logits)
+        q = model.llm.model.layers[0].self_attn.attn.q_proj
+        x = torch.randn(3, q.in_features)
+        weight = frozen.model.layers[0].self_attn.q_proj.weight
+        base = q.base_layer
+        base.tuned_bias.fill_(0.5)
+        base.tuned_scale.fill_(2.0)
+        q.lora_B["default"].weight.normal_()
+        a, b = q.lora_A["default"].weight, q.lora_B["default"].weight
+        rank = a.shape[0]
+        assert rank == TINY_AV["lora_rank"] and q.scaling["default"] == 1.0  # alpha = rank
+        # V2's order: (W x + b) * s, then + B A x
+        expected = (x @ weight.T + 0.5) * 2.0 + x @ a.T @ b.T
+        torch.testing.assert_close(q(x), expected)
+        assert not torch.allclose(model.llm(ids).logits, frozen(ids).logits, atol=1e-4)
+    assert sum(p.numel() for p in model.groups["lora"]) == 2 * (
+        4 * rank * (2 * HIDDEN) + 3 * rank * (HIDDEN + INTERMEDIATE)
+    )
+
+
+def test_adapter_attention_matches_the_v2_formula(tiny_llama):
+    """One adapted layer against LLaMA-Adapter V2's ``Attention.forward`` written out here."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    torch.manual_seed(0)
+    model = make_model(tiny_llama).eval()
+    layer = model.adapted[-1]
+    attn = layer.attn
+    with torch.no_grad():
+        layer.gate.normal_()
+        for name in ("q_proj", "o_proj"):
+            getattr(attn, name).base_layer.tuned_bias.normal_()
+        for name in ATTN:
+            getattr(attn, name).lora_B["default"].weight.normal_(std=0.1)
+    batch, length, heads = 2, 7, model.llm.config.num_attention_heads
+    d = HIDDEN // heads
+    h = torch.randn(batch, length, HIDDEN)
+    prompt = torch.randn(batch, TINY_AV["num_queries"], HIDDEN)
+    positions = torch.arange(length)[None].expand(batch, -1)
+    cos, sin = model.llm.model.rotary_emb(h, positions)
+    causal = torch.full((length, length), float("-inf")).triu(1)[None, None]
+    layer.prompt = prompt
+    with torch.no_grad():
+        out, _ = layer(h, position_embeddings=(cos, sin), attention_mask=causal)
+    layer.prompt = None
+
+    def lin(name: str, x: torch.Tensor, lora: bool = True) -> torch.Tensor:
+        m = getattr(attn, name)
+        y = x @ m.base_layer.weight.T
+        if hasattr(m.base_layer, "tuned_bias"):
+            y = y + m.base_layer.tuned_bias
+        if lora:
+            y = y + x @ m.lora_A["default"].weight.T @ m.lora_B["default"].weight.T
+        return y
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, -1, heads, d).transpose(1, 2)
+
+    with torch.no_grad():
+        q, k, v = (split(lin(n, h)) for n in ("q_proj", "k_proj", "v_proj"))
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        output = (q @ k.transpose(2, 3) / d**0.5 + causal).softmax(-1) @ v
+        adapter_k = split(lin("k_proj", prompt, lora=False))  # V2: self.wk(adapter), no LoRA
+        adapter_v = split(lin("v_proj", prompt, lora=False))
+        adapter = (q @ adapter_k.transpose(2, 3) / d**0.5).softmax(-1)
+        output = output + torch.tanh(layer.gate) * adapter @ adapter_v
+        expected = lin("o_proj", output.transpose(1, 2).reshape(batch, length, -1))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
     "groups, lr",
     # stage 1 learns only through the zero-init gates at first: a high lr opens them quickly
-    [(["av", "adapter", "gate"], 5e-2), (["bias", "gate", "av"], 1e-2)],
+    [(["av", "adapter", "gate"], 5e-2), (["bias", "norm", "lora", "gate", "av"], 1e-2)],
 )
 def test_a_few_steps_lower_the_loss(tiny_llama, groups, lr):
     torch.manual_seed(0)
@@ -161,12 +233,14 @@ def test_every_mask_mode_builds_and_runs(tiny_llama, mask):
     assert (params == 0) == (mask == "none")
 
 
-def test_all_av_outputs_as_prompt_when_no_queries(tiny_llama):
-    model = make_model(tiny_llama, num_queries=0)
-    visual, audio = features(2)
-    assert model.av_tokens(visual, audio, None).shape[1] == 2 * S
-    assert model.adapter_prompts.shape[1] == 2 * S
-    assert model.av_encoder.encoder.n_max == 2 * S
+def test_stamp_acts_on_the_50_audiovisual_tokens_only(tiny_llama):
+    model = make_model(tiny_llama, mask="multilayer")
+    encoder = model.av_encoder.encoder
+    assert encoder.n_max == 2 * S  # not num_queries + 2S
+    assert all(layer.mask_generator.out.out_features == 2 * S for layer in encoder.layers)
+    adapter = model.av_adapter.blocks
+    assert mask_parameter_count(model.av_adapter) == 0 and adapter.n_max == 2 * S + 4
+    assert len(adapter.layers) == TINY_AV["adapter_depth"]
 
 
 def test_missing_llm_path_names_the_config_key(tmp_path):

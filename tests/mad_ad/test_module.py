@@ -35,9 +35,12 @@ def test_each_stage_updates_only_its_groups(tiny_llama):
     with torch.no_grad():
         for layer in net.adapted:
             layer.gate.fill_(0.3)  # let gradients reach the prompts in one step
-    groups = {name: net.groups[name] for name in ("adapter", "bias", "gate", "av")}
+    groups = {name: net.groups[name] for name in ("adapter", "bias", "norm", "lora", "gate", "av")}
     frozen = [p for n, p in net.named_parameters() if f"{n}" in net.llm_frozen_names]
-    for stage, trained in ((1, {"adapter", "gate", "av"}), (2, {"bias", "gate", "av"})):
+    for stage, trained in (
+        (1, {"adapter", "gate", "av"}),
+        (2, {"bias", "norm", "lora", "gate", "av"}),
+    ):
         module.set_stage(stage)
         before = {name: snapshot(params) for name, params in groups.items()}
         before_frozen = snapshot(frozen)
