@@ -525,7 +525,15 @@ class QDDETR(nn.Module):
                         if isinstance(sub, nn.Linear) and sub.bias is not None:
                             nn.init.zeros_(sub.bias)
 
-    def encode(self, vid: Tensor, vid_pad: Tensor, pos_vid: Tensor, txt: Tensor, txt_pad: Tensor):
+    def encode(
+        self,
+        vid: Tensor,
+        vid_pad: Tensor,
+        pos_vid: Tensor,
+        txt: Tensor,
+        txt_pad: Tensor,
+        txt_pos: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """T2V cross-attention then self-attention over [global, video] -> (video, global)."""
         if txt.shape[1] > self.max_q_l:
             raise ValueError(
@@ -539,7 +547,6 @@ class QDDETR(nn.Module):
         bias = None
         if self.official_padding_bug and vid.shape[0] > 1:
             bias = official_t2v_padding_bias(vid_pad, txt_pad, self.num_heads, vid.dtype)
-        txt_pos = self.txt_position_embed(txt) if self.use_txt_pos else None
         x = vid
         for layer in self.t2v_layers:
             x = layer(
@@ -576,7 +583,10 @@ class QDDETR(nn.Module):
         txt = self.input_txt_proj(src_txt)
         vid_pad, txt_pad = ~src_vid_mask.bool(), ~src_txt_mask.bool()
         pos_vid = video_position_embedding(src_vid_mask, self.hidden_dim, vid.dtype)
-        vid_mem, global_mem = self.encode(vid, vid_pad, pos_vid, txt, txt_pad)
+        # (use_txt_pos: the original computes the text positions from the positive text once
+        # and reuses them for the negative pass, ``pos_neg = pos.clone()``)
+        txt_pos = self.txt_position_embed(txt) if self.use_txt_pos else None
+        vid_mem, global_mem = self.encode(vid, vid_pad, pos_vid, txt, txt_pad, txt_pos)
 
         hs, refs = self.decoder(vid_mem, vid_pad, pos_vid, self.query_embed.weight)
         logits = self.class_embed(hs)
@@ -595,6 +605,6 @@ class QDDETR(nn.Module):
         if with_negative:
             txt_neg = torch.roll(txt, shifts=-1, dims=0)
             pad_neg = torch.roll(txt_pad, shifts=-1, dims=0)
-            vid_neg, global_neg = self.encode(vid, vid_pad, pos_vid, txt_neg, pad_neg)
+            vid_neg, global_neg = self.encode(vid, vid_pad, pos_vid, txt_neg, pad_neg, txt_pos)
             out["saliency_scores_neg"] = self.saliency(vid_neg, global_neg)
         return out

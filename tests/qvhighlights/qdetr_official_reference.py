@@ -64,6 +64,11 @@ class TrainablePositionalEncoding(nn.Module):
         self.LayerNorm = nn.LayerNorm(hidden_size)
         self.dropout = nn.Dropout(dropout)
 
+    def forward(self, input_feat: Tensor) -> Tensor:
+        bsz, length = input_feat.shape[:2]
+        ids = torch.arange(length).unsqueeze(0).repeat(bsz, 1)
+        return self.dropout(self.LayerNorm(input_feat + self.position_embeddings(ids)))
+
 
 def sine_position_embedding(mask: Tensor, num_pos_feats: int) -> Tensor:
     """PositionEmbeddingSine(num_pos_feats, normalize=True) on a (B, L) valid-mask."""
@@ -296,9 +301,11 @@ class OfficialQDDETR(nn.Module):
         dropout: float = 0.1,
         input_dropout: float = 0.5,
         max_q_l: int = 32,
+        use_txt_pos: bool = False,
     ):
         super().__init__()
         d = hidden_dim
+        self.use_txt_pos = use_txt_pos
         self.transformer = Transformer(d, nheads, enc_layers, dec_layers, dim_feedforward, dropout)
         self.txt_position_embed = TrainablePositionalEncoding(max_q_l, d, input_dropout)
         self.span_embed = MLP(d, d, 2, 3)
@@ -331,9 +338,10 @@ class OfficialQDDETR(nn.Module):
         src_txt = self.input_txt_proj(src_txt)
         B, V = src_vid.shape[:2]
         pos_vid = sine_position_embedding(src_vid_mask, self.hidden_dim)
-        pos = torch.cat(
-            [self.global_rep_pos.expand(B, 1, -1), pos_vid, torch.zeros_like(src_txt)], dim=1
+        pos_txt = (
+            self.txt_position_embed(src_txt) if self.use_txt_pos else torch.zeros_like(src_txt)
         )
+        pos = torch.cat([self.global_rep_pos.expand(B, 1, -1), pos_vid, pos_txt], dim=1)
         src, padding, _ = self._encode_inputs(src_vid, src_vid_mask, src_txt, src_txt_mask, pos)
         hs, reference, vid_mem, global_mem = self.transformer(
             src, padding, self.query_embed.weight, pos, V

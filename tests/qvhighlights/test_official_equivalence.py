@@ -33,9 +33,9 @@ def batch(lv=(20, 15, 9), lt=(7, 5, 3), dtype=torch.float32) -> dict:
     }
 
 
-def official() -> OfficialQDDETR:
+def official(**kw) -> OfficialQDDETR:
     torch.manual_seed(0)
-    return OfficialQDDETR(VID + 2, TXT, hidden_dim=D, nheads=H, dim_feedforward=FFN).eval()
+    return OfficialQDDETR(VID + 2, TXT, hidden_dim=D, nheads=H, dim_feedforward=FFN, **kw).eval()
 
 
 def ours(**kw) -> QDDETR:
@@ -57,7 +57,7 @@ def randomised(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def paired(**kw) -> tuple[OfficialQDDETR, QDDETR]:
-    ref = randomised(official())
+    ref = randomised(official(use_txt_pos=kw.get("use_txt_pos", False)))
     model = ours(**kw)
     model.load_state_dict(from_official_state_dict(ref.state_dict()), strict=True)
     return ref, model
@@ -83,6 +83,17 @@ def test_same_weights_same_outputs_as_official():
     with torch.no_grad():
         c = model(**{k: x[k] for k in INPUTS})
     assert max_diff(a, c) > 1e-3
+
+
+def test_use_txt_pos_option_as_official():
+    ref, model = paired(use_txt_pos=True)
+    x = batch()
+    with torch.no_grad():
+        a, b = ref(**x), model(**{k: x[k] for k in INPUTS})
+    assert max_diff(a, b) <= 1e-5
+    _, plain = paired()
+    with torch.no_grad():
+        assert max_diff(a, plain(**{k: x[k] for k in INPUTS})) > 1e-3
 
 
 def test_padding_bug_masks_other_samples_pairs():
