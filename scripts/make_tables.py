@@ -2,8 +2,14 @@
 
 Reads every results.json (and profile.json from scripts/profile_compute.py) under the given
 run / sweep directories, groups runs by paper table and configuration, aggregates seeds as
-mean ± std (n) and prints each table beside the paper's numbers (paper/results.yaml). Runs
-without a paper table (the demo) get one table per experiment / task in the same format.
+mean ± std (n) and prints each table beside the paper's numbers (paper/results.yaml), with the
+split of every number and Table 8 (max gain per dataset) from the tables' gain rows. eval.py
+records (kind: eval) get tables of their own after the training runs. Runs without a paper
+table (the demo) get one table per experiment / task in the same format.
+
+    --source acl,iclr,rebuttal   paper numbers of the ACL paper (default), the ICLR submission
+                                 (LCAAM) and / or the rebuttal, one column each; `all` = every one
+    --paper-tables               also every paper table without runs (no run dirs needed)
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.common.tables import (
+    DEFAULT_SOURCE,
     PAPER_FILE,
     load_paper,
     load_records,
+    load_sources,
     load_wandb_records,
     make_tables,
     to_csv,
@@ -26,7 +34,11 @@ from tasks.common.tables import (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     parser.add_argument("run_dirs", nargs="*", help="run / sweep directories or results files")
     parser.add_argument(
         "--wandb", default="", help="also read the runs of an online W&B project (entity/project)"
@@ -37,17 +49,30 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics", default="", help="columns of untagged tables (default: every val/, test/)"
     )
     parser.add_argument("--paper", type=Path, default=PAPER_FILE, help="the paper's numbers")
+    parser.add_argument(
+        "--source",
+        default=DEFAULT_SOURCE,
+        help="paper numbers shown: acl (default), iclr, rebuttal, a comma list, or all",
+    )
+    parser.add_argument(
+        "--paper-tables", action="store_true", help="also print paper tables that have no runs"
+    )
     args = parser.parse_args(argv)
 
+    known = list(load_sources(args.paper)) or [DEFAULT_SOURCE]
+    sources = known if args.source == "all" else [s for s in args.source.split(",") if s]
+    unknown = [s for s in sources if s not in known]
+    if unknown or not sources:
+        parser.error(f"--source {args.source}: choose from {', '.join(known)} or all")
     missing = [d for d in args.run_dirs if not Path(d).exists()]
     if missing:
         parser.error(f"not found: {', '.join(missing)}")
-    if not args.run_dirs and not args.wandb:
-        parser.error("give run directories and / or --wandb entity/project")
+    if not args.run_dirs and not args.wandb and not args.paper_tables:
+        parser.error("give run directories, --wandb entity/project and / or --paper-tables")
     records = load_records(args.run_dirs)
     if args.wandb:
         records += load_wandb_records(args.wandb)
-    if not records:
+    if not records and not args.paper_tables:
         print(f"no results.json under {' '.join(args.run_dirs)}", file=sys.stderr)
         return 1
     rendered = make_tables(
@@ -55,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         load_paper(args.paper),
         tables=[t for t in args.tables.split(",") if t],
         metrics=[m for m in args.metrics.split(",") if m],
+        sources=sources,
+        paper_tables=args.paper_tables,
     )
     markdown = to_markdown(rendered)
     print(markdown)

@@ -4,7 +4,11 @@ Runs are grouped by table (results.json ``table``; ``experiment`` or ``task`` fo
 such as the demo) and, inside a table, by configuration: the ``row`` id plus whichever of
 fusion / depth / attention / compiled differ between runs of that row. Seeds of one
 configuration are aggregated as mean ± sample std (ddof=1) with the run count. The paper's
-numbers and the metric each column reads come from ``paper/results.yaml``.
+numbers and the metric each column reads come from ``paper/results.yaml``: one column per
+selected source (ACL paper, ICLR submission, rebuttal), the split of every number (measured:
+the metric key's prefix or an eval record's ``split``; paper: ``paper_split``), and Table 8
+computed from the gain rows. eval.py records (``kind: eval``) are tabulated apart from training
+runs.
 """
 
 from __future__ import annotations
@@ -27,6 +31,18 @@ PAPER_FILE = ROOT / "paper" / "results.yaml"
 PROFILE_FILE = "profile.json"  # written by scripts/profile_compute.py
 CONFIG_FIELDS = ("fusion", "depth", "attention", "compiled")  # shown where they vary in a row
 SKIPPED_METRICS = ("aux_loss", "num_queries", "stage")  # bookkeeping, not results
+DEFAULT_SOURCE = "acl"  # the row key ``paper``: the STAMP paper (ACL version)
+SOURCE_LABELS = {"acl": "paper", "iclr": "ICLR", "rebuttal": "rebuttal"}
+DIFFERS = "†"  # marks a non-ACL paper value that differs from the ACL paper's
+
+
+def record_kind(record: dict[str, Any]) -> str:
+    """train | eval | profile: results.json ``kind``; without one, a record with a
+    ``checkpoint`` (eval.py) is an eval record and anything else a training run."""
+    kind = record.get("kind")
+    if kind:
+        return str(kind)
+    return "eval" if "checkpoint" in record else "train"
 
 
 @dataclass
@@ -61,9 +77,16 @@ class Column:
 class PaperRow:
     id: str
     label: str
-    paper: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+    paper: dict[str, tuple[float, float | None]] = field(default_factory=dict)  # ACL
     baseline: bool = False
     ours: bool = False
+    others: dict[str, dict[str, tuple[float, float | None]]] = field(default_factory=dict)
+    paper_split: str | None = None  # overrides the table's
+    extra: dict[str, Any] = field(default_factory=dict)  # T8: size, modality, from, ...
+
+    def values(self, source: str = DEFAULT_SOURCE) -> dict[str, tuple[float, float | None]]:
+        """The row's numbers in one source (empty where that source does not have the row)."""
+        return self.paper if source == DEFAULT_SOURCE else self.others.get(source, {})
 
 
 @dataclass
@@ -76,10 +99,20 @@ class TableSpec:
     source: str | None = None
     gain: bool = False
     note: str = ""
+    paper_split: str | None = None
+    kind: str = "table"  # or max_gain (Table 8)
+    refs: dict[str, str] = field(default_factory=dict)
 
     @property
     def runs_from(self) -> str:
         return self.source or self.id
+
+    def row_split(self, row: PaperRow) -> str | None:
+        return row.paper_split or self.paper_split
+
+    @property
+    def has_splits(self) -> bool:
+        return self.paper_split is not None or any(r.paper_split for r in self.rows)
 
 
 def _paper_value(value: Any) -> tuple[float, float | None]:
@@ -88,9 +121,20 @@ def _paper_value(value: Any) -> tuple[float, float | None]:
     return float(value), None
 
 
-def load_paper(path: str | Path = PAPER_FILE) -> dict[str, TableSpec]:
-    """The paper's tables (numbers + metric mapping) from ``paper/results.yaml``."""
+ROW_KEYS = {"id", "label", "baseline", "ours", "paper", "paper_split"}
+
+
+def load_sources(path: str | Path = PAPER_FILE) -> dict[str, dict[str, str]]:
+    """The sources of paper numbers (``sources:`` of results.yaml): id -> label, file, what."""
     data = yaml.safe_load(Path(path).read_text())
+    sources = data.get("sources") or {}
+    return {k: {kk: str(vv) for kk, vv in v.items()} for k, v in sources.items()}
+
+
+def load_paper(path: str | Path = PAPER_FILE) -> dict[str, TableSpec]:
+    """The paper's tables (numbers of every source + metric mapping) from results.yaml."""
+    data = yaml.safe_load(Path(path).read_text())
+    others = [s for s in (data.get("sources") or {}) if s != DEFAULT_SOURCE]
     specs = {}
     for table_id, t in data["tables"].items():
         rows = [
@@ -100,6 +144,13 @@ def load_paper(path: str | Path = PAPER_FILE) -> dict[str, TableSpec]:
                 paper={k: _paper_value(v) for k, v in (r.get("paper") or {}).items()},
                 baseline=bool(r.get("baseline", False)),
                 ours=bool(r.get("ours", False)),
+                others={
+                    src: {k: _paper_value(v) for k, v in r[src].items()}
+                    for src in others
+                    if r.get(src)
+                },
+                paper_split=r.get("paper_split"),
+                extra={k: v for k, v in r.items() if k not in ROW_KEYS and k not in others},
             )
             for r in t.get("rows", [])
         ]
@@ -112,6 +163,9 @@ def load_paper(path: str | Path = PAPER_FILE) -> dict[str, TableSpec]:
             source=t.get("source"),
             gain=bool(t.get("gain", False)),
             note=" ".join(str(t.get("note", "")).split()),
+            paper_split=t.get("paper_split"),
+            kind=str(t.get("kind", "table")),
+            refs={k: str(v) for k, v in (t.get("refs") or {}).items()},
         )
     return specs
 
@@ -169,13 +223,27 @@ def table_id(record: dict[str, Any]) -> str:
     return str(record.get("table") or record.get("experiment") or record.get("task") or "runs")
 
 
+def record_splits(record: dict[str, Any], splits: Sequence[str]) -> list[str]:
+    """The metric prefixes to try for one record: an eval record's own split first."""
+    own = record.get("split") if record_kind(record) == "eval" else None
+    return [own, *[s for s in splits if s != own]] if own else list(splits)
+
+
+def split_of(key: str) -> str:
+    """The split a metric key was measured on (``val/mAP`` -> val); params are not split."""
+    head, sep, _ = key.partition("/")
+    if not sep or head == "params":
+        return ""
+    return head
+
+
 def lookup(record: dict[str, Any], metric: str, splits: Sequence[str]) -> tuple[float, str] | None:
     """A column's value in one record and the key it came from (params/..., split/metric)."""
     params = record.get("params") or {}
     if metric in params:
         return float(params[metric]), metric
     metrics = record.get("metrics") or {}
-    for key in [f"{split}/{metric}" for split in splits] + [metric]:
+    for key in [f"{split}/{metric}" for split in record_splits(record, splits)] + [metric]:
         value = metrics.get(key)
         if value is not None:
             return float(value), key
@@ -304,31 +372,85 @@ def format_paper(value: tuple[float, float | None] | None, column: Column) -> st
     return text if std is None else f"{text} ± {std:g}"
 
 
+def source_label(source: str) -> str:
+    return SOURCE_LABELS.get(source, source)
+
+
+def _paper_cell(prow: PaperRow | None, column: Column, source: str) -> str:
+    """One paper number; a non-ACL value that differs from the ACL paper's gets DIFFERS."""
+    if prow is None:
+        return "—"
+    value = prow.values(source).get(column.name)
+    text = format_paper(value, column)
+    acl = prow.paper.get(column.name)
+    if source != DEFAULT_SOURCE and value is not None and differs(value, acl):
+        text += DIFFERS
+    return text
+
+
+def differs(value: tuple[float, float | None], acl: tuple[float, float | None] | None) -> bool:
+    """A source's number differs from the ACL paper's: another mean, or another std where both
+    print one (a source that prints no std does not differ by that alone)."""
+    if acl is None:
+        return True
+    if value[0] != acl[0]:
+        return True
+    return value[1] is not None and acl[1] is not None and value[1] != acl[1]
+
+
+def sources_of(spec: TableSpec, sources: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(shown, absent): the requested sources that have numbers in this table (the ACL paper,
+    when requested, is always shown: its rows define the table)."""
+    shown, absent = [], []
+    for src in sources:
+        has = src == DEFAULT_SOURCE or any(row.values(src) for row in spec.rows)
+        (shown if has else absent).append(src)
+    return shown, absent
+
+
+def _splits_text(keys: Iterable[str]) -> str:
+    return ", ".join(sorted({split_of(k) for k in keys if split_of(k)})) or "—"
+
+
 @dataclass
 class RenderedTable:
     spec: TableSpec
     markdown: str
     rows: list[dict[str, Any]]  # long format, for CSV
+    kind: str = "train"  # the kind of records it shows: train (with profiles) or eval
+    gains: dict[str, tuple[float | None, str]] = field(default_factory=dict)  # column -> (Δ, split)
 
 
-def render(spec: TableSpec, records: list[dict[str, Any]]) -> RenderedTable:
-    """One table in the paper's layout: a measured column and the paper's beside each metric
-    (tables without paper rows, such as the demo's, have the measured columns only)."""
+def render(
+    spec: TableSpec,
+    records: list[dict[str, Any]],
+    sources: Sequence[str] = (DEFAULT_SOURCE,),
+    kind: str = "train",
+) -> RenderedTable:
+    """One table in the paper's layout: a measured column and each selected source's paper
+    numbers beside every metric, the measured and the paper's split of every row where the
+    table has splits (tables without paper rows, such as the demo's, have the measured columns
+    only)."""
     ok = [r for r in records if r.get("status", "ok") == "ok"]
     failed = [r for r in records if r.get("status", "ok") != "ok"]
     profiles = [r for r in ok if r.get("kind") == "profile"]
     groups = group_configs(ok)
     paper_rows = {r.id: r for r in spec.rows}
+    sources, absent = sources_of(spec, sources) if paper_rows else ([], [])
     order = {r.id: i for i, r in enumerate(spec.rows)} or {"none": 0}  # baseline first
     groups.sort(key=lambda g: (order.get(g.row, len(order)), g.row, g.config))
+    with_splits = bool(paper_rows) and spec.has_splits
 
-    header = ["Model"]
+    header = ["Model"] + (["split"] if with_splits else [])
     for c in spec.columns:
-        header += [c.name, f"{c.name} (paper)"] if paper_rows else [c.name]
+        header += [c.name] + [f"{c.name} ({source_label(src)})" for src in sources]
+    if with_splits:
+        header.append("paper split")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     long_rows: list[dict[str, Any]] = []
     keys_used: set[str] = set()
     means: dict[str, dict[str, Stat | None]] = {}
+    row_keys: dict[str, set[str]] = {}
     unavailable: dict[str, str] = {}
 
     shown = set()
@@ -337,10 +459,11 @@ def render(spec: TableSpec, records: list[dict[str, Any]]) -> RenderedTable:
         label = (prow.label if prow else g.row) + "".join(f" [{k}={v}]" for k, v in g.extras)
         if prow and paper_rows:
             label += f" `{g.row}`"
-        cells = []
+        cells, group_keys = [], set()
         for c in spec.columns:
             stat, keys = g.stat(c, spec.splits)
             keys_used |= keys
+            group_keys |= keys
             means.setdefault(g.row, {}).setdefault(c.name, stat)
             from_runs = any(
                 r.get("kind") != "profile" and lookup(r, c.metric, spec.splits) is not None
@@ -350,36 +473,55 @@ def render(spec: TableSpec, records: list[dict[str, Any]]) -> RenderedTable:
             if reason is not None:
                 unavailable.setdefault(reason[0], reason[1])
             cells.append("n/a" if reason else format_stat(stat, c, count=from_runs))
-            ref = prow.paper.get(c.name) if prow else None
-            if paper_rows:
-                cells.append(format_paper(ref, c))
-            long_rows.append(_long(spec, g.row, g.config, label, c, stat, ref, keys, g))
-        lines.append("| " + " | ".join([label, *cells]) + " |")
+            cells += [_paper_cell(prow, c, src) for src in sources]
+            for src in sources or [DEFAULT_SOURCE]:
+                long_rows.append(_long(spec, g, label, c, stat, keys, prow, src, kind))
+        row_keys.setdefault(g.row, set()).update(group_keys)
+        split_cells = []
+        if with_splits:
+            paper_split = (spec.row_split(prow) if prow else None) or "—"
+            cells.append(paper_split)
+            split_cells = [_splits_text(group_keys)]
+        lines.append("| " + " | ".join([label, *split_cells, *cells]) + " |")
         shown.add(g.row)
     for prow in spec.rows:  # paper rows without runs
         if prow.id in shown:
             continue
-        cells = []
+        cells = ["—"] if with_splits else []
         for c in spec.columns:
-            cells += ["—", format_paper(prow.paper.get(c.name), c)]
+            cells += ["—"] + [_paper_cell(prow, c, src) for src in sources]
+            for src in sources:
+                long_rows.append(_long(spec, None, prow.label, c, None, set(), prow, src, kind))
+        if with_splits:
+            cells.append(spec.row_split(prow) or "—")
         lines.append("| " + " | ".join([f"{prow.label} `{prow.id}`", *cells]) + " |")
+    gains: dict[str, tuple[float | None, str]] = {}
     if spec.gain and paper_rows:
-        lines.append(_gain_line(spec, means, long_rows))
+        lines.append(_gain_line(spec, means, row_keys, long_rows, sources, gains, with_splits))
 
     seeds = sorted({r.get("seed") for r in ok if r.get("seed") is not None})
-    out = [f"## {spec.id} — {spec.title}", ""]
+    title = spec.title + (" — eval.py records" if kind == "eval" else "")
+    out = [f"## {spec.id}{' [eval]' if kind == 'eval' else ''} — {title}", ""]
     runs = len(ok) - len(profiles)
     summary = []
     if runs:
+        what = "eval records" if kind == "eval" else "runs"
         summary.append(
-            f"{runs} runs (seeds {', '.join(map(str, seeds)) or '—'}); measured: mean ± std over "
-            "seeds (number of runs)"
+            f"{runs} {what} (seeds {', '.join(map(str, seeds)) or '—'}); measured: mean ± std "
+            "over seeds (number of runs)"
         )
     if profiles:
         summary.append(f"{len(profiles)} compute profiles (scripts/profile_compute.py)")
-    if paper_rows:
-        summary.append("the paper's numbers beside")
+    if sources:
+        refs = [f"{source_label(s)}: {spec.refs[s]}" for s in sources if s in spec.refs]
+        summary.append("paper numbers beside" + (f" ({'; '.join(refs)})" if refs else ""))
+    if not records:
+        summary.append("no runs")
     out.append("; ".join(summary))
+    if any(s != DEFAULT_SOURCE for s in sources):
+        out.append(f"{DIFFERS}: differs from the ACL paper")
+    if absent:
+        out.append(f"not in {', '.join(source_label(s) for s in absent)}")
     if keys_used and paper_rows:
         out.append(f"metrics read: {', '.join(sorted(keys_used))}")
     if spec.note:
@@ -389,59 +531,161 @@ def render(spec: TableSpec, records: list[dict[str, Any]]) -> RenderedTable:
     if failed:
         dirs = ", ".join(Path(str(r.get("run_dir", "?"))).name for r in failed)
         out.append(f"failed runs left out: {len(failed)} ({dirs})")
-    return RenderedTable(spec, "\n".join([*out, "", *lines]), long_rows)
+    return RenderedTable(spec, "\n".join([*out, "", *lines]), long_rows, kind, gains)
 
 
-def _long(spec, row, config, label, column, stat, ref, keys, group) -> dict[str, Any]:
+def _long(spec, group, label, column, stat, keys, prow, source, kind) -> dict[str, Any]:
+    ref = prow.values(source).get(column.name) if prow is not None else None
+    row = group.row if group is not None else prow.id
     return {
         "table": spec.id,
+        "kind": kind,
         "row": row,
-        "config": config,
+        "config": group.config if group is not None else row,
         "label": label,
         "column": column.name,
         "metric": ";".join(sorted(keys)),
+        "split": _splits_text(keys) if keys else "",
         "mean": None if stat is None else stat.mean * column.scale,
         "std": None if stat is None or stat.std is None else stat.std * column.scale,
         "n": 0 if stat is None else stat.n,
+        "source": source if prow is not None else "",
         "paper": None if ref is None else ref[0],
         "paper_std": None if ref is None else ref[1],
+        "paper_split": (spec.row_split(prow) or "") if prow is not None else "",
         "seeds": " ".join(map(str, group.seeds)) if group is not None else "",
     }
 
 
-def _gain_line(spec: TableSpec, means: dict, long_rows: list[dict[str, Any]]) -> str:
-    """ours - baseline, measured and in the paper."""
+def _gain_line(
+    spec: TableSpec,
+    means: dict,
+    row_keys: dict[str, set[str]],
+    long_rows: list[dict[str, Any]],
+    sources: Sequence[str],
+    gains: dict[str, tuple[float | None, str]],
+    with_splits: bool,
+) -> str:
+    """ours - baseline, measured and in each source."""
     base = next((r for r in spec.rows if r.baseline), None)
     ours = next((r for r in spec.rows if r.ours), None)
-    cells = ["Gain (Δ)"]
+    measured_split = ""
+    if base and ours:
+        measured_split = _splits_text(row_keys.get(base.id, set()) | row_keys.get(ours.id, set()))
+    cells = ["Gain (Δ)"] + ([measured_split] if with_splits else [])
     for c in spec.columns:
-        measured = paper_gain = None
+        measured = None
         if base and ours:
             b, o = means.get(base.id, {}).get(c.name), means.get(ours.id, {}).get(c.name)
             if b is not None and o is not None:
                 measured = (o.mean - b.mean) * c.scale
-            pb, po = base.paper.get(c.name), ours.paper.get(c.name)
-            if pb is not None and po is not None:
-                paper_gain = po[0] - pb[0]
+        gains[c.name] = (measured, measured_split)
         cells.append("—" if measured is None else f"{measured:+.{c.digits}f}")
-        cells.append("—" if paper_gain is None else f"{paper_gain:+.2f}")
-        long_rows.append(
-            {
-                "table": spec.id,
-                "row": "gain",
-                "config": "gain",
-                "label": "Gain (Δ)",
-                "column": c.name,
-                "metric": "",
-                "mean": measured,
-                "std": None,
-                "n": None,
-                "paper": paper_gain,
-                "paper_std": None,
-                "seeds": "",
-            }
-        )
+        for src in sources:
+            paper_gain = paper_gain_of(spec, c, src)
+            cells.append("—" if paper_gain is None else f"{paper_gain:+.2f}")
+            long_rows.append(
+                {
+                    "table": spec.id,
+                    "row": "gain",
+                    "config": "gain",
+                    "label": "Gain (Δ)",
+                    "column": c.name,
+                    "split": measured_split if measured is not None else "",
+                    "mean": measured,
+                    "source": src,
+                    "paper": paper_gain,
+                }
+            )
+    if with_splits:
+        splits = {spec.row_split(r) for r in (base, ours) if r is not None}
+        cells.append(" / ".join(sorted(s for s in splits if s)) or "—")
     return "| " + " | ".join(cells) + " |"
+
+
+def paper_gain_of(spec: TableSpec, column: Column, source: str = DEFAULT_SOURCE) -> float | None:
+    """ours - baseline in one source's numbers (None where either is missing)."""
+    base = next((r for r in spec.rows if r.baseline), None)
+    ours = next((r for r in spec.rows if r.ours), None)
+    if base is None or ours is None:
+        return None
+    b, o = base.values(source).get(column.name), ours.values(source).get(column.name)
+    return None if b is None or o is None else round(o[0] - b[0], 6)
+
+
+def render_max_gain(
+    spec: TableSpec,
+    paper: dict[str, TableSpec],
+    rendered: dict[str, RenderedTable],
+    sources: Sequence[str] = (DEFAULT_SOURCE,),
+) -> RenderedTable:
+    """Table 8: per dataset, the largest measured gain (ours - baseline) over the metrics of
+    its source tables (``from``), beside each source's paper value and the source tables' own
+    largest paper gain; the splits are those of the source tables."""
+    sources, absent = sources_of(spec, sources)
+    header = ["Dataset", "Size", "Modality", "Max. Gain", "from", "split"]
+    header += [f"Max. Gain ({source_label(s)})" for s in sources] + ["paper split"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    long_rows = []
+    column = spec.columns[0]
+    for row in spec.rows:
+        tables = [str(t) for t in row.extra.get("from", [])]
+        best: tuple[float, str, str] | None = None
+        for t in tables:
+            for name, (value, split) in (rendered.get(t).gains if t in rendered else {}).items():
+                metric = next(c.metric for c in paper[t].columns if c.name == name)
+                if value is None or metric.startswith("params/"):
+                    continue
+                if best is None or value > best[0]:
+                    best = (value, f"{t} {name}", split)
+        size = str(row.extra.get("size", "—"))
+        if "iclr" in sources and row.extra.get("iclr_size"):
+            size += f" (ICLR: {row.extra['iclr_size']})"
+        splits = []
+        for t in tables:
+            splits += [paper[t].row_split(r) or "" for r in paper[t].rows if r.baseline or r.ours]
+        paper_split = " / ".join(sorted({s for s in splits if s})) or "—"
+        cells = [
+            row.label,
+            size,
+            str(row.extra.get("modality", "—")),
+            "—" if best is None else f"{best[0]:+.2f}",
+            "—" if best is None else best[1],
+            "—" if best is None else best[2],
+            *[_paper_cell(row, column, src) for src in sources],
+            paper_split,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+        for src in sources:
+            ref = row.values(src).get(column.name)
+            long_rows.append(
+                {
+                    "table": spec.id,
+                    "row": row.id,
+                    "config": row.id,
+                    "label": row.label,
+                    "column": column.name,
+                    "metric": "" if best is None else best[1],
+                    "split": "" if best is None else best[2],
+                    "mean": None if best is None else best[0],
+                    "source": src,
+                    "paper": None if ref is None else ref[0],
+                    "paper_split": paper_split,
+                }
+            )
+    out = [f"## {spec.id} — {spec.title}", ""]
+    refs = [f"{source_label(s)}: {spec.refs[s]}" for s in sources if s in spec.refs]
+    out.append(
+        "measured: the largest Gain (Δ) of the source tables' runs; paper numbers beside"
+        + (f" ({'; '.join(refs)})" if refs else "")
+    )
+    if any(s != DEFAULT_SOURCE for s in sources):
+        out.append(f"{DIFFERS}: differs from the ACL paper")
+    if absent:
+        out.append(f"not in {', '.join(source_label(s) for s in absent)}")
+    if spec.note:
+        out.append(f"note: {spec.note}")
+    return RenderedTable(spec, "\n".join([*out, "", *lines]), long_rows)
 
 
 def make_tables(
@@ -449,48 +693,81 @@ def make_tables(
     paper: dict[str, TableSpec] | None = None,
     tables: Sequence[str] = (),
     metrics: Sequence[str] = (),
+    sources: Sequence[str] = (DEFAULT_SOURCE,),
+    paper_tables: bool = False,
 ) -> list[RenderedTable]:
-    """Every paper table that has runs, then one table per untagged experiment / task."""
+    """Every paper table that has runs (``paper_tables``: every paper table), Table 8 from
+    their gains, then one table per untagged experiment / task; eval.py records after the
+    training runs, in tables of their own."""
     paper = load_paper() if paper is None else paper
+    rendered: list[RenderedTable] = []
+    for kind in ("train", "eval"):
+        subset = [r for r in records if (record_kind(r) == "eval") == (kind == "eval")]
+        if not subset and (kind == "eval" or not paper_tables):
+            continue
+        rendered += _make_kind(subset, paper, tables, metrics, sources, paper_tables, kind)
+    return rendered
+
+
+def _make_kind(records, paper, tables, metrics, sources, paper_tables, kind):
     by_table: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_table.setdefault(table_id(r), []).append(r)
-    rendered = []
+    rendered: dict[str, RenderedTable] = {}
     used = set()
+    show_all = paper_tables and kind == "train"
     for spec in paper.values():
+        if spec.kind == "max_gain":
+            continue
         runs = by_table.get(spec.runs_from)
-        if runs and (not tables or spec.id in tables):
-            rendered.append(render(spec, runs))
+        if (runs or show_all) and (not tables or spec.id in tables):
+            rendered[spec.id] = render(spec, runs or [], sources, kind)
             used.add(spec.runs_from)
+        elif runs:  # filtered out by --tables: still feeds Table 8
+            rendered[spec.id] = render(spec, runs, sources, kind)
+            rendered[spec.id].kind = "hidden"
+    out = [t for t in rendered.values() if t.kind != "hidden"]
+    for spec in paper.values():
+        if spec.kind != "max_gain" or (tables and spec.id not in tables):
+            continue
+        froms = {str(t) for row in spec.rows for t in row.extra.get("from", [])}
+        if show_all or froms & set(rendered):
+            out.append(render_max_gain(spec, paper, rendered, sources))
+            out[-1].kind = kind
     for name, runs in by_table.items():
         if name in used or name in paper or (tables and name not in tables):
             continue
-        rendered.append(render(generic_spec(name, runs, metrics), runs))
-    return rendered
+        out.append(render(generic_spec(name, runs, metrics), runs, sources, kind))
+    return out
 
 
 CSV_FIELDS = [
     "table",
+    "kind",
     "row",
     "config",
     "label",
     "column",
     "metric",
+    "split",
     "mean",
     "std",
     "n",
+    "source",
     "paper",
     "paper_std",
+    "paper_split",
     "seeds",
 ]
 
 
 def to_csv(rendered: list[RenderedTable]) -> str:
+    """Long format: one row per (table, configuration, column, source of paper numbers)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, restval="")
     writer.writeheader()
     for table in rendered:
-        writer.writerows(table.rows)
+        writer.writerows({"kind": table.kind, **row} for row in table.rows)
     return buffer.getvalue()
 
 
