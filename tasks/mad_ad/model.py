@@ -415,6 +415,9 @@ class LlamaAdapterAV(nn.Module):
                 bias="none",
             )
             inject_adapter_in_model(lora, self.llm)
+            for name, p in self.llm.named_parameters():
+                if "lora_" in name:  # trained in float32 (V2 casts its trainable params to float)
+                    p.data = p.data.float()
         head_dim = getattr(config, "head_dim", None) or width // config.num_attention_heads
         self.adapted: list[AdaptedLlamaAttention] = []
         for layer in self.llm.model.layers[n_layers - adapter_layers :]:

@@ -110,3 +110,6 @@ def test_every_experiment_runs_a_step(tmp_path, monkeypatch, tiny_llama, mad_dir
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "ok" and saved["table"] == EXPERIMENTS[name][0]
     assert {"val/CIDEr", "val/ROUGE_L", "val/R@5_16"} <= set(record["metrics"])
+    if name == "mad_ad_s8":  # the figure: the first layer's mask of a validation sample
+        assert list((tmp_path / "run" / "plots").glob("mask_epoch*.png"))
+        assert saved["row"] == "credits"
