@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stamp.config import AttentionConfig, Backend, Fusion, FusionOrder, as_attention_config
+from stamp.fused import fused_attention
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,7 @@ ATTENTION_BACKENDS: dict[Backend, AttendFn] = {
     Backend.eager: eager_attention,
     Backend.sdpa: sdpa_attention,
     Backend.flex: flex_attention_backend,
+    Backend.fused: fused_attention,
 }
 
 _compiled_eager: AttendFn | None = None

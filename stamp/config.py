@@ -99,6 +99,7 @@ class Backend(str, Enum):
     eager = "eager"  # explicit logits; reference; can return attention probabilities
     sdpa = "sdpa"  # torch.nn.functional.scaled_dot_product_attention (additive masks only)
     flex = "flex"  # torch.nn.attention.flex_attention with a score_mod reading M (fused)
+    fused = "fused"  # stamp.fused: blocked custom autograd, no B·H·N² tensor kept (any device)
 
     def __str__(self) -> str:
         return self.value
@@ -135,6 +136,9 @@ class MaskConfig:
     init: MaskInit = MaskInit.torch
     fusion_order: FusionOrder = FusionOrder.mask_first
     sparse_loss_weight: float = 0.5  # SwinBERT's weight of the sparsity loss (mask=sparse)
+    # recompute the generator's hidden activations in the backward (torch.utils.checkpoint):
+    # the same function and gradients, ~1/depth of its activation memory, one more forward
+    checkpoint: bool = False
 
     def __post_init__(self) -> None:
         self.type = _as_enum(MaskType, self.type, "mask.type")

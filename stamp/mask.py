@@ -8,8 +8,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from stamp.config import Fusion, MaskBound, MaskConfig, MaskInit
+
+# token chunks of a checkpointed generator: the backward holds one chunk's depth-1 hidden
+# activations at a time (about (depth-1)/CHECKPOINT_CHUNKS times the input's size)
+CHECKPOINT_CHUNKS = 8
 
 
 def identity_preactivation(fusion: Fusion | str, bound: MaskBound | str) -> float | None:
@@ -42,6 +47,7 @@ class MaskGenerator(nn.Module):
         bound: MaskBound | str = MaskBound.none,
         init: MaskInit | str = MaskInit.torch,
         fusion: Fusion | str = Fusion.mul,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -51,6 +57,7 @@ class MaskGenerator(nn.Module):
         hidden = hidden or dim
         self.n_max, self.depth, self.bound = n_max, depth, MaskBound(bound)
         self.init, self.fusion = MaskInit(init), Fusion(fusion)
+        self.checkpoint = checkpoint
         if self.init is MaskInit.identity and identity_preactivation(fusion, bound) is None:
             raise ValueError(
                 f"mask.init=identity: mask.bound={self.bound} cannot output the identity of "
@@ -69,7 +76,16 @@ class MaskGenerator(nn.Module):
     @classmethod
     def from_config(cls, mask: MaskConfig, dim: int, n_max: int) -> MaskGenerator:
         """The generator that ``mask`` describes (depth, hidden width, bound, init, fusion)."""
-        return cls(dim, n_max, mask.depth, mask.hidden, mask.bound, mask.init, mask.fusion)
+        return cls(
+            dim,
+            n_max,
+            mask.depth,
+            mask.hidden,
+            mask.bound,
+            mask.init,
+            mask.fusion,
+            checkpoint=getattr(mask, "checkpoint", False),
+        )
 
     @property
     def first_linear(self) -> nn.Linear:
@@ -101,6 +117,22 @@ class MaskGenerator(nn.Module):
             return dim * n_max + n_max
         return (dim * h + h) + (depth - 2) * (h * h + h) + (h * n_max + n_max)
 
+    def _hidden(self, x: Tensor) -> Tensor:
+        """The hidden ReLU stack; with ``checkpoint`` it runs on chunks of tokens, each under
+        ``torch.utils.checkpoint``: only x is kept, and the backward recomputes one chunk's
+        activations at a time (tokens are independent here, so the result is identical)."""
+        if not (self.checkpoint and len(self.hidden) and torch.is_grad_enabled()):
+            return self.hidden(x)
+        flat = x.reshape(-1, x.shape[-1])
+        rows = math.ceil(flat.shape[0] / min(self.depth - 1, CHECKPOINT_CHUNKS))
+        h = torch.cat(
+            [
+                checkpoint(self.hidden, c, use_reentrant=False, preserve_rng_state=False)
+                for c in flat.split(rows)
+            ]
+        )
+        return h.view(*x.shape[:-1], h.shape[-1])
+
     def forward(self, x: Tensor, n_keys: int | None = None) -> Tensor:
         n_keys = x.shape[1] if n_keys is None else n_keys
         if n_keys > self.n_max:
@@ -109,7 +141,7 @@ class MaskGenerator(nn.Module):
                 f"built for n_max={self.n_max}. Raise the model's maximum context length "
                 "(the task's max length setting) or shorten the inputs; STAMP never truncates."
             )
-        h = self.hidden(x)
+        h = self._hidden(x)
         # only the first n_keys output columns are computed (same values as slicing M)
         m = F.linear(h, self.out.weight[:n_keys], self.out.bias[:n_keys])
         if self.bound is MaskBound.sigmoid:

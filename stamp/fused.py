@@ -1,0 +1,235 @@
+"""Fused STAMP attention for training on any device: ``attention=fused``.
+
+``softmax((QKᵀ/√d) ◇ M + bias + padding) V`` computed one block of query rows at a time. Each
+block's logits (B, H, rows, Nk) come from one batched matmul, are fused with M, the bias and the
+key padding, normalised (every key of a row is in its block, so the row softmax is exact, no
+online rescaling is needed) and multiplied with V. Autograd keeps only the inputs, the output
+and the row log-sum-exp (B, H, Nq); the backward recomputes each block's logits, flash-attention
+style, so no B·H·Nq·Nk tensor is ever kept, and the B·H·N² arithmetic stays in large matmuls.
+
+Gradients reach Q, K, V, M (shared by the heads, (B, Nq, Nk), or per head) and the bias when it
+requires one; broadcast dimensions are summed back. Attention-probability dropout is applied
+with a mask regenerated from a per-call seed in the backward (the same keep-probability as the
+eager path, a different random stream). The semantics, NaN rows included, are the eager path's
+(``stamp.attention.eager_attention``): a query whose keys are all padded gives NaN outputs
+there, as eager's softmax over -inf does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from stamp.config import Fusion, FusionOrder
+
+# Elements of one block of logits (B·H·rows·Nk). Chosen on a 2-core x86 CPU (see
+# BENCHMARKS.md): big enough that the matmuls stay efficient, small enough that a block's few
+# temporaries stay in cache.
+BLOCK_ELEMS = 1 << 18
+
+
+def _as4d(t: Tensor | None, mask: bool = False) -> Tensor | None:
+    """A bias broadcast as torch does (leading dims); a 3-d mask (B, Nq, Nk) gets a head dim."""
+    if t is None:
+        return None
+    if mask and t.dim() == 3:
+        return t.unsqueeze(1)
+    while t.dim() < 4:
+        t = t.unsqueeze(0)
+    return t
+
+
+def _rows(t: Tensor | None, i: int, j: int) -> Tensor | None:
+    """Query rows i:j of a 4-d tensor whose query dimension may be broadcast (size 1)."""
+    if t is None or t.shape[2] == 1:
+        return t
+    return t[:, :, i:j]
+
+
+def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum ``grad`` over the dimensions that were broadcast to reach it from ``shape``."""
+    dims = [d for d, n in enumerate(shape) if n == 1 and grad.shape[d] != 1]
+    return grad.sum(dim=dims, keepdim=True) if dims else grad
+
+
+def block_rows(batch_heads: int, nq: int, nk: int, block_elems: int | None = None) -> int:
+    """Query rows per block so that one block of logits holds about ``block_elems`` values."""
+    elems = BLOCK_ELEMS if block_elems is None else block_elems
+    return max(1, min(nq, elems // max(1, batch_heads * nk)))
+
+
+def _dropout_keep(
+    shape: tuple[int, ...], p: float, seed: int, block: int, device: torch.device
+) -> Tensor:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed + 1_000_003 * block)
+    return torch.rand(shape, generator=gen, device=device) >= p
+
+
+class _FusedStampAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        m: Tensor | None,
+        bias: Tensor | None,
+        pad: Tensor | None,
+        mul: bool,
+        bias_first: bool,
+        dropout_p: float,
+        rows: int,
+    ) -> Tensor:
+        B, H, nq, d = q.shape
+        qs = q * d**-0.5
+        kt = k.transpose(-2, -1)
+        m4, b4 = _as4d(m, mask=True), _as4d(bias)
+        pad4 = None if pad is None else pad[:, None, None, :]
+        out = torch.empty_like(q)
+        acc = torch.promote_types(q.dtype, torch.float32)  # softmax precision (eager: float32)
+        lse = torch.empty(B, H, nq, dtype=acc, device=q.device)
+        seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0 else 0
+        for n, i in enumerate(range(0, nq, rows)):
+            j = min(nq, i + rows)
+            s = _fused_logits(
+                qs[:, :, i:j] @ kt, _rows(m4, i, j), _rows(b4, i, j), pad4, mul, bias_first
+            )[0]
+            s = s.to(acc)
+            mx = s.amax(dim=-1, keepdim=True)
+            p = s.sub_(mx).exp_()
+            total = p.sum(dim=-1, keepdim=True)
+            p.div_(total)
+            lse[:, :, i:j] = (mx + total.log()).squeeze(-1)
+            if dropout_p > 0:
+                keep = _dropout_keep(p.shape, dropout_p, seed, n, q.device)
+                p = p.masked_fill_(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
+            out[:, :, i:j] = p.to(v.dtype) @ v
+        ctx.save_for_backward(q, k, v, out, lse, m, bias, pad)
+        ctx.cfg = (mul, bias_first, dropout_p, rows, seed)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout: Tensor):  # type: ignore[override]
+        q, k, v, out, lse, m, bias, pad = ctx.saved_tensors
+        mul, bias_first, dropout_p, rows, seed = ctx.cfg
+        need_q, need_k, need_v, need_m, need_b = ctx.needs_input_grad[:5]
+        B, H, nq, d = q.shape
+        scale = d**-0.5
+        qs = q * scale
+        kt = k.transpose(-2, -1)
+        m4, b4 = _as4d(m, mask=True), _as4d(bias)
+        pad4 = None if pad is None else pad[:, None, None, :]
+        dout = dout.contiguous()
+        acc = lse.dtype
+        delta = (dout.to(acc) * out.to(acc)).sum(-1, keepdim=True)  # rowsum(dO ∘ O)
+        dq = torch.empty_like(q) if need_q else None
+        dk = torch.zeros_like(k) if need_k else None
+        dv = torch.zeros_like(v) if need_v else None
+        dm = _grad_buffer(m4) if need_m else None
+        db = _grad_buffer(b4) if need_b else None
+        for n, i in enumerate(range(0, nq, rows)):
+            j = min(nq, i + rows)
+            mb, bb = _rows(m4, i, j), _rows(b4, i, j)
+            s, x = _fused_logits(qs[:, :, i:j] @ kt, mb, bb, pad4, mul, bias_first)
+            p = s.to(acc).sub_(lse[:, :, i:j, None]).exp_()
+            do = dout[:, :, i:j]
+            dp = (do @ v.transpose(-2, -1)).to(acc)
+            if dropout_p > 0:
+                keep = _dropout_keep(p.shape, dropout_p, seed, n, q.device)
+                kept = p.masked_fill(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
+                dp.masked_fill_(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
+            else:
+                kept = p
+            if need_v:
+                dv += kept.to(v.dtype).transpose(-2, -1) @ do
+            ds = p.mul_(dp.sub_(delta[:, :, i:j]))  # dL/d(fused logits), before padding
+            if pad4 is not None:
+                ds.masked_fill_(pad4, 0.0)
+            ds = ds.to(q.dtype)
+            # fused = x ◇ M (+ bias), x = logits (+ bias for bias_first)
+            dx = ds * mb if (mul and mb is not None) else ds
+            if need_m:
+                gm = ds * x if mul else ds
+                _accumulate(dm, _sum_to(gm, mb.shape), i, j)
+            if need_b:
+                _accumulate(db, _sum_to(dx if bias_first else ds, bb.shape), i, j)
+            if need_q:
+                dq[:, :, i:j] = (dx @ k) * scale
+            if need_k:
+                dk += dx.transpose(-2, -1) @ qs[:, :, i:j]
+        if dm is not None:
+            dm = dm.reshape(m.shape)
+        if db is not None:
+            db = db.reshape(bias.shape)
+        return dq, dk, dv, dm, db, None, None, None, None, None
+
+
+def _fused_logits(
+    logits: Tensor,
+    m: Tensor | None,
+    bias: Tensor | None,
+    pad4: Tensor | None,
+    mul: bool,
+    bias_first: bool,
+) -> tuple[Tensor, Tensor]:
+    """The eager path's order of operations on one block; returns (fused, input of ◇ M)."""
+    x = logits
+    if bias is not None and bias_first:
+        x = x + bias
+    s = x
+    if m is not None:
+        s = s * m if mul else s + m
+    if bias is not None and not bias_first:
+        s = s + bias
+    if pad4 is not None:
+        s = s.masked_fill(pad4, float("-inf"))
+    return s, x
+
+
+def _grad_buffer(t: Tensor | None) -> Tensor:
+    # rows broadcast over queries accumulate; otherwise every block writes its own rows
+    return torch.zeros_like(t) if t.shape[2] == 1 else torch.empty_like(t)
+
+
+def _accumulate(buf: Tensor, g: Tensor, i: int, j: int) -> None:
+    if buf.shape[2] == 1:
+        buf += g
+    else:
+        buf[:, :, i:j] = g
+
+
+def fused_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    fusion: Fusion | str = Fusion.mul,
+    fusion_order: FusionOrder | str = FusionOrder.mask_first,
+    key_padding_mask: Tensor | None = None,
+    attn_bias: Tensor | None = None,
+    dropout_p: float = 0.0,
+    return_attn: bool = False,
+    block_elems: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """The eager path's function (same signature, same semantics) in query-row blocks, with a
+    backward that recomputes the blocks instead of keeping B·H·Nq·Nk tensors."""
+    if return_attn:
+        raise ValueError(
+            "attention=fused cannot return attention probabilities; use attention=eager"
+        )
+    B, H, nq, _ = q.shape
+    nk = k.shape[2]
+    rows = block_rows(B * H, nq, nk, block_elems)
+    mul = Fusion(fusion) is Fusion.mul
+    bias_first = attn_bias is not None and FusionOrder(fusion_order) is FusionOrder.bias_first
+    if mask is not None and mask.dtype != q.dtype:
+        mask = mask.to(q.dtype)
+    if attn_bias is not None and attn_bias.dtype != q.dtype:
+        attn_bias = attn_bias.to(q.dtype)
+    out = _FusedStampAttention.apply(
+        q, k, v, mask, attn_bias, key_padding_mask, mul, bias_first, dropout_p, rows
+    )
+    return out, None
