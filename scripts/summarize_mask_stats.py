@@ -1,0 +1,86 @@
+"""The mask diagnostics of a sweep, seeds aggregated: mean ± std per row and STAMP layer.
+
+    python scripts/summarize_mask_stats.py <sweep dir> [<sweep dir> ...] [--layers first,last]
+
+Reads ``mask_stats`` from every results.json (written by tasks/common/mask_stats.py at the last
+validation) and prints one markdown table: per row (the run's ``row`` tag) and layer, mean ± std
+over the runs of token dependence, mean |M|, negative share, attention entropy with and without
+M, and the generator's first-layer gradient norm. What they mean: docs/stamp_diagnostics.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stamp.diagnostics import STAT_NAMES  # noqa: E402
+from tasks.common.results import load_results  # noqa: E402
+
+COLUMNS = ("token_dependence", "mean_abs", "neg_share", "entropy", "entropy_unmasked")
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return ""
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    fmt = ".2e" if 0 < abs(mean) < 1e-3 else ".3f"
+    return f"{mean:{fmt}} ± {std:{fmt}}"
+
+
+def summarize(records: list[dict], layers: str = "all") -> str:
+    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    order: list[tuple[str, str]] = []
+    runs: dict[str, int] = defaultdict(int)
+    for record in records:
+        stats = record.get("mask_stats") or {}
+        if record.get("status") != "ok" or not stats:
+            continue
+        row = str(record.get("row") or record.get("mask"))
+        runs[row] += 1
+        names = list(stats)
+        if layers == "first,last":
+            names = sorted({names[0], names[-1]}, key=names.index)
+        for name in names:
+            key = (row, name)
+            if key not in cells:
+                order.append(key)
+            for stat in STAT_NAMES:
+                value = stats[name].get(stat)
+                if value is not None:
+                    cells[key][stat].append(float(value))
+    header = ["row", "layer", "runs", *COLUMNS, "grad_norm_first"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row, name in order:
+        values = cells[(row, name)]
+        lines.append(
+            "| "
+            + " | ".join(
+                [row, name, str(runs[row])]
+                + [_cell(values[c]) for c in (*COLUMNS, "grad_norm_first")]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+")
+    parser.add_argument("--layers", choices=("all", "first,last"), default="all")
+    args = parser.parse_args(argv)
+    records = load_results(args.run_dirs)
+    if not any(r.get("mask_stats") for r in records):
+        print("no results.json with mask_stats under the given directories", file=sys.stderr)
+        return 1
+    print(summarize(records, args.layers))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

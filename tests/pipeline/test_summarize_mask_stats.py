@@ -1,0 +1,28 @@
+"""scripts/summarize_mask_stats.py aggregates the diagnostics of seeds: hand-computed values."""
+
+from __future__ import annotations
+
+import json
+
+from scripts.summarize_mask_stats import main, summarize
+
+
+def _record(seed: int, td: float, status: str = "ok") -> dict:
+    row = dict(mean_abs=1.0, token_dependence=td, neg_share=0.0, entropy=2.0)
+    row.update(entropy_unmasked=3.0, grad_norm_first=None)
+    return {"status": status, "row": "stamp", "seed": seed, "mask_stats": {"l0": row}}
+
+
+def test_mean_and_std_over_seeds(tmp_path, capsys):
+    records = [_record(0, 0.1), _record(1, 0.3), _record(2, 99.0, status="failed")]
+    table = summarize(records)
+    line = next(x for x in table.splitlines() if x.startswith("| stamp"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:3] == ["stamp", "l0", "2"]  # the failed run is left out
+    assert cells[3] == "0.200 ± 0.141"  # mean 0.2, sample std sqrt(0.02)
+    assert cells[-1] == ""  # no gradient norm recorded
+    for i, record in enumerate(records[:2]):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(record))
+    assert main([str(tmp_path)]) == 0 and "0.200 ± 0.141" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing")]) == 1
