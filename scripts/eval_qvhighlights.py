@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.qvhighlights.metrics import eval_submission, load_jsonl  # noqa: E402
+from tasks.common.results import atomic_write_text  # noqa: E402
+from tasks.qvhighlights.metrics import check_submission, eval_submission, load_jsonl  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         submission, gt = load_jsonl(args.submission), load_jsonl(args.gt)
+        for warning in check_submission(submission, gt):
+            print(f"warning: {warning}", file=sys.stderr)
         start = time.perf_counter()
-        metrics = eval_submission(submission, gt)
+        metrics = eval_submission(submission, gt, check=False)
         elapsed = time.perf_counter() - start
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluated {len(submission)} queries in {elapsed:.3f} s", file=sys.stderr)
     if args.save:
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.save).write_text(json.dumps(metrics, indent=4))
+        atomic_write_text(args.save, json.dumps(metrics, indent=4))
     return 0
 
 

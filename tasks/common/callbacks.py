@@ -48,3 +48,33 @@ class InterruptAtEpoch(L.Callback):
             raise SimulatedInterruption(
                 f"simulated interruption at the start of epoch {self.epoch}"
             )
+
+
+class ModelConfigInCheckpoint(L.Callback):
+    """Store the run's resolved model config in every checkpoint (key ``stamp_model_config``),
+    so that eval.py and resuming can compare it with the requested one."""
+
+    def __init__(self, model_config: dict) -> None:
+        self.model_config = model_config
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict
+    ) -> None:
+        from tasks.common.checkpoints import CONFIG_KEY
+
+        checkpoint[CONFIG_KEY] = self.model_config
+
+
+class FailAtStep(L.Callback):
+    """Raise before training batch ``step`` (global batch count) of a run: fault injection for the
+    resume tests (an interruption in the middle of an epoch)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
+        seen = trainer.fit_loop.epoch_loop.total_batch_idx
+        if seen >= self.step:
+            raise SimulatedInterruption(f"simulated interruption at training batch {seen}")

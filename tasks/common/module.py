@@ -49,7 +49,21 @@ class TaskModule(L.LightningModule):
         """Auxiliary losses of the masks (SwinBERT sparsity loss), already weighted."""
         return collect_aux_loss(self.net)
 
+    @property
+    def weights_epoch(self) -> int:
+        """The epoch whose weights are being evaluated: the current epoch while fitting, the
+        checkpoint's epoch when a checkpoint was loaded for validate / test (after fit,
+        ``current_epoch`` is the epoch count, not the best checkpoint's epoch)."""
+        loaded = getattr(self, "_loaded_epoch", None)
+        trainer = self._trainer
+        fitting = trainer is not None and trainer.state.fn == "fit"
+        return self.current_epoch if loaded is None or fitting else loaded
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._loaded_epoch = checkpoint.get("epoch")
+
     def on_fit_start(self) -> None:
+        self._loaded_epoch = None  # a resumed run's checkpoint: its weights train on
         counts = parameter_counts(self.net)
         for logger in self.loggers:
             logger.log_metrics({k: float(v) for k, v in counts.items()}, step=0)

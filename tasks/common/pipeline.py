@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -25,9 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from stamp import check_mask_backend
 from stamp.config import AttentionConfig, Backend, MaskConfig
+from tasks.common.callbacks import ModelConfigInCheckpoint
+from tasks.common.checkpoints import check_checkpoint_config, model_config
 from tasks.common.mask_stats import MaskDiagnostics
 from tasks.common.module import parameter_counts
-from tasks.common.results import RESULTS_FILE
+from tasks.common.results import RESULTS_FILE, read_record, write_json
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,58 @@ def check_startup(cfg: DictConfig, attention: AttentionConfig, training: bool) -
         from stamp.attention import FLEX_CPU_BACKWARD_ERROR
 
         raise RuntimeError(FLEX_CPU_BACKWARD_ERROR)
+    if training and cfg.trainer.get("max_epochs") == 0:
+        raise ValueError(
+            "trainer.max_epochs=0 trains nothing: give at least 1 (or train=false / eval.py to "
+            "evaluate a checkpoint)"
+        )
+
+
+class RunExistsError(RuntimeError):
+    """The run directory holds a finished (or resumable) run that this run would overwrite."""
+
+
+def _same_config(finished: dict[str, Any], cfg: DictConfig, out_dir: Path) -> bool:
+    """The finished run's recorded config equals this one (ckpt_path and paths aside; a run
+    directory that was moved counts as the same)."""
+    ignore = ("ckpt_path", "paths")
+    now = OmegaConf.to_container(cfg, resolve=True)
+    text = json.dumps(finished.get("config") or {}, default=str)
+    if finished.get("run_dir"):
+        text = text.replace(json.dumps(finished["run_dir"])[1:-1], json.dumps(str(out_dir))[1:-1])
+    old = json.loads(text)
+    now = json.loads(json.dumps(now, default=str))
+    return {k: v for k, v in old.items() if k not in ignore} == {
+        k: v for k, v in now.items() if k not in ignore
+    }
+
+
+def guard_run_dir(cfg: DictConfig, out_dir: Path, resuming: bool) -> dict[str, Any] | None:
+    """Never overwrite a finished run.
+
+    A directory whose results.json says ``ok`` is resumed only with ``ckpt_path=last``; in a
+    multirun (a sweep re-run into its directory) a job that finished with the same config is
+    skipped and its record returned; anything else stops with a message. A directory holding an
+    interrupted run's ``last.ckpt`` is not restarted from scratch either.
+    """
+    finished = read_record(out_dir / RESULTS_FILE) if (out_dir / RESULTS_FILE).exists() else None
+    if finished is not None and finished.get("status") == "ok" and not resuming:
+        if is_multirun() and _same_config(finished, cfg, out_dir):
+            log.info("job %s finished before (results.json status ok): skipped", out_dir)
+            return finished
+        raise RunExistsError(
+            f"{out_dir} holds a finished run (results.json status ok"
+            + ("" if _same_config(finished, cfg, out_dir) else ", with another config")
+            + "); it is not overwritten. Choose another directory (hydra.run.dir=... / "
+            "hydra.sweep.dir=...), or resume it with ckpt_path=last."
+        )
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if not resuming and last.exists():
+        raise RunExistsError(
+            f"{out_dir} holds an interrupted run ({last}); it is not restarted from scratch. "
+            "Resume it with ckpt_path=last, or choose another directory (hydra.run.dir=...)."
+        )
+    return None
 
 
 def run_dir() -> Path:
@@ -110,6 +165,9 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path) -> str | None:
         return None
     if ckpt_path == "last":
         last = out_dir / "checkpoints" / "last.ckpt"
+        if not last.exists() and is_multirun():
+            log.info("ckpt_path=last: %s has no last.ckpt; this job starts from scratch", out_dir)
+            return None
         if not last.exists():
             raise FileNotFoundError(
                 f"ckpt_path=last: no {last}. Resume in the interrupted run's directory: add "
@@ -137,10 +195,11 @@ def _clean(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def result_record(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """The fields of results.json that come from the config."""
+def result_record(cfg: DictConfig, out_dir: Path, kind: str = "train") -> dict[str, Any]:
+    """The fields of results.json that come from the config; ``kind`` is "train" or "eval"."""
     return {
         "status": "running",
+        "kind": kind,
         "task": cfg.get("task_name"),
         "mask": str(cfg.mask.get("type")),
         "fusion": str(cfg.mask.get("fusion")),
@@ -149,6 +208,7 @@ def result_record(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "attention": str(cfg.attention.get("backend")),
         "compiled": bool(cfg.attention.get("compile", False)),
         "seed": cfg.get("seed"),
+        "precision_requested": str(cfg.trainer.get("precision")),
         "experiment": cfg.get("experiment"),
         "table": cfg.get("table"),
         "row": cfg.get("row"),
@@ -159,10 +219,67 @@ def result_record(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def write_results(record: dict[str, Any], out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESULTS_FILE
-    path.write_text(json.dumps(record, indent=2, default=str))
-    return path
+    """results.json, written atomically (temporary file + rename)."""
+    return write_json(out_dir / RESULTS_FILE, record)
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Close the W&B run of this job (``exit_code`` != 0 marks it failed), so that the next job of
+    a multirun starts its own run instead of logging into this one."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def memory_estimate(net: torch.nn.Module, batch_size: int) -> tuple[int, int, int]:
+    """(bytes, parameters, deepest) of the mask generators when training: fp32 weights,
+    gradients and two AdamW moments (16 bytes a parameter) plus the activations kept for the
+    backward pass (every hidden layer's output and ReLU mask for ``batch x n_max`` tokens)."""
+    from stamp.mask import MaskGenerator
+
+    total = params = deepest = 0
+    for module in net.modules():
+        if isinstance(module, MaskGenerator):
+            n = sum(p.numel() for p in module.parameters())
+            width = module.out.in_features
+            hidden_layers = module.depth - 1
+            acts = batch_size * module.n_max * (2 * width * hidden_layers + module.n_max)
+            total += 16 * n + 4 * acts
+            params += n
+            deepest = max(deepest, module.depth)
+    return total, params, deepest
+
+
+def available_memory(cfg: DictConfig) -> tuple[int, str]:
+    """Bytes of memory of the training device (GPU when one is used, else RAM)."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[1], "GPU memory"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+
+
+def check_mask_memory(cfg: DictConfig, net: torch.nn.Module) -> None:
+    """Stop before training when the mask generators alone would not fit in memory; warn for
+    depths beyond the paper's range."""
+    batch = int((cfg.get("data") or {}).get("batch_size") or 1)
+    need, params, deepest = memory_estimate(net, batch)
+    have, what = available_memory(cfg)
+    gib = 2**30
+    if need > 0.9 * have:
+        raise MemoryError(
+            f"mask.depth={cfg.mask.get('depth')}: the mask generators need about "
+            f"{need / gib:.1f} GiB to train ({params:,} parameters x 16 bytes for weights, "
+            f"gradients and AdamW state, plus activations at batch size {batch}), more than the "
+            f"{have / gib:.1f} GiB of {what}. Use a smaller mask.depth (the paper's are 1-64)."
+        )
+    if deepest > 64:
+        log.warning(
+            "mask.depth=%s is beyond the paper's depths (1-64): the generators have %s "
+            "parameters and need about %.2f GiB to train",
+            deepest,
+            f"{params:,}",
+            need / gib,
+        )
 
 
 def unavailable_metrics(module: L.LightningModule) -> dict[str, str]:
@@ -182,27 +299,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = run_dir()
     record = result_record(cfg, out_dir)
     mask, attention = core_configs(cfg)
-    check_startup(cfg, attention, training=cfg.get("train", True))
+    training = cfg.get("train", True)
+    check_startup(cfg, attention, training=training)
+    resuming = cfg.get("ckpt_path") not in (None, "", "null")
+    finished = guard_run_dir(cfg, out_dir, resuming)
+    if finished is not None:
+        return {**finished, "skipped": True}
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir)
+    if ckpt_path is not None:
+        record["checkpoint_config"] = check_checkpoint_config(
+            ckpt_path, cfg, evaluation=False, allow_mismatch=cfg.get("allow_config_mismatch", False)
+        )
+        record["resumed_from"] = ckpt_path
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule, net, module = build(cfg, mask, attention)
     record["params"] = parameter_counts(net)
     log.info("parameters: %s", record["params"])
+    if training:
+        check_mask_memory(cfg, net)
     loggers = build_loggers(cfg, out_dir)
     callbacks = build_callbacks(cfg)
+    callbacks.append(ModelConfigInCheckpoint(model_config(cfg)))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    record["precision"] = str(trainer.precision)  # e.g. 16-mixed on CPU runs as bf16-mixed
     _log_config(loggers, cfg)
-
-    if cfg.get("train", True):
+    if training:
+        # every split's files are read and checked before the first training step (a bad
+        # validation file must not cost an epoch)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _clean(trainer.callback_metrics)
 
     # the best checkpoint on the monitored metric (none under fast_dev_run: current weights)
-    best_cb = trainer.checkpoint_callback if callbacks else None
+    best_cb = trainer.checkpoint_callback
     best_path = None if trainer.fast_dev_run else getattr(best_cb, "best_model_path", "") or None
     best_score = getattr(best_cb, "best_model_score", None)
-    if cfg.get("train", True) and not trainer.fast_dev_run:
+    if training and not trainer.fast_dev_run:
         trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
         metrics.update(_clean(trainer.callback_metrics))
     if cfg.get("test", False):
@@ -227,10 +361,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         path = write_results(record, out_dir)
         log.info("results -> %s", path)
         print_metrics(record)
-    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
-        import wandb
-
-        wandb.finish()  # close the run so the next multirun job starts its own
+    finish_wandb(0)  # close the run so the next multirun job starts its own
     return record
 
 
@@ -238,11 +369,25 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Validate or test a checkpoint with the model the config describes."""
     start = time.time()
     out_dir = run_dir()
-    record = result_record(cfg, out_dir)
+    record = result_record(cfg, out_dir, kind="eval")
     mask, attention = core_configs(cfg)
+    split = cfg.get("split", "val")
+    if split not in ("val", "test"):
+        raise ValueError(f"split={split!r}; choose val or test")
     ckpt = resolve_ckpt_path(cfg.ckpt_path, out_dir)
     if ckpt is None:
         raise ValueError("eval.py needs ckpt_path=<path/to/file.ckpt>")
+    allow = bool(cfg.get("allow_config_mismatch", False))
+    record["checkpoint_config"] = check_checkpoint_config(
+        ckpt, cfg, evaluation=True, allow_mismatch=allow
+    )
+    record["allow_config_mismatch"] = allow
+    finished = read_record(out_dir / RESULTS_FILE) if (out_dir / RESULTS_FILE).exists() else None
+    if finished is not None and finished.get("status") == "ok":
+        raise RunExistsError(
+            f"{out_dir} holds a finished run's results.json; it is not overwritten. Choose "
+            "another directory (hydra.run.dir=...)."
+        )
     L.seed_everything(cfg.seed, workers=True)
     datamodule, net, module = build(cfg, mask, attention)
     record["params"] = parameter_counts(net)
@@ -251,9 +396,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=[MaskDiagnostics()], logger=loggers or False
     )
-    split = cfg.get("split", "val")
-    if split not in ("val", "test"):
-        raise ValueError(f"split={split!r}; choose val or test")
+    record["precision"] = str(trainer.precision)
     run = trainer.validate if split == "val" else trainer.test
     run(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     record.update(
@@ -268,6 +411,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_results(record, out_dir)
         print_metrics(record)
+    finish_wandb(0)
     return record
 
 
@@ -283,19 +427,29 @@ def run_job(cfg: DictConfig, fn=train) -> float | None:
 
     A single run re-raises (non-zero exit). Inside a multirun the error is logged and the sweep
     goes on; the multirun summary lists the failed jobs and the sweep exits non-zero at the end.
+    The W&B run of the job is finished either way (failed: exit code 1). A failure never
+    replaces a finished run's results.json: it goes to ``results.failed.json`` beside it.
     """
     out_dir = run_dir()
     try:
         record = fn(cfg)
     except Exception as error:  # noqa: BLE001 - recorded, then re-raised or reported
-        record = result_record(cfg, out_dir) if _config_ok(cfg) else {"run_dir": str(out_dir)}
+        finish_wandb(1)
+        kind = "eval" if fn is evaluate else "train"
+        record = result_record(cfg, out_dir, kind) if _config_ok(cfg) else {"run_dir": str(out_dir)}
         record.update(
             status="failed",
             error=f"{type(error).__name__}: {error}",
             traceback=traceback.format_exc(),
         )
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-            write_results(record, out_dir)
+            previous = out_dir / RESULTS_FILE
+            old = read_record(previous) if previous.exists() else None
+            if old is not None and old.get("status") == "ok":
+                path = write_json(out_dir / "results.failed.json", record)
+                log.error("%s keeps the finished run's results; this failure -> %s", previous, path)
+            else:
+                write_results(record, out_dir)
         if not is_multirun():
             raise
         log.error("job failed (%s): %s", out_dir, record["error"])

@@ -1,23 +1,69 @@
-"""Reading the per-run ``results.json`` files and printing them as a table."""
+"""Reading and writing the per-run ``results.json`` files and printing them as a table."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 RESULTS_FILE = "results.json"
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: a reader
+    (or a kill) never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """``data`` as indented JSON, written atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def read_record(file: str | Path) -> dict[str, Any] | None:
+    """One results.json, or None (with a warning naming the file) when it is empty, truncated or
+    not a JSON object."""
+    file = Path(file)
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("skipping unreadable results file %s (%s)", file, err or "empty")
+        return None
+    if not isinstance(record, dict):
+        log.warning("skipping results file %s: not a JSON object", file)
+        return None
+    return record
+
+
 def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """All results.json under the given run / sweep directories (or the files themselves)."""
+    """All readable results.json under the given run / sweep directories (or the files
+    themselves); unreadable ones are skipped with a warning naming the file."""
     records = []
     for path in paths:
         path = Path(path)
         files = [path] if path.is_file() else sorted(path.rglob(RESULTS_FILE))
         for file in files:
-            record = json.loads(file.read_text())
+            record = read_record(file)
+            if record is None:
+                continue
             record.setdefault("run_dir", str(file.parent))
             records.append(record)
     return records

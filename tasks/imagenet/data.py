@@ -12,15 +12,54 @@ the transfer to the device, as MAE's ``engine_finetune.py`` does. Val: resize to
 
 from __future__ import annotations
 
+import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
+
+from tasks.common.data import DataValidationError, EpochShuffleSampler, SeededItems, training_seed
+
+JPEG_END = b"\xff\xd9"
+
+
+def check_image(path: str) -> None:
+    """Open the image header, and check that a JPEG ends with its end-of-image marker (a
+    truncated download does not; decoding it would fail in the middle of an epoch). Other formats
+    are verified by PIL (PNG: every chunk's CRC)."""
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+            if fmt != "JPEG":
+                img.verify()
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for undecodable files
+        raise DataValidationError(path, f"not a decodable image ({err})") from err
+    if fmt == "JPEG":
+        with open(path, "rb") as f:
+            f.seek(-2, 2)
+            tail = f.read(2)
+        # some encoders pad after the marker: look for it near the end
+        if tail != JPEG_END:
+            with open(path, "rb") as f:
+                f.seek(max(0, Path(path).stat().st_size - 1024))
+                if JPEG_END not in f.read():
+                    raise DataValidationError(path, "truncated JPEG (no end-of-image marker)")
+
+
+def check_images(dataset: datasets.ImageFolder, num_threads: int = 8) -> None:
+    """Every image of a split (threads: the checks are I/O bound)."""
+    if not dataset.samples:
+        raise DataValidationError(dataset.root, "no images in this split")
+    with ThreadPoolExecutor(num_threads) as pool:
+        list(pool.map(check_image, [p for p, _ in dataset.samples]))
 
 
 def eval_transform(img_size: int, crop_pct: float = 224 / 256) -> transforms.Compose:
@@ -83,9 +122,11 @@ class ImageNetDataModule(L.LightningDataModule):
         mixup_switch_prob: float = 0.5,
         mixup_mode: str = "batch",
         smoothing: float = 0.1,
+        validate_images: bool = True,
     ) -> None:
         super().__init__()
         self.root = Path(root)
+        self.validate_images = validate_images
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -125,15 +166,20 @@ class ImageNetDataModule(L.LightningDataModule):
             self.train_set = image_folder(
                 self.root, "train", self.train_transform, self.num_classes
             )
+            if self.validate_images:
+                check_images(self.train_set)
         if self.val_set is None:
             self.val_set = image_folder(self.root, "val", self.eval_transform, self.num_classes)
+            if self.validate_images:
+                check_images(self.val_set)
 
     def train_dataloader(self) -> DataLoader:
         # drop_last as MAE (and mixup's 'batch' mode flips the batch, which needs an even size)
+        # order and augmentation fixed by (seed, epoch, index): resuming is exact
         return DataLoader(
-            self.train_set,
+            SeededItems(self.train_set),
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=EpochShuffleSampler(len(self.train_set), item_seeds=True),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             drop_last=True,
@@ -159,6 +205,23 @@ class ImageNetDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if self.mixup_fn is not None and trainer is not None and trainer.training:
             images, targets = batch
-            with torch.no_grad():
-                return self.mixup_fn(images, targets)
+            # mixup draws from the global RNGs before the per-batch reseed: seed it from
+            # (seed, epoch, batch) so that a resumed run mixes the same way
+            fit_loop = getattr(trainer, "fit_loop", None)
+            if fit_loop is None:  # not inside Trainer.fit
+                with torch.no_grad():
+                    return self.mixup_fn(images, targets)
+            seed = training_seed() + 1_000_003 * trainer.current_epoch
+            seed = (seed + 7919 * fit_loop.epoch_loop.batch_progress.current.ready) % 2**32
+            states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            try:
+                with torch.no_grad():
+                    return self.mixup_fn(images, targets)
+            finally:
+                random.setstate(states[0])
+                np.random.set_state(states[1])
+                torch.set_rng_state(states[2])
         return batch

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.common.data import DataValidationError, EpochShuffleSampler, SeededItems
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -72,10 +74,21 @@ def load_annotations(paths: list[str | Path]) -> dict[str, list[VideoCaptions]]:
                 f"MSR-VTT annotations not found: {path} (config keys data.root / "
                 "data.annotation_files)"
             )
-        info = json.loads(path.read_text())
-        for video in info["videos"]:
+        info = read_json(path)
+        for key in ("videos", "sentences"):
+            if not isinstance(info.get(key), list) or not info[key]:
+                raise DataValidationError(path, f"no {key!r} list (or an empty one)")
+        for i, video in enumerate(info["videos"]):
+            if not isinstance(video, dict) or not {"video_id", "split"} <= set(video):
+                raise DataValidationError(path, f"videos[{i}] lacks video_id / split", i)
             by_video[video["video_id"]] = VideoCaptions(video["video_id"], video["split"], [])
-        for sentence in info["sentences"]:
+        for i, sentence in enumerate(info["sentences"]):
+            if not isinstance(sentence, dict) or not {"video_id", "caption"} <= set(sentence):
+                raise DataValidationError(path, f"sentences[{i}] lacks video_id / caption", i)
+            if sentence["video_id"] not in by_video:
+                raise DataValidationError(
+                    path, f"sentences[{i}] names unknown video {sentence['video_id']!r}", i
+                )
             by_video[sentence["video_id"]].captions.append(sentence["caption"])
     splits: dict[str, list[VideoCaptions]] = {}
     for item in by_video.values():
@@ -84,6 +97,38 @@ def load_annotations(paths: list[str | Path]) -> dict[str, list[VideoCaptions]]:
     if any(sizes.get(k) != n for k, n in STANDARD_SPLIT_SIZES.items()):
         log.info("MSR-VTT split sizes %s differ from the standard %s", sizes, STANDARD_SPLIT_SIZES)
     return splits
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file; malformed JSON is an error naming the file and line."""
+    if path.stat().st_size == 0:
+        raise DataValidationError(path, "empty file (0 bytes)")
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataValidationError(
+            path, f"malformed JSON ({err.msg}, line {err.lineno} column {err.colno})", err.lineno
+        ) from None
+    except UnicodeDecodeError as err:
+        raise DataValidationError(path, f"not a UTF-8 text file ({err})") from None
+    if not isinstance(info, dict):
+        raise DataValidationError(path, "expected a JSON object")
+    return info
+
+
+def check_video(path: Path) -> None:
+    """Open the container and decode its first frame (a truncated or non-video file fails)."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataValidationError(path, "no video stream")
+            next(container.decode(video=0))
+    except DataValidationError:
+        raise
+    except StopIteration:
+        raise DataValidationError(path, "no decodable video frames") from None
+    except Exception as err:  # noqa: BLE001 - av raises many error types
+        raise DataValidationError(path, f"not a readable video ({err})") from err
 
 
 def sample_frame_indices(total: int, num: int) -> list[int]:
@@ -286,6 +331,8 @@ class MSRVTTDataModule(L.LightningDataModule):
                 f"MSR-VTT: {len(missing)} video files missing (e.g. {missing[0]}{self.video_ext}) "
                 f"under {self.root} / {self.video_dirs} (config keys data.root, data.video_dirs)"
             )
+        for path in paths.values():  # before training: a broken video fails now, not mid-epoch
+            check_video(path)
         return paths
 
     def setup(self, stage: str | None = None) -> None:
@@ -330,7 +377,16 @@ class MSRVTTDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        # order, crops and caption masking fixed by (seed, epoch, index): resuming is exact
+        return DataLoader(
+            SeededItems(self.train_set),
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(self.train_set), item_seeds=True),
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            drop_last=False,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)

@@ -149,10 +149,10 @@ class MSRVTTModule(TaskModule):
     def _write(self, split: str, predictions: dict[str, str], scores: dict[str, float]) -> None:
         out_dir = Path(self.trainer.default_root_dir) / "captions"
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{split}_epoch{self.current_epoch:03d}.json"
+        path = out_dir / f"{split}_epoch{self.weights_epoch:03d}.json"
         record = {
             "split": split,
-            "epoch": self.current_epoch,
+            "epoch": self.weights_epoch,
             "metrics": scores,
             "unavailable": dict(self.scorer.unavailable),
             "predictions": predictions,

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.common.data import DataValidationError, EpochShuffleSampler, SeededItems, check_finite
 from tasks.qvhighlights.metrics import load_jsonl
 from tasks.qvhighlights.spans import span_xx_to_cxw
 
@@ -45,6 +46,8 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
 def read_annotations(path: str | Path, need_labels: bool, data_ratio: float = 1.0) -> list[dict]:
     """Official annotation jsonl; checks the keys each line must have."""
     rows = load_jsonl(path)
+    if not rows:
+        raise DataValidationError(path, "no annotation rows (empty file)")
     keys = ANNOTATION_KEYS + (LABEL_KEYS if need_labels else ())
     for i, row in enumerate(rows):
         missing = [k for k in keys if k not in row]
@@ -62,19 +65,32 @@ def load_npz_array(path: Path, key: str, config_key: str) -> np.ndarray:
             f"QVHighlights feature file not found: {path} (set by {config_key}; "
             "scripts/make_qvhighlights_features.py writes synthetic features in this layout)"
         )
+    if path.stat().st_size == 0:
+        raise DataValidationError(path, "empty file (0 bytes)")
     try:
         loaded = np.load(path)
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable npz file ({err})") from err
+    except Exception as err:  # noqa: BLE001 - OSError, BadZipFile, EOFError, pickle errors, ...
+        raise DataValidationError(path, f"not a readable npz file ({err})") from err
     if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: expected an npz archive with key {key!r}, found a plain array")
+        raise DataValidationError(
+            path, f"expected an npz archive with key {key!r}, found a plain array"
+        )
     with loaded:
         if key not in loaded.files:
-            raise ValueError(f"{path}: expected key {key!r} in the npz file, found {loaded.files}")
-        arr = loaded[key]
+            raise DataValidationError(
+                path, f"expected key {key!r} in the npz file, found {loaded.files}"
+            )
+        try:
+            arr = loaded[key]
+        except Exception as err:  # noqa: BLE001 - a truncated archive fails here (BadZipFile, zlib)
+            raise DataValidationError(path, f"truncated or corrupt npz archive ({err})") from err
     if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ValueError(f"{path}: expected a 2-d array (rows, dim) under {key!r}, got {arr.shape}")
-    return arr.astype(np.float32)
+        raise DataValidationError(
+            path, f"expected a 2-d array (rows, dim) under {key!r}, got {arr.shape}"
+        )
+    arr = arr.astype(np.float32)
+    check_finite(arr, path)
+    return arr
 
 
 class FeatureStore:
@@ -316,20 +332,23 @@ class QVHighlightsDataModule(L.LightningDataModule):
         if self.store is None:
             self.store = FeatureStore(**self.store_kwargs)
         self.store.preload(rows)
-        self._check_dims(rows[0])
+        for i, row in enumerate(rows):  # every row, not only the first: dims of every file
+            self._check_dims(row, path, i + 1)
         self.datasets[name] = QVHighlightsDataset(
             rows, self.store, load_labels=labels, **self.item_kwargs
         )
         log.info("QVHighlights %s: %d queries from %s", name, len(rows), path)
         return self.datasets[name]
 
-    def _check_dims(self, row: dict) -> None:
+    def _check_dims(self, row: dict, path: Path | None = None, line: int | None = None) -> None:
         v, t = self.store.video(row["vid"]), self.store.text(row["qid"])
         if v.shape[1] != self.v_feat_dim or t.shape[1] != self.t_feat_dim:
-            raise ValueError(
-                f"QVHighlights features have video dim {v.shape[1]} and text dim {t.shape[1]} "
+            raise DataValidationError(
+                path or "QVHighlights annotations",
+                f"features have video dim {v.shape[1]} and text dim {t.shape[1]} "
                 f"(vid {row['vid']}, qid {row['qid']}), but data.v_feat_dim={self.v_feat_dim} "
-                f"and data.t_feat_dim={self.t_feat_dim}"
+                f"and data.t_feat_dim={self.t_feat_dim}",
+                row=line,
             )
 
     def setup(self, stage: str | None = None) -> None:
@@ -342,10 +361,13 @@ class QVHighlightsDataModule(L.LightningDataModule):
             self.split("test")
 
     def _loader(self, name: str, train: bool) -> DataLoader:
+        # training: order and label sampling fixed by (seed, epoch) -> resuming is exact
+        dataset = self.split(name)
+        sampler = EpochShuffleSampler(len(dataset), item_seeds=True) if train else None
         return DataLoader(
-            self.split(name),
+            SeededItems(dataset) if train else dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,

@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 CLIP_LENGTH = 2
 IOU_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
@@ -53,8 +56,24 @@ def load_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"QVHighlights: no such jsonl file: {path}")
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    try:
+        with path.open() as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(
+                        f"{path}, line {number}: malformed JSON ({err.msg} at column {err.colno})"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}, line {number}: expected a JSON object")
+                rows.append(row)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err})") from None
+    return rows
 
 
 def save_jsonl(rows: Iterable[dict], path: str | Path) -> None:
@@ -291,10 +310,78 @@ def check_qids(submission: list[dict], ground_truth: list[dict]) -> None:
         )
 
 
+def _finite_numbers(values: Any) -> bool:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.isfinite(arr).all())
+
+
+def check_submission(submission: list[dict], ground_truth: list[dict]) -> list[str]:
+    """Refuse submissions the official script would score wrongly, silently.
+
+    Errors (``ValueError`` naming the row and qid): a ground-truth file passed as the submission,
+    a row without ``qid`` or without a prediction key that other rows have, NaN / Inf scores or
+    window bounds, a window with start > end (the official IoU rewards it). Returned warnings:
+    windows outside [0, duration], which the official script scores as submitted (so do we).
+    """
+    keys = ("pred_relevant_windows", "pred_saliency_scores")
+    if submission and not any(k in row for row in submission for k in keys):
+        looks_gt = any(k in submission[0] for k in ("relevant_windows", "saliency_scores"))
+        raise ValueError(
+            "the submission has no pred_relevant_windows / pred_saliency_scores in any row"
+            + (
+                ": it looks like a ground-truth file (rows have relevant_windows / "
+                "saliency_scores); pass it as the ground truth, and predictions as the submission"
+                if looks_gt
+                else ""
+            )
+        )
+    present = [k for k in keys if any(k in row for row in submission)]
+    duration = {d.get("qid"): d.get("duration") for d in ground_truth}
+    outside = 0
+    for i, row in enumerate(submission, start=1):
+        where = f"submission row {i} (qid {row.get('qid')})"
+        lacking = [k for k in ("qid", *present) if k not in row]
+        if lacking:
+            raise ValueError(f"{where} lacks {lacking} (other rows have them)")
+        if "pred_saliency_scores" in row and not _finite_numbers(row["pred_saliency_scores"]):
+            raise ValueError(f"{where}: pred_saliency_scores must be finite numbers (NaN / Inf)")
+        for window in row.get("pred_relevant_windows", []):
+            if len(window) < 3 or not _finite_numbers(window[:3]):
+                raise ValueError(
+                    f"{where}: window {window} must be [start, end, score] of finite numbers"
+                )
+            start, end = float(window[0]), float(window[1])
+            if start > end:
+                raise ValueError(f"{where}: window {window} has start > end")
+            length = duration.get(row["qid"])
+            if start < 0 or (length is not None and end > float(length)):
+                outside += 1
+    warnings = []
+    if outside:
+        warnings.append(
+            f"{outside} predicted windows extend outside [0, duration]: scored as submitted, as "
+            "the official script does (IoU with the window as given, not clipped)"
+        )
+    return warnings
+
+
 def eval_submission(
-    submission: list[dict], ground_truth: list[dict], match_number: bool = True
+    submission: list[dict],
+    ground_truth: list[dict],
+    match_number: bool = True,
+    check: bool = True,
 ) -> OrderedDict[str, Any]:
-    """All metrics in the official layout: ``{"brief": {...}, "HL-min-Fair": ..., "full": ...}``."""
+    """All metrics in the official layout: ``{"brief": {...}, "HL-min-Fair": ..., "full": ...}``.
+
+    The submission is checked first (``check_submission``; its warnings are logged) unless
+    ``check=False`` (the caller checked it).
+    """
+    if check:
+        for warning in check_submission(submission, ground_truth):
+            log.warning(warning)
     if match_number:
         check_qids(submission, ground_truth)
     else:

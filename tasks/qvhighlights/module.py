@@ -143,7 +143,7 @@ class QVHighlightsModule(TaskModule):
             self.log(f"val/{key}", float(value))  # same on every rank (rows are gathered)
         out_dir = self._prediction_dir()
         if out_dir is not None and self.trainer.is_global_zero:
-            name = f"hl_val_submission_e{self.current_epoch:03d}"
+            name = f"hl_val_submission_e{self.weights_epoch:03d}"
             save_jsonl(rows, out_dir / f"{name}.jsonl")
             (out_dir / f"{name}_metrics.json").write_text(json.dumps(metrics, indent=2))
         self._rows = []

@@ -131,7 +131,8 @@ def test_multirun_reports_a_failed_job_and_keeps_the_others(tmp_path):
     assert summary.count("| ok |") == 2 and summary.count("| failed |") == 2
     assert "Results of 4 jobs" in out
     # W&B offline: one run per job, grouped by the sweep directory
-    offline_runs = list(tmp_path.rglob("offline-run-*"))
+    job_dirs = {p.parent for p in results}
+    offline_runs = [p for p in tmp_path.rglob("offline-run-*") if p.parent.parent in job_dirs]
     assert len(offline_runs) == 2
 
 

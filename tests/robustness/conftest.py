@@ -1,0 +1,65 @@
+"""Shared fixtures of the fault-injection tests: tiny data of each task, and one finished demo
+run whose checkpoints the tests misuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import DEMO_TINY, compose_cfg, run_cfg
+
+ANN = Path(__file__).resolve().parents[2] / "data" / "qvhighlights"
+DEMO = [*DEMO_TINY, "callbacks.progress_bar.refresh_rate=0", "mask=multilayer"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A finished 2-epoch demo run (multilayer, fusion mul, bound none): (run dir, record)."""
+    out = tmp_path_factory.mktemp("demo_run")
+    record = run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=2"], out))
+    return out, record
+
+
+@pytest.fixture(scope="session")
+def qvh_features(tmp_path_factory) -> Path:
+    """Synthetic features for the first 16 queries of each real annotation file."""
+    from tasks.qvhighlights.synthetic import write_synthetic_features
+
+    root = tmp_path_factory.mktemp("qvh")
+    files = [ANN / f"highlight_{s}_release.jsonl" for s in ("train", "val", "test")]
+    write_synthetic_features(
+        files, root, {"slowfast_features": 16, "clip_features": 8}, text_dim=8, seed=0, limit=16
+    )
+    return root
+
+
+def qvh_overrides(root: Path) -> list[str]:
+    return [
+        "task=qvhighlights",
+        "mask=multilayer",
+        "mask.depth=2",
+        f"data.annotation_dir={root / 'annotations'}",
+        f"data.feature_dir={root}",
+        "data.v_feat_dim=24",
+        "data.t_feat_dim=8",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "data.eval_batch_size=8",
+        "model.hidden_dim=16",
+        "model.num_heads=2",
+        "model.ffn_dim=32",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        "callbacks.mask_diagnostics=null",
+        "trainer.check_val_every_n_epoch=1",
+    ]

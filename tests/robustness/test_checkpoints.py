@@ -1,0 +1,113 @@
+"""Checkpoints know their model: eval.py and resuming refuse a checkpoint trained with another
+model config (each differing key listed), unless allow_config_mismatch=true (recorded)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.common.checkpoints import (
+    CONFIG_KEY,
+    CheckpointConfigMismatch,
+    config_differences,
+    read_checkpoint,
+)
+from tasks.common.pipeline import evaluate
+from tests.helpers import compose_cfg, run_cfg
+from tests.robustness.conftest import DEMO
+
+EVAL = [o for o in DEMO if not o.startswith("callbacks")]
+
+
+def _best(run: tuple[Path, dict]) -> str:
+    return run[1]["best"]["ckpt"]
+
+
+def test_checkpoint_stores_the_resolved_model_config(demo_run):
+    stored = torch.load(_best(demo_run), map_location="cpu", weights_only=True)[CONFIG_KEY]
+    assert stored["task_name"] == "demo"
+    assert stored["mask"]["type"] == "multilayer" and stored["mask"]["fusion"] == "mul"
+    assert stored["mask"]["depth"] == 2 and stored["mask"]["bound"] == "none"
+    assert stored["model"]["dim"] == 32 and stored["model"]["num_layers"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides,keys",
+    [
+        (["mask.fusion=add"], ["mask.fusion"]),
+        (["mask.bound=sigmoid", "mask.depth=3"], ["mask.bound", "mask.depth"]),
+    ],
+)
+def test_eval_refuses_a_checkpoint_of_another_model(demo_run, tmp_path, overrides, keys):
+    cfg = compose_cfg(
+        [*EVAL, *overrides, f"ckpt_path={_best(demo_run)}"], tmp_path, config_name="eval"
+    )
+    with pytest.raises(CheckpointConfigMismatch) as info:
+        run_cfg(cfg, fn=evaluate)
+    message = str(info.value)
+    for key in keys:
+        assert f"  {key}: checkpoint " in message
+    assert "mask.fusion: checkpoint 'mul', requested 'add'" in message or keys != ["mask.fusion"]
+    assert "allow_config_mismatch=true" in message
+    assert not (tmp_path / "results.json").exists()  # nothing evaluated, nothing reported
+
+
+def test_allow_config_mismatch_is_recorded(demo_run, tmp_path):
+    cfg = compose_cfg(
+        [*EVAL, "mask.fusion=add", "allow_config_mismatch=true", f"ckpt_path={_best(demo_run)}"],
+        tmp_path,
+        config_name="eval",
+    )
+    record = run_cfg(cfg, fn=evaluate)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "ok" and saved["kind"] == "eval" and saved["allow_config_mismatch"]
+    assert saved["checkpoint_config"]["mismatch"] == {"mask.fusion": ["mul", "add"]}
+    assert record["metrics"]["val/acc"] == saved["metrics"]["val/acc"]
+
+
+def test_eval_with_the_right_config_passes_the_check(demo_run, tmp_path):
+    cfg = compose_cfg([*EVAL, f"ckpt_path={_best(demo_run)}"], tmp_path, config_name="eval")
+    record = run_cfg(cfg, fn=evaluate)
+    assert record["checkpoint_config"] == {"checked": True, "mismatch": {}, "epoch": 1} or (
+        record["checkpoint_config"]["checked"] and not record["checkpoint_config"]["mismatch"]
+    )
+    assert record["metrics"]["val/acc"] == pytest.approx(demo_run[1]["metrics"]["val/acc"])
+    assert record["kind"] == "eval" and demo_run[1]["kind"] == "train"
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(demo_run, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(demo_run[0] / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
+    cfg = compose_cfg([*DEMO, "trainer.max_epochs=3", "mask.bound=sigmoid", "ckpt_path=last"], run)
+    with pytest.raises(CheckpointConfigMismatch, match="mask.bound: checkpoint 'none'"):
+        run_cfg(cfg)
+
+
+@pytest.mark.parametrize("size", [0, 200])
+def test_empty_or_truncated_checkpoint_is_a_clear_error(demo_run, tmp_path, size):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(Path(_best(demo_run)).read_bytes()[:size])
+    message = r"is empty \(0 bytes\)" if size == 0 else "cannot be read: truncated"
+    with pytest.raises(ValueError, match=message) as info:
+        read_checkpoint(bad)
+    assert str(bad) in str(info.value)
+    cfg = compose_cfg([*EVAL, f"ckpt_path={bad}"], tmp_path / "eval", config_name="eval")
+    with pytest.raises(ValueError, match=message):
+        run_cfg(cfg, fn=evaluate)
+
+
+def test_config_differences_ignore_paths_and_eval_free_settings():
+    stored = {"model": {"dim": 8, "dropout": 0.1, "llm_path": "/a"}, "mask": {"fusion": "mul"}}
+    asked = {"model": {"dim": 8, "dropout": 0.0, "llm_path": "/b"}, "mask": {"fusion": "mul"}}
+    assert config_differences(stored, asked, evaluation=True) == {}
+    assert config_differences(stored, asked, evaluation=False) == {"model.dropout": (0.1, 0.0)}
+    extra = {**asked, "mask": {"fusion": "mul", "init": "identity"}}
+    assert config_differences(stored, extra) == {
+        "mask.init": ("<absent>", "identity"),
+        "model.dropout": (0.1, 0.0),
+    }

@@ -1,0 +1,157 @@
+"""Finished runs are never overwritten, results files are written atomically and read
+defensively, and the small start-up checks (max_epochs=0, precision, mask depth vs memory)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+import tasks.common.pipeline as pipeline
+from tasks.common.pipeline import RunExistsError, run_job, train
+from tasks.common.results import load_results, write_json
+from tests.helpers import compose_cfg, run_cfg
+from tests.robustness.conftest import DEMO
+
+
+def _copy_run(demo_run, dest):
+    shutil.copytree(demo_run[0], dest)
+    return dest
+
+
+def test_rerun_into_a_finished_run_stops_and_keeps_its_results(demo_run, tmp_path):
+    run = _copy_run(demo_run, tmp_path / "run")
+    before = (run / "results.json").read_bytes()
+    last = (run / "checkpoints" / "last.ckpt").read_bytes()
+    cfg = compose_cfg([*DEMO, "trainer.max_epochs=2"], run)
+    with pytest.raises(RunExistsError, match="holds a finished run .*ckpt_path=last"):
+        run_cfg(cfg, fn=lambda c: run_job(c, train))
+    assert (run / "results.json").read_bytes() == before  # the failure did not replace it
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == last
+    failed = json.loads((run / "results.failed.json").read_text())
+    assert failed["status"] == "failed" and "RunExistsError" in failed["error"]
+
+
+def test_startup_failure_does_not_replace_finished_results(demo_run, tmp_path):
+    """ckpt_path=last passes the guard; a start-up error (bad checkpoint) must not clobber."""
+    run = _copy_run(demo_run, tmp_path / "run")
+    before = (run / "results.json").read_bytes()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    cfg = compose_cfg([*DEMO, "trainer.max_epochs=2", "ckpt_path=last"], run)
+    with pytest.raises(ValueError, match="empty"):
+        run_cfg(cfg, fn=lambda c: run_job(c, train))
+    assert (run / "results.json").read_bytes() == before
+
+
+def test_interrupted_run_is_not_restarted_from_scratch(demo_run, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(demo_run[0] / "checkpoints" / "last.ckpt", run / "checkpoints")
+    with pytest.raises(RunExistsError, match="interrupted run .*ckpt_path=last"):
+        run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=2"], run))
+
+
+def test_resumed_finished_run_trains_no_further(demo_run, tmp_path):
+    run = _copy_run(demo_run, tmp_path / "run")
+    record = run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=2", "ckpt_path=last"], run))
+    assert record["epochs"] == 2
+    assert record["metrics"]["val/acc"] == pytest.approx(demo_run[1]["metrics"]["val/acc"])
+
+
+def test_sweep_rerun_skips_finished_jobs(demo_run, tmp_path, monkeypatch):
+    run = _copy_run(demo_run, tmp_path / "run")
+    before = (run / "results.json").read_bytes()
+    monkeypatch.setattr(pipeline, "is_multirun", lambda: True)
+    monkeypatch.setattr(pipeline, "build", lambda *a: pytest.fail("a finished job was re-run"))
+    record = run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=2"], run))
+    assert record["skipped"] and record["metrics"] == demo_run[1]["metrics"]
+    assert (run / "results.json").read_bytes() == before
+    # the same directory with another config is not a finished job of this sweep
+    with pytest.raises(RunExistsError, match="with another config"):
+        run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=3"], run))
+
+
+def test_results_are_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    write_json(path, {"status": "ok", "metrics": {"a": 1.0}})
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed between write and rename")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_json(path, {"status": "failed"})
+    assert json.loads(path.read_text())["status"] == "ok"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary left
+
+
+def test_load_results_skips_unreadable_files_with_a_warning(tmp_path, caplog):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps({"status": "ok", "task": "demo"}))
+    for name, text in (("empty", ""), ("truncated", '{"status": "o'), ("list", "[1, 2]")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(text)
+    with caplog.at_level(logging.WARNING):
+        records = load_results([tmp_path])
+    assert [r["task"] for r in records] == ["demo"]
+    for name in ("empty", "truncated", "list"):
+        assert str(tmp_path / name / "results.json") in caplog.text
+
+
+def test_max_epochs_zero_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="trainer.max_epochs=0 trains nothing"):
+        run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=0"], tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_precision_actually_used_is_recorded(tmp_path):
+    record = run_cfg(
+        compose_cfg(
+            [*DEMO, "trainer.max_epochs=1", "trainer.precision=16-mixed", "data.num_train=16"],
+            tmp_path,
+        )
+    )
+    assert record["precision_requested"] == "16-mixed"
+    assert record["precision"] == "bf16-mixed"  # Lightning's CPU fallback, not what was asked
+    assert json.loads((tmp_path / "results.json").read_text())["precision"] == "bf16-mixed"
+
+
+def test_mask_depth_checked_against_memory(tmp_path, monkeypatch, caplog):
+    cfg = compose_cfg([*DEMO, "mask.depth=100"], tmp_path)
+    mask, attention = pipeline.core_configs(cfg)
+    net = instantiate(cfg.model, mask=mask, attention=attention)
+    need, params, deepest = pipeline.memory_estimate(net, batch_size=16)
+    # 2 generators of 99 hidden 32x32 layers + a 32 -> 49 output (24 + 24 tokens and a CLS)
+    width, n_max = 32, 49
+    assert params == 2 * (99 * (width * width + width) + width * n_max + n_max) and deepest == 100
+    acts = 2 * 16 * n_max * (2 * width * 99 + n_max)
+    assert need == 16 * params + 4 * acts
+    with caplog.at_level(logging.WARNING):
+        pipeline.check_mask_memory(cfg, net)
+    assert "mask.depth=100 is beyond the paper's depths" in caplog.text
+    monkeypatch.setattr(pipeline, "available_memory", lambda cfg: (need, "RAM"))
+    with pytest.raises(MemoryError, match=r"mask.depth=100: the mask generators need about"):
+        pipeline.check_mask_memory(cfg, net)
+
+
+def test_prediction_epoch_is_the_evaluated_checkpoints(demo_run):
+    import lightning as L
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from tasks.common.module import TaskModule
+
+    module = TaskModule(torch.nn.Linear(2, 2), optimizer=torch.optim.SGD)
+    trainer = L.Trainer(max_epochs=10, logger=False, enable_checkpointing=False)
+    module.trainer = trainer
+    trainer.fit_loop.epoch_progress.current.completed = 10  # after fit: current_epoch == 10
+    best = torch.load(demo_run[1]["best"]["ckpt"], map_location="cpu", weights_only=True)
+    module.on_load_checkpoint(best)
+    trainer.state.fn = TrainerFn.VALIDATING
+    assert trainer.current_epoch == 10 and module.weights_epoch == best["epoch"]
+    trainer.state.fn = TrainerFn.FITTING
+    assert module.weights_epoch == 10
