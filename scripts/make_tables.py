@@ -26,11 +26,11 @@ from tasks.common.tables import (
     load_paper,
     load_records,
     load_sources,
-    load_wandb_records,
     make_tables,
     to_csv,
     to_markdown,
 )
+from tasks.common.wandb_runs import load_wandb_runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_dirs", nargs="*", help="run / sweep directories or results files")
     parser.add_argument(
-        "--wandb", default="", help="also read the runs of an online W&B project (entity/project)"
+        "--wandb",
+        default="",
+        help="also read W&B runs: offline run folders under a path, or entity/project (online)",
     )
     parser.add_argument("--out", type=Path, help="write tables.md and tables.csv here")
     parser.add_argument("--tables", default="", help="only these table ids, e.g. T1b,T2")
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give run directories, --wandb entity/project and / or --paper-tables")
     records = load_records(args.run_dirs)
     if args.wandb:
-        records += load_wandb_records(args.wandb)
+        records += load_wandb_runs(args.wandb)
     if not records and not args.paper_tables:
         print(f"no results.json under {' '.join(args.run_dirs)}", file=sys.stderr)
         return 1
