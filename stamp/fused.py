@@ -39,11 +39,16 @@ def _as4d(t: Tensor | None, mask: bool = False) -> Tensor | None:
     return t
 
 
-def _rows(t: Tensor | None, i: int, j: int) -> Tensor | None:
-    """Query rows i:j of a 4-d tensor whose query dimension may be broadcast (size 1)."""
-    if t is None or t.shape[2] == 1:
-        return t
-    return t[:, :, i:j]
+def _take(t: Tensor | None, bs: slice, hs: slice, rs: slice) -> Tensor | None:
+    """Block (batch, heads, query rows) of a 4-d tensor whose dims may be broadcast (size 1)."""
+    if t is None:
+        return None
+    full = slice(None)
+    return t[
+        full if t.shape[0] == 1 else bs,
+        full if t.shape[1] == 1 else hs,
+        full if t.shape[2] == 1 else rs,
+    ]
 
 
 def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
@@ -52,10 +57,31 @@ def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad.sum(dim=dims, keepdim=True) if dims else grad
 
 
-def block_rows(batch_heads: int, nq: int, nk: int, block_elems: int | None = None) -> int:
-    """Query rows per block so that one block of logits holds about ``block_elems`` values."""
+def blocks(
+    B: int, H: int, nq: int, nk: int, block_elems: int | None = None
+) -> list[tuple[slice, slice, slice]]:
+    """(batch, heads, query rows) slices whose logits hold about ``block_elems`` values: whole
+    samples when they fit, else groups of heads, else groups of query rows of one head. Rows are
+    split only when one head's Nq x Nk exceeds the budget, so the matmuls stay large."""
     elems = BLOCK_ELEMS if block_elems is None else block_elems
-    return max(1, min(nq, elems // max(1, batch_heads * nk)))
+    per_head = nq * nk
+    out = []
+    if H * per_head <= elems:
+        step = max(1, elems // (H * per_head))
+        for b in range(0, B, step):
+            out.append((slice(b, min(B, b + step)), slice(None), slice(None)))
+    elif per_head <= elems:
+        step = max(1, elems // per_head)
+        for b in range(B):
+            for h in range(0, H, step):
+                out.append((slice(b, b + 1), slice(h, min(H, h + step)), slice(None)))
+    else:
+        rows = max(1, elems // nk)
+        for b in range(B):
+            for h in range(H):
+                for i in range(0, nq, rows):
+                    out.append((slice(b, b + 1), slice(h, h + 1), slice(i, min(nq, i + rows))))
+    return out
 
 
 def _dropout_keep(
@@ -79,86 +105,85 @@ class _FusedStampAttention(torch.autograd.Function):
         mul: bool,
         bias_first: bool,
         dropout_p: float,
-        rows: int,
+        block_elems: int | None,
     ) -> Tensor:
         B, H, nq, d = q.shape
         qs = q * d**-0.5
-        kt = k.transpose(-2, -1)
         m4, b4 = _as4d(m, mask=True), _as4d(bias)
         pad4 = None if pad is None else pad[:, None, None, :]
-        out = torch.empty_like(q)
+        out = torch.empty(q.shape[:-1] + v.shape[-1:], dtype=v.dtype, device=q.device)
         acc = torch.promote_types(q.dtype, torch.float32)  # softmax precision (eager: float32)
         lse = torch.empty(B, H, nq, dtype=acc, device=q.device)
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0 else 0
-        for n, i in enumerate(range(0, nq, rows)):
-            j = min(nq, i + rows)
+        for n, (bs, hs, rs) in enumerate(blocks(B, H, nq, k.shape[2], block_elems)):
             s = _fused_logits(
-                qs[:, :, i:j] @ kt, _rows(m4, i, j), _rows(b4, i, j), pad4, mul, bias_first
-            )[0]
-            s = s.to(acc)
-            mx = s.amax(dim=-1, keepdim=True)
-            p = s.sub_(mx).exp_()
-            total = p.sum(dim=-1, keepdim=True)
-            p.div_(total)
-            lse[:, :, i:j] = (mx + total.log()).squeeze(-1)
+                qs[bs, hs, rs] @ k[bs, hs].transpose(-2, -1),
+                _take(m4, bs, hs, rs),
+                _take(b4, bs, hs, rs),
+                None if pad4 is None else pad4[bs],
+                mul,
+                bias_first,
+            )[0].to(acc)
+            mx = s.amax(dim=-1)
+            p = torch.softmax(s, dim=-1)
+            # p at the row maximum is 1 / sum(exp(s - max)): lse = max + log(sum)
+            lse[bs, hs, rs] = mx - p.amax(dim=-1).log()
             if dropout_p > 0:
                 keep = _dropout_keep(p.shape, dropout_p, seed, n, q.device)
                 p = p.masked_fill_(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
-            out[:, :, i:j] = p.to(v.dtype) @ v
+            out[bs, hs, rs] = p.to(v.dtype) @ v[bs, hs]
         ctx.save_for_backward(q, k, v, out, lse, m, bias, pad)
-        ctx.cfg = (mul, bias_first, dropout_p, rows, seed)
+        ctx.cfg = (mul, bias_first, dropout_p, block_elems, seed)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout: Tensor):  # type: ignore[override]
         q, k, v, out, lse, m, bias, pad = ctx.saved_tensors
-        mul, bias_first, dropout_p, rows, seed = ctx.cfg
+        mul, bias_first, dropout_p, block_elems, seed = ctx.cfg
         need_q, need_k, need_v, need_m, need_b = ctx.needs_input_grad[:5]
         B, H, nq, d = q.shape
         scale = d**-0.5
         qs = q * scale
-        kt = k.transpose(-2, -1)
         m4, b4 = _as4d(m, mask=True), _as4d(bias)
         pad4 = None if pad is None else pad[:, None, None, :]
-        dout = dout.contiguous()
         acc = lse.dtype
         delta = (dout.to(acc) * out.to(acc)).sum(-1, keepdim=True)  # rowsum(dO ∘ O)
         dq = torch.empty_like(q) if need_q else None
         dk = torch.zeros_like(k) if need_k else None
         dv = torch.zeros_like(v) if need_v else None
-        dm = _grad_buffer(m4) if need_m else None
-        db = _grad_buffer(b4) if need_b else None
-        for n, i in enumerate(range(0, nq, rows)):
-            j = min(nq, i + rows)
-            mb, bb = _rows(m4, i, j), _rows(b4, i, j)
-            s, x = _fused_logits(qs[:, :, i:j] @ kt, mb, bb, pad4, mul, bias_first)
-            p = s.to(acc).sub_(lse[:, :, i:j, None]).exp_()
-            do = dout[:, :, i:j]
-            dp = (do @ v.transpose(-2, -1)).to(acc)
+        dm = torch.zeros_like(m4) if need_m else None
+        db = torch.zeros_like(b4) if need_b else None
+        for n, (bs, hs, rs) in enumerate(blocks(B, H, nq, k.shape[2], block_elems)):
+            mb, bb = _take(m4, bs, hs, rs), _take(b4, bs, hs, rs)
+            pb = None if pad4 is None else pad4[bs]
+            kb, vb, qb = k[bs, hs], v[bs, hs], qs[bs, hs, rs]
+            s, x = _fused_logits(qb @ kb.transpose(-2, -1), mb, bb, pb, mul, bias_first)
+            p = s.to(acc).sub_(lse[bs, hs, rs, None]).exp_()
+            do = dout[bs, hs, rs]
+            dp = (do @ vb.transpose(-2, -1)).to(acc)
+            kept = p
             if dropout_p > 0:
                 keep = _dropout_keep(p.shape, dropout_p, seed, n, q.device)
                 kept = p.masked_fill(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
                 dp.masked_fill_(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
-            else:
-                kept = p
             if need_v:
-                dv += kept.to(v.dtype).transpose(-2, -1) @ do
-            ds = p.mul_(dp.sub_(delta[:, :, i:j]))  # dL/d(fused logits), before padding
-            if pad4 is not None:
-                ds.masked_fill_(pad4, 0.0)
+                dv[bs, hs] += kept.to(v.dtype).transpose(-2, -1) @ do
+            ds = p.mul_(dp.sub_(delta[bs, hs, rs]))  # dL/d(fused logits), before padding
+            if pb is not None:
+                ds.masked_fill_(pb, 0.0)
             ds = ds.to(q.dtype)
             # fused = x ◇ M (+ bias), x = logits (+ bias for bias_first)
             dx = ds * mb if (mul and mb is not None) else ds
             if need_m:
-                gm = ds * x if mul else ds
-                _accumulate(dm, _sum_to(gm, mb.shape), i, j)
+                gm = x.mul_(ds) if mul else ds
+                _take(dm, bs, hs, rs).add_(_sum_to(gm, mb.shape))
             if need_b:
-                _accumulate(db, _sum_to(dx if bias_first else ds, bb.shape), i, j)
+                _take(db, bs, hs, rs).add_(_sum_to(dx if bias_first else ds, bb.shape))
             if need_q:
-                dq[:, :, i:j] = (dx @ k) * scale
+                dq[bs, hs, rs] = (dx @ kb) * scale
             if need_k:
-                dk += dx.transpose(-2, -1) @ qs[:, :, i:j]
+                dk[bs, hs] += dx.transpose(-2, -1) @ qb
         if dm is not None:
             dm = dm.reshape(m.shape)
         if db is not None:
@@ -188,18 +213,6 @@ def _fused_logits(
     return s, x
 
 
-def _grad_buffer(t: Tensor | None) -> Tensor:
-    # rows broadcast over queries accumulate; otherwise every block writes its own rows
-    return torch.zeros_like(t) if t.shape[2] == 1 else torch.empty_like(t)
-
-
-def _accumulate(buf: Tensor, g: Tensor, i: int, j: int) -> None:
-    if buf.shape[2] == 1:
-        buf += g
-    else:
-        buf[:, :, i:j] = g
-
-
 def fused_attention(
     q: Tensor,
     k: Tensor,
@@ -220,9 +233,6 @@ def fused_attention(
         raise ValueError(
             "attention=fused cannot return attention probabilities; use attention=eager"
         )
-    B, H, nq, _ = q.shape
-    nk = k.shape[2]
-    rows = block_rows(B * H, nq, nk, block_elems)
     mul = Fusion(fusion) is Fusion.mul
     bias_first = attn_bias is not None and FusionOrder(fusion_order) is FusionOrder.bias_first
     if mask is not None and mask.dtype != q.dtype:
@@ -230,6 +240,6 @@ def fused_attention(
     if attn_bias is not None and attn_bias.dtype != q.dtype:
         attn_bias = attn_bias.to(q.dtype)
     out = _FusedStampAttention.apply(
-        q, k, v, mask, attn_bias, key_padding_mask, mul, bias_first, dropout_p, rows
+        q, k, v, mask, attn_bias, key_padding_mask, mul, bias_first, dropout_p, block_elems
     )
     return out, None

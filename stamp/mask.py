@@ -13,8 +13,9 @@ from torch.utils.checkpoint import checkpoint
 from stamp.config import Fusion, MaskBound, MaskConfig, MaskInit
 
 # token chunks of a checkpointed generator: the backward holds one chunk's depth-1 hidden
-# activations at a time (about (depth-1)/CHECKPOINT_CHUNKS times the input's size)
-CHECKPOINT_CHUNKS = 8
+# activations at a time (about (depth-1)/CHECKPOINT_CHUNKS times the input's size; 4: measured
+# on CPU at depth 32 as the count that keeps both the memory and the time target, BENCHMARKS.md)
+CHECKPOINT_CHUNKS = 4
 
 
 def identity_preactivation(fusion: Fusion | str, bound: MaskBound | str) -> float | None:

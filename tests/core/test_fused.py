@@ -8,7 +8,7 @@ import torch
 from torch.autograd import gradcheck
 
 from stamp import AttentionConfig, MaskConfig, MaskGenerator, StampAttention, eager_attention
-from stamp.fused import block_rows, fused_attention
+from stamp.fused import blocks, fused_attention
 
 F64 = torch.float64
 
@@ -44,14 +44,17 @@ def outputs_and_grads(fn, leaves, pad, weight, fusion, order, **kw):
 @pytest.mark.parametrize("fusion", ["mul", "add"])
 @pytest.mark.parametrize("order", ["mask_first", "bias_first"])
 @pytest.mark.parametrize("per_head", [False, True])
-@pytest.mark.parametrize("nq,nk,full_pad", [(5, 7, False), (9, 3, True), (6, 6, True)])
-def test_fused_equals_eager(fusion, order, per_head, nq, nk, full_pad):
-    """Values and the gradients of Q, K, V, M and the bias; several query blocks (2 rows)."""
+@pytest.mark.parametrize(
+    "nq,nk,full_pad,block", [(5, 7, False, "rows"), (9, 3, True, "heads"), (6, 6, True, "samples")]
+)
+def test_fused_equals_eager(fusion, order, per_head, nq, nk, full_pad, block):
+    """Values and the gradients of Q, K, V, M and the bias, with blocks of 2 query rows, of 2
+    heads, or of whole samples (B=2, H=3)."""
     leaves, pad, weight = case(nq, nk, per_head, full_pad)
+    elems = {"rows": 2 * nk, "heads": 2 * nq * nk, "samples": 3 * nq * nk}[block]
+    assert len(blocks(2, 3, nq, nk, elems)) == {"rows": 18, "heads": 4, "samples": 2}[block]
     ref = outputs_and_grads(eager_attention, leaves, pad, weight, fusion, order)
-    got = outputs_and_grads(
-        fused_attention, leaves, pad, weight, fusion, order, block_elems=2 * 3 * nk * 2
-    )
+    got = outputs_and_grads(fused_attention, leaves, pad, weight, fusion, order, block_elems=elems)
     names = ["out", "dq", "dk", "dv", "dm", "dbias"]
     for name, a, b in zip(names, ref, got, strict=True):
         assert a.shape == b.shape, name
@@ -98,9 +101,9 @@ def test_fused_keeps_no_quadratic_tensor():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fused_attention(q, k, v, mask=m, block_elems=B * H * n * 8)
+        fused_attention(q, k, v, mask=m, block_elems=n * 8)
     assert sizes and max(sizes) <= B * n * n < B * H * n * n
-    assert block_rows(B * H, n, n, B * H * n * 8) == 8
+    assert len(blocks(B, H, n, n, n * 8)) == B * H * 8
 
 
 def test_fused_dropout_statistics_and_backward():
