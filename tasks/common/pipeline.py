@@ -89,16 +89,18 @@ def _same_config(finished: dict[str, Any], cfg: DictConfig, out_dir: Path) -> bo
 def guard_run_dir(cfg: DictConfig, out_dir: Path, resuming: bool) -> dict[str, Any] | None:
     """Never overwrite a finished run.
 
-    A directory whose results.json says ``ok`` is resumed only with ``ckpt_path=last``; in a
-    multirun (a sweep re-run into its directory) a job that finished with the same config is
-    skipped and its record returned; anything else stops with a message. A directory holding an
-    interrupted run's ``last.ckpt`` is not restarted from scratch either.
+    In a multirun (a sweep re-run into its directory, with or without ``ckpt_path=last``) a job
+    that finished with the same config is skipped and its record returned. Otherwise a directory
+    whose results.json says ``ok`` is resumed only with ``ckpt_path=last`` and anything else stops
+    with a message. A directory holding an interrupted run's ``last.ckpt`` is not restarted from
+    scratch either.
     """
     finished = read_record(out_dir / RESULTS_FILE) if (out_dir / RESULTS_FILE).exists() else None
-    if finished is not None and finished.get("status") == "ok" and not resuming:
-        if is_multirun() and _same_config(finished, cfg, out_dir):
-            log.info("job %s finished before (results.json status ok): skipped", out_dir)
-            return finished
+    done = finished is not None and finished.get("status") == "ok"
+    if done and is_multirun() and _same_config(finished, cfg, out_dir):
+        log.info("job %s finished before (results.json status ok): skipped", out_dir)
+        return finished
+    if done and not resuming:
         raise RunExistsError(
             f"{out_dir} holds a finished run (results.json status ok"
             + ("" if _same_config(finished, cfg, out_dir) else ", with another config")

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from tasks.common.caption_metrics import CaptionMetrics
 from tasks.common.module import TaskModule
+from tasks.common.results import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -157,4 +158,4 @@ class MSRVTTModule(TaskModule):
             "unavailable": dict(self.scorer.unavailable),
             "predictions": predictions,
         }
-        path.write_text(json.dumps(record, indent=1))
+        atomic_write_text(path, json.dumps(record, indent=1))

@@ -77,11 +77,10 @@ def load_jsonl(path: str | Path) -> list[dict]:
 
 
 def save_jsonl(rows: Iterable[dict], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    """One JSON object a line, written atomically (temporary file + rename)."""
+    from tasks.common.results import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _pct(value: float) -> float:

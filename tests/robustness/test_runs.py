@@ -68,9 +68,10 @@ def test_sweep_rerun_skips_finished_jobs(demo_run, tmp_path, monkeypatch):
     before = (run / "results.json").read_bytes()
     monkeypatch.setattr(pipeline, "is_multirun", lambda: True)
     monkeypatch.setattr(pipeline, "build", lambda *a: pytest.fail("a finished job was re-run"))
-    record = run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=2"], run))
-    assert record["skipped"] and record["metrics"] == demo_run[1]["metrics"]
-    assert (run / "results.json").read_bytes() == before
+    for resume in ([], ["ckpt_path=last"]):  # resuming a sweep skips its finished jobs too
+        record = run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=2", *resume], run))
+        assert record["skipped"] and record["metrics"] == demo_run[1]["metrics"]
+        assert (run / "results.json").read_bytes() == before
     # the same directory with another config is not a finished job of this sweep
     with pytest.raises(RunExistsError, match="with another config"):
         run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=3"], run))
