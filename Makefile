@@ -57,8 +57,16 @@ test: $(INSTALLED)
 test-all: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# CPU benchmarks on one thread (ratios measured in one run; ~15-30 min on a shared 2-core machine)
 bench: $(INSTALLED)
-	HF_HUB_OFFLINE=1 $(PY) scripts/bench_attention.py --out bench_results
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) scripts/bench_attention.py --out bench_results \
+		--plot bench_results/bench_scaling.png
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) scripts/bench_qvhighlights.py --threads 1 \
+		--json bench_results/bench_qvhighlights.json --md bench_results/bench_qvhighlights.md
+
+# GPU benchmark in one run (<= 5 min): bf16, flex with backward, shapes + scaling; skips without GPU
+bench-gpu: $(INSTALLED)
+	HF_HUB_OFFLINE=1 $(PY) scripts/bench_gpu.py --out bench_results/gpu
 
 lint: $(INSTALLED)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -1,12 +1,22 @@
 """Speed of the QVHighlights task on this machine.
 
-1. Training steps per second of the default QD-DETR (hidden 256, real feature sizes, 75 clips,
-   batch 32) with mask=none vs mask=multilayer (depth 32), forward + loss + backward + AdamW.
+1. Training step (forward + loss + backward + AdamW; batch 32, 75 clips, real feature sizes),
+   side by side in one process, rounds interleaved (one step of each model per round, median):
+   * the official QD-DETR, as its code builds it (``nn.MultiheadAttention`` layers, sequence-first,
+     the packed T2V mask): the re-statement of the official formulas in
+     ``tests/qvhighlights/qdetr_official_reference.py`` (checked against this project's model
+     in ``tests/qvhighlights/test_official_equivalence.py``);
+   * this project's QD-DETR, mask none, with the official model's weights
+     (``tasks.qvhighlights.convert``): the same function;
+   * multi-layer STAMP at depth 32 (default attention=fused), and the same with
+     ``mask.checkpoint``.
+   FLOPs of one step from ``torch.utils.flop_counter``; "overhead" = time ratio / FLOP ratio
+   against the project's mask none.
 2. Time to evaluate the 1,550 val queries: the vectorised ``tasks.qvhighlights.metrics`` vs the
    official-style per-query loop (``tests/qvhighlights/qvh_official_reference.py``), with a check
    that both give identical metrics.
 
-    python scripts/bench_qvhighlights.py --steps 10 --threads 2 [--json out.json]
+    python scripts/bench_qvhighlights.py --steps 5 --threads 1 [--json out.json] [--md out.md]
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,8 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from stamp import MaskConfig  # noqa: E402
+from stamp import AttentionConfig, MaskConfig  # noqa: E402
+from tasks.qvhighlights.convert import from_official_state_dict  # noqa: E402
 from tasks.qvhighlights.losses import QDDETRLoss  # noqa: E402
 from tasks.qvhighlights.metrics import eval_submission, load_jsonl  # noqa: E402
 from tasks.qvhighlights.model import QDDETR  # noqa: E402
@@ -56,12 +69,46 @@ def synthetic_batch(batch_size: int, n_clips: int = 75, n_tokens: int = 24) -> d
     }
 
 
-def train_steps_per_second(mask: str, depth: int, batch_size: int, steps: int) -> dict:
+class _OfficialWithMask(torch.nn.Module):
+    """The official model plus the ``video_mask`` entry the shared loss reads."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, src_txt, src_txt_mask, src_vid, src_vid_mask):
+        out = self.model(src_txt, src_txt_mask, src_vid, src_vid_mask)
+        out["video_mask"] = src_vid_mask
+        return out
+
+
+def build_models(depth: int, backend: str) -> dict[str, torch.nn.Module]:
+    """Official QD-DETR and this project's variants (all with the official hyper-parameters)."""
+    from tests.qvhighlights.qdetr_official_reference import OfficialQDDETR
+
     torch.manual_seed(0)
-    model = QDDETR(2816, 512, mask=MaskConfig(type=mask, depth=depth))
+    official = OfficialQDDETR(2818, 512)
+    ours = QDDETR(2816, 512, mask=MaskConfig(type="none"))
+    ours.load_state_dict(from_official_state_dict(official.state_dict()), strict=True)
+    models = {"official QD-DETR (nn.MultiheadAttention)": _OfficialWithMask(official)}
+    models["project, mask none"] = ours
+    attention = AttentionConfig(backend=backend)
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        label = f"project, multilayer depth {depth}, attention={backend}"
+        label += ", mask.checkpoint" if ckpt else ""
+        models[label] = QDDETR(
+            2816,
+            512,
+            mask=MaskConfig(type="multilayer", depth=depth, checkpoint=ckpt),
+            attention=attention,
+        )
+    return models
+
+
+def train_step_fn(model: torch.nn.Module, batch: dict):
     criterion = QDDETRLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
-    batch = synthetic_batch(batch_size)
     inputs = {k: batch[k] for k in ("src_txt", "src_txt_mask", "src_vid", "src_vid_mask")}
 
     def step() -> None:
@@ -71,23 +118,77 @@ def train_steps_per_second(mask: str, depth: int, batch_size: int, steps: int) -
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         opt.step()
 
-    step()  # warm-up
-    times = []
+    return step
+
+
+def train_side_by_side(depth: int, backend: str, batch_size: int, steps: int) -> list[dict]:
+    batch = synthetic_batch(batch_size)
+    models = build_models(depth, backend)
+    fns = {k: train_step_fn(m.train(), batch) for k, m in models.items()}
+    flops = {}
+    for k, fn in fns.items():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn()  # also the warm-up step
+        flops[k] = counter.get_total_flops()
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    median = times[len(times) // 2]
-    return {
-        "mask": mask,
-        "depth": depth if mask != "none" else None,
-        "batch_size": batch_size,
-        "params": sum(p.numel() for p in model.parameters()),
-        "median_step_s": round(median, 4),
-        "steps_per_s": round(1 / median, 3),
-        "min_step_s": round(times[0], 4),
-    }
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    official = next(iter(fns))
+    base = "project, mask none"
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = []
+    for k, model in models.items():
+        time_ratio, flop_ratio = med[k] / med[base], flops[k] / flops[base]
+        rows.append(
+            {
+                "model": k,
+                "params": sum(p.numel() for p in model.parameters()),
+                "median_step_s": round(med[k], 4),
+                "min_step_s": round(min(times[k]), 4),
+                "speed_vs_official": round(med[official] / med[k], 3),
+                "gflop_per_step": round(flops[k] / 1e9, 2),
+                "time_ratio_vs_none": round(time_ratio, 3),
+                "flop_ratio_vs_none": round(flop_ratio, 3),
+                "overhead": round(time_ratio / flop_ratio, 3),
+            }
+        )
+    return rows
+
+
+def train_markdown(report: dict) -> str:
+    rows = report["train"]
+    lines = [
+        f"{report['machine']}; batch {report['batch_size']}, median of {report['steps']} "
+        "interleaved steps",
+        "",
+        "| model | step (s) | speed vs official | GFLOP/step | time ratio vs none "
+        "| FLOP ratio vs none | time/FLOP |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['median_step_s']:.3f} | {r['speed_vs_official']:.2f}x | "
+            f"{r['gflop_per_step']:.1f} | {r['time_ratio_vs_none']:.2f} | "
+            f"{r['flop_ratio_vs_none']:.2f} | {r['overhead']:.2f} |"
+        )
+    none = next(r for r in rows if r["model"] == "project, mask none")
+    ok = none["speed_vs_official"] >= 1.0
+    status = "met" if ok else "**missed**"
+    lines += [
+        "",
+        f"Target: project mask none >= 1.0x the official speed: {none['speed_vs_official']:.2f}x "
+        f"({status}).",
+    ]
+    for r in rows[2:]:
+        lines.append(
+            f"{r['model']}: {r['time_ratio_vs_none']:.2f}x the time of mask none for "
+            f"{r['flop_ratio_vs_none']:.2f}x its FLOPs (time/FLOP {r['overhead']:.2f})."
+        )
+    return "\n".join(lines)
 
 
 def eval_times(gt_path: Path, repeats: int) -> dict:
@@ -117,9 +218,11 @@ def eval_times(gt_path: Path, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--depth", type=int, default=32)
+    parser.add_argument("--backend", default="fused", help="attention backend of the STAMP rows")
+    parser.add_argument("--md", type=Path, default=None, help="write the training table here")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
@@ -136,13 +239,17 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
     if not args.skip_train:
-        report["train"] = [
-            train_steps_per_second(m, args.depth, args.batch_size, args.steps)
-            for m in ("none", "multilayer")
-        ]
+        report["batch_size"], report["steps"] = args.batch_size, args.steps
+        report["train"] = train_side_by_side(args.depth, args.backend, args.batch_size, args.steps)
     if args.gt.is_file():
         report["eval"] = eval_times(args.gt, args.eval_repeats)
     print(json.dumps(report, indent=2))
+    if "train" in report:
+        markdown = train_markdown(report)
+        print("\n" + markdown)
+        if args.md:
+            args.md.parent.mkdir(parents=True, exist_ok=True)
+            args.md.write_text(markdown + "\n")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
