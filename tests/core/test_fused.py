@@ -194,3 +194,31 @@ def test_checkpointed_generator_is_identical(depth):
         assert saved["ckpt"] < saved["plain"] / 2
     with torch.no_grad():  # no checkpointing (and no error) without grad
         torch.testing.assert_close(ckpt(x), plain(x))
+
+
+def test_configs_select_fused_and_checkpoint(tmp_path):
+    """``attention=fused mask.checkpoint=true`` compose; an encoder built from them trains to
+    the same gradients as eager without checkpointing."""
+    from stamp import StampEncoder, as_attention_config, as_mask_config
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg(["attention=fused", "mask.checkpoint=true", "mask.depth=3"], tmp_path)
+    assert cfg.attention.backend == "fused" and cfg.mask.checkpoint is True
+    grads = {}
+    for name, attention, mask in (
+        ("fused+ckpt", cfg.attention, cfg.mask),
+        ("eager", None, {**cfg.mask, "checkpoint": False}),
+    ):
+        torch.manual_seed(0)
+        enc = StampEncoder(
+            2, 16, 4, 32, n_max=9, mask=as_mask_config(mask),
+            attention=as_attention_config(attention), dropout=0.0, attn_dropout=0.0,
+        )  # fmt: skip
+        x = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1))
+        pad = torch.zeros(2, 9, dtype=torch.bool)
+        pad[1, 6:] = True
+        enc(x, key_padding_mask=pad).square().sum().backward()
+        grads[name] = [p.grad.clone() for p in enc.parameters() if p.grad is not None]
+    assert len(grads["eager"]) == len(grads["fused+ckpt"]) > 0
+    for a, b in zip(grads["eager"], grads["fused+ckpt"], strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
