@@ -7,10 +7,11 @@ Three additions to ``hydra-submitit-launcher``'s launchers, all at job time:
 * Lightning's process layout follows the SLURM allocation: ``trainer.num_nodes`` = ``nodes`` and
   ``trainer.devices`` = ``tasks_per_node`` (one task per GPU; Lightning's SLURMEnvironment reads
   the ranks from SLURM), added as Hydra overrides unless the command line sets them;
-* requeue resumes: when SLURM preempts a job or its time runs out, submitit calls
-  ``checkpoint()``; the job is requeued with ``ckpt_path=last`` when its run directory holds
-  ``checkpoints/last.ckpt`` (written at every epoch end), so it goes on from the last finished
-  epoch, with the same exactness as a manual resume (docs/cluster.md).
+* requeue resumes: a job whose run directory already holds ``checkpoints/last.ckpt`` (written
+  at every epoch end) starts with ``ckpt_path=last``: after submitit's requeue (its signal
+  before the time limit or a preemption calls ``checkpoint()``), SLURM's own requeue, or a
+  rerun of the sweep, it goes on from the last finished epoch, as exactly as a manual resume
+  (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -77,7 +78,26 @@ class PipelineLauncherMixin:
         overrides = list(sweep_overrides)
         if self.set_trainer_layout:
             overrides += trainer_overrides(self.params, overrides)
+        # a restarted job (SLURM's own requeue, a rerun of the sweep) goes on from its last.ckpt
+        overrides = resume_overrides(overrides, self._job_dir(overrides, job_num, singleton_state))
         return super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)
+
+    def _job_dir(self, overrides: list[str], job_num: int, singleton_state: dict) -> Path | None:
+        """The job's run directory (hydra.sweep.dir / subdir, resolved as the job will)."""
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import setup_globals
+        from omegaconf import open_dict
+
+        try:
+            Singleton.set_state(singleton_state)
+            setup_globals()
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            with open_dict(cfg.hydra.job):
+                cfg.hydra.job.num = job_num
+            return Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
+        except Exception as error:  # noqa: BLE001 - then the job starts from scratch
+            log.warning("could not resolve the job directory (%s): no auto-resume", error)
+            return None
 
     def checkpoint(
         self,

@@ -4,12 +4,13 @@ sweep through submitit's local executor that must give the basic launcher's summ
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import DEMO_TINY, compose_cfg, run_script
+from tests.helpers import DEMO_TINY, compose_cfg, run_cfg, run_script
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
@@ -115,3 +116,76 @@ def test_local_launcher_sweep_gives_the_basic_launchers_summary(tmp_path):
         return [line.rsplit("|", 2)[0] for line in md.splitlines()]
 
     assert strip_time(local_md) == strip_time(basic_md)
+
+
+@pytest.mark.slow
+def test_slurm_launcher_runs_a_sweep_under_a_stand_in_slurm(tmp_path):
+    """hydra/launcher=slurm end to end with sbatch / srun / sacct stand-ins (no cluster here):
+    the job array's sbatch script asks for Lightning's layout, each job runs under SLURM's
+    environment variables (Lightning's SLURMEnvironment) with the launcher's trainer overrides,
+    and the launching process writes the sweep summary."""
+    from tests.launcher import fake_slurm
+
+    bin_dir = fake_slurm.install(tmp_path / "bin")
+    proc = run_script(
+        [
+            "train.py",
+            "-m",
+            "mask=none,multilayer",
+            *TINY,
+            "hydra/launcher=slurm",
+            "hydra.launcher.gpus_per_node=1",
+            "hydra.launcher.partition=debug",
+            f"paths.log_dir={tmp_path / 'out'}",
+        ],
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    sweep = next((tmp_path / "out").rglob("summary.json")).parent
+    records = json.loads((sweep / "summary.json").read_text())
+    assert sorted(_rows(records)) == ["0_none", "1_multilayer"]
+    assert all(r["status"] == "ok" for r in records)
+    for r in records:
+        assert r["config"]["trainer"]["num_nodes"] == 1 and r["config"]["trainer"]["devices"] == 1
+        overrides = (Path(r["run_dir"]) / ".hydra" / "overrides.yaml").read_text()
+        assert "++trainer.num_nodes=1" in overrides and "++trainer.devices=1" in overrides
+    (script,) = (sweep / ".submitit").rglob("*_submission.sh")
+    text = script.read_text()
+    for line in (
+        "#SBATCH --array=0-1%2",  # 2 jobs, at most array_parallelism at once
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --partition=debug",
+        "#SBATCH --signal=USR2@120",
+        "#SBATCH --cpus-per-task=10",
+    ):
+        assert line in text, line
+    # the jobs ran as SLURM tasks: submitit's logs under the array's ids
+    logs = sorted((sweep / ".submitit").glob("*_*/*_0_log.*"))
+    assert len([p for p in logs if p.suffix == ".out"]) == 2
+    # Lightning took its ranks from SLURM (SLURMEnvironment) in each job
+    assert sum("SLURM auto-requeueing enabled" in p.read_text() for p in logs) == 2
+
+
+@pytest.mark.slow
+def test_restarted_job_resumes_from_last_ckpt(tmp_path):
+    """A job interrupted after epoch 0, started again in its sweep (what a requeue does), goes
+    on from its last.ckpt and ends as an uninterrupted run."""
+    sweep = tmp_path / "sweep"
+    common = ["train.py", "-m", "mask=multilayer", *TINY, "hydra/launcher=local"]
+    interrupt = [
+        "+callbacks.interrupt._target_=tasks.common.callbacks.InterruptAtEpoch",
+        "+callbacks.interrupt.epoch=1",
+    ]
+    first = run_script([*common, *interrupt, f"hydra.sweep.dir={sweep}"])
+    assert first.returncode != 0  # the sweep reports its failed job
+    job = sweep / "0_multilayer"
+    assert json.loads((job / "results.json").read_text())["status"] == "failed"
+    assert (job / "checkpoints" / "last.ckpt").exists()
+    again = run_script([*common, f"hydra.sweep.dir={sweep}"])
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "ckpt_path=last" in (job / ".hydra" / "overrides.yaml").read_text()
+    resumed = json.loads((job / "results.json").read_text())
+    assert resumed["status"] == "ok" and resumed["epochs"] == 2
+    reference = run_cfg(compose_cfg([*TINY, "mask=multilayer"], tmp_path / "reference"))
+    assert resumed["metrics"] == pytest.approx(reference["metrics"], rel=1e-6)
