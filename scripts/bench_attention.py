@@ -12,9 +12,9 @@ checkpointing, and a scaling curve in N.
      extra matmul, not counted, as flash attention's recomputation is not counted for SDPA);
    * attention memory: bytes autograd saves for backward, each storage once, without what the
      generator saves for itself (M, saved by the attention, counts);
-   * peak: the step's peak memory above the memory before it (CPU: VmHWM of the process, with
-     glibc's mmap threshold fixed so freed tensors leave the resident set; CUDA: the allocator's
-     peak).
+   * peak: the step's peak memory above the memory before it (CPU: VmHWM of the process, read
+     with glibc's mmap threshold lowered so freed tensors leave the resident set; timing runs
+     with glibc's steady-state threshold; CUDA: the allocator's peak).
 2. Depth-32 generator (QVHighlights self-attention shape): total training peak memory and time
    of the best STAMP backend with and without ``mask.checkpoint``.
 3. Scaling: the attention function alone (B=1, H=4, d=64, M (1, N, N) learnable, mul), N = 64 ...
@@ -129,6 +129,8 @@ def has_backward(backend: str, device: torch.device) -> bool:
 
 
 def count_flops(fn: Callable[[], None]) -> int:
+    if _measuring_peaks():
+        return 1  # the peaks-only process counts nothing
     counter = FlopCounterMode(display=False)
     with sdpa_kernel(SDPBackend.MATH), counter:
         fn()
@@ -194,7 +196,20 @@ def _proc_status(key: str) -> int:
     raise KeyError(key)
 
 
-def peak_bytes(step: Callable[[], None], device: torch.device) -> int | None:
+# CPU peaks are read in a second process started with glibc's mmap threshold fixed at 64 KiB
+# (MALLOC_MMAP_THRESHOLD_): every tensor then comes from mmap and leaves the resident set when
+# freed, so VmHWM - VmRSS is the step's peak. Timing runs in this process with glibc's default
+# (dynamic threshold: freed tensors are reused, not page-faulted again), as a user runs.
+PEAKS_ENV = "MALLOC_MMAP_THRESHOLD_"
+_peaks_from_child: dict[str, int | None] | None = None
+_peaks_measured: dict[str, int | None] = {}
+
+
+def _measuring_peaks() -> bool:
+    return os.environ.get(PEAKS_ENV) == "65536"
+
+
+def peak_bytes(step: Callable[[], None], device: torch.device, key: str) -> int | None:
     """Peak memory of one call of ``step`` above the memory in use before it."""
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -203,14 +218,37 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int | None:
         step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
+    if not _measuring_peaks():
+        return None if _peaks_from_child is None else _peaks_from_child.get(key)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident set
         before = _proc_status("VmRSS")
         step()
-        return max(0, _proc_status("VmHWM") - before)
+        peak = max(0, _proc_status("VmHWM") - before)
     except OSError:
-        return None
+        peak = None
+    _peaks_measured[key] = peak
+    return peak
+
+
+def measure_cpu_peaks(argv: list[str]) -> dict[str, int | None] | None:
+    """Run this script again with the fixed mmap threshold, peaks only; returns them by key."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "peaks.json"
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), *argv, "--peaks-only", str(out)],
+            env={**os.environ, PEAKS_ENV: "65536"},
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0 or not out.is_file():
+            print(f"CPU peak measurement failed:\n{proc.stderr[-2000:]}", flush=True)
+            return None
+        return json.loads(out.read_text())
 
 
 def interleaved_times(
@@ -219,6 +257,8 @@ def interleaved_times(
     """Median seconds per step; each round runs every step once (shared-machine load is
     spread over all variants)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if _measuring_peaks() and device.type == "cpu":  # the peaks-only process: warm-up only
+        warmup, repeats = min(warmup, 1), 0
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -230,7 +270,7 @@ def interleaved_times(
             step()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
 
 
 def _zero_grads(block: nn.Module) -> None:
@@ -282,7 +322,7 @@ def bench_shape(
                 "attn_memory_bytes": saved_bytes(blocks_[label], shape, device, dtype)
                 if backward
                 else None,
-                "peak_bytes": peak_bytes(steps[label], device),
+                "peak_bytes": peak_bytes(steps[label], device, f"{shape.name}|{label}"),
             }
         )
         print(
@@ -296,7 +336,9 @@ def bench_shape(
             "time_ms": seconds["plain sdpa (fwd)"] * 1e3,
             "flops": count_flops(steps["plain sdpa (fwd)"]),
             "attn_memory_bytes": None,
-            "peak_bytes": peak_bytes(steps["plain sdpa (fwd)"], device),
+            "peak_bytes": peak_bytes(
+                steps["plain sdpa (fwd)"], device, f"{shape.name}|plain sdpa (fwd)"
+            ),
         }
     for r in rows:
         b = base[r["pass"]]
@@ -328,7 +370,11 @@ def bench_checkpoint(
     for k, block in variants.items():
         _zero_grads(block)
         rows.append(
-            {"variant": k, "time_ms": seconds[k] * 1e3, "peak_bytes": peak_bytes(steps[k], device)}
+            {
+                "variant": k,
+                "time_ms": seconds[k] * 1e3,
+                "peak_bytes": peak_bytes(steps[k], device, f"checkpoint|{k}"),
+            }
         )
     plain, full, ckpt = rows
     return {
@@ -367,7 +413,7 @@ def bench_scaling(
         row = {"n": n}
         for name, step in steps.items():
             row[f"{name}_ms"] = seconds[name] * 1e3
-            row[f"{name}_peak_bytes"] = peak_bytes(step, device)
+            row[f"{name}_peak_bytes"] = peak_bytes(step, device, f"scaling|{n}|{name}")
         rows.append(row)
         print(
             f"  N={n:5d}  "
@@ -639,7 +685,15 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="stop starting new shapes / sections / N after this many seconds (listed as skipped)",
     )
+    parser.add_argument(
+        "--no-cpu-peaks", action="store_true", help="skip the second process that reads CPU peaks"
+    )
+    parser.add_argument("--peaks-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global _peaks_from_child
+    if args.device == "cpu" and args.peaks_only is None and not args.no_cpu_peaks:
+        print("measuring CPU peaks in a second process ...", flush=True)
+        _peaks_from_child = measure_cpu_peaks(list(argv if argv is not None else sys.argv[1:]))
     deadline = time.perf_counter() + (args.budget_s or float("inf"))
     skipped: list[str] = []
     device = torch.device(args.device)
@@ -700,13 +754,16 @@ def main(argv: list[str] | None = None) -> dict:
         }
         done = {r["n"] for r in results["scaling"]["rows"]}
         skipped += [f"scaling N={n}" for n in ns if n not in done]
-        if args.plot and results["scaling"]["rows"]:
+        if args.plot and results["scaling"]["rows"] and args.peaks_only is None:
             plot_scaling(
                 results["scaling"]["rows"],
                 args.plot,
                 f"STAMP attention scaling, {results['device']}",
             )
     results["skipped"] = skipped
+    if args.peaks_only is not None:
+        args.peaks_only.write_text(json.dumps(_peaks_measured))
+        return results
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_attention.json").write_text(json.dumps(results, indent=2))
     markdown = to_markdown(results)
@@ -715,14 +772,5 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def _reexec_with_fixed_mmap_threshold() -> None:
-    """glibc keeps freed tensors in its heap above a dynamic mmap threshold, so the resident
-    set would not show a step's peak; a fixed threshold returns them (CPU peaks only)."""
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux"):
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
 if __name__ == "__main__":
-    _reexec_with_fixed_mmap_threshold()
     main()

@@ -36,6 +36,7 @@ def test_bench_attention_writes_ratios(tmp_path):
             str(tmp_path),
             "--plot",
             str(tmp_path / "scaling.png"),
+            "--no-cpu-peaks",
         ],
         timeout=300,
     )
@@ -129,3 +130,19 @@ def test_bench_qvhighlights_side_by_side(tmp_path):
     assert official["params"] == none["params"]
     assert abs(official["gflop_per_step"] - none["gflop_per_step"]) < 0.1 * none["gflop_per_step"]
     assert len(rows) == 4 and "official speed" in (tmp_path / "q.md").read_text()
+
+
+def test_cpu_peak_reads_a_known_allocation(tmp_path):
+    """The peaks process (fixed mmap threshold) sees a step that holds 2 x 40 MB at once, not
+    the 3 x 40 MB it allocates in all."""
+    code = (
+        "import sys, torch; sys.path.insert(0, 'scripts'); import bench_attention as b\n"
+        "a = torch.ones(10, 1000, 1000)\n"
+        "def step():\n"
+        "    x = a * 2; y = x + 1; del x; z = y * 2\n"
+        "print(b.peak_bytes(step, torch.device('cpu'), 'k'))\n"
+    )
+    proc = run_script(["-c", code], env={"MALLOC_MMAP_THRESHOLD_": "65536"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak = int(proc.stdout.strip().splitlines()[-1])
+    assert 75e6 < peak < 90e6
