@@ -191,6 +191,34 @@ def train_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_train(report: dict, path: Path) -> None:
+    """Step time per model beside the time its FLOPs alone would predict (from mask none)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["train"]
+    none = next(r for r in rows if r["model"] == "project, mask none")
+    names = [r["model"].replace("project, ", "").replace(", attention=", "\n") for r in rows]
+    measured = [r["median_step_s"] for r in rows]
+    predicted = [none["median_step_s"] * r["gflop_per_step"] / none["gflop_per_step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], measured, 0.4, label="measured step")
+    ax.bar([x + 0.2 for x in xs], predicted, 0.4, label="mask none's time x FLOP ratio")
+    ax.set_xticks(list(xs), names, fontsize=8)
+    ax.set_ylabel("training step (s)")
+    ax.set_title(
+        f"QD-DETR training step, batch {report['batch_size']}: {report['machine']}", fontsize=9
+    )
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def eval_times(gt_path: Path, repeats: int) -> dict:
     from tests.qvhighlights import qvh_official_reference as reference
 
@@ -223,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=32)
     parser.add_argument("--backend", default="fused", help="attention backend of the STAMP rows")
     parser.add_argument("--md", type=Path, default=None, help="write the training table here")
+    parser.add_argument("--plot", type=Path, default=None, help="side-by-side figure (PNG)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
@@ -247,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     if "train" in report:
         markdown = train_markdown(report)
         print("\n" + markdown)
+        if args.plot:
+            plot_train(report, args.plot)
         if args.md:
             args.md.parent.mkdir(parents=True, exist_ok=True)
             args.md.write_text(markdown + "\n")

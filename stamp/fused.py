@@ -26,6 +26,8 @@ from stamp.config import Fusion, FusionOrder
 # BENCHMARKS.md): big enough that the matmuls stay efficient, small enough that a block's few
 # temporaries stay in cache.
 BLOCK_ELEMS = 1 << 18
+# On a GPU the per-block launches dominate small blocks: far larger ones (not tuned; no GPU here).
+GPU_BLOCK_ELEMS = 1 << 24
 
 
 def _as4d(t: Tensor | None, mask: bool = False) -> Tensor | None:
@@ -233,6 +235,8 @@ def fused_attention(
         raise ValueError(
             "attention=fused cannot return attention probabilities; use attention=eager"
         )
+    if block_elems is None and q.device.type != "cpu":
+        block_elems = GPU_BLOCK_ELEMS
     mul = Fusion(fusion) is Fusion.mul
     bias_first = attn_bias is not None and FusionOrder(fusion_order) is FusionOrder.bias_first
     if mask is not None and mask.dtype != q.dtype:

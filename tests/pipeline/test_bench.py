@@ -120,6 +120,8 @@ def test_bench_qvhighlights_side_by_side(tmp_path):
             str(tmp_path / "q.json"),
             "--md",
             str(tmp_path / "q.md"),
+            "--plot",
+            str(tmp_path / "q.png"),
         ],
         timeout=600,
     )
@@ -130,6 +132,7 @@ def test_bench_qvhighlights_side_by_side(tmp_path):
     assert official["params"] == none["params"]
     assert abs(official["gflop_per_step"] - none["gflop_per_step"]) < 0.1 * none["gflop_per_step"]
     assert len(rows) == 4 and "official speed" in (tmp_path / "q.md").read_text()
+    assert (tmp_path / "q.png").stat().st_size > 0
 
 
 def test_cpu_peak_reads_a_known_allocation(tmp_path):
