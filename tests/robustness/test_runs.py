@@ -156,3 +156,31 @@ def test_prediction_epoch_is_the_evaluated_checkpoints(demo_run):
     assert trainer.current_epoch == 10 and module.weights_epoch == best["epoch"]
     trainer.state.fn = TrainerFn.FITTING
     assert module.weights_epoch == 10
+
+
+@pytest.mark.slow
+def test_resuming_a_sweep_skips_finished_jobs(tmp_path):
+    """The same multirun command into the same sweep directory with ckpt_path=last: the finished
+    job is left as it is, the unfinished one (results lost) runs again."""
+    from tests.helpers import run_script
+
+    sweep = tmp_path / "sweep"
+    args = [
+        "train.py",
+        "-m",
+        *DEMO,
+        "mask=none,multilayer",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    first = run_script(args, timeout=600)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    done, lost = sweep / "0_none", sweep / "1_multilayer"
+    before = (done / "results.json").read_bytes()
+    (lost / "results.json").unlink()  # as if the job had been killed before it finished
+    (lost / "checkpoints" / "last.ckpt").unlink()
+    again = run_script([*args, "ckpt_path=last"], timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert (done / "results.json").read_bytes() == before
+    assert json.loads((lost / "results.json").read_text())["status"] == "ok"
+    assert "finished before (results.json status ok): skipped" in again.stdout + again.stderr
