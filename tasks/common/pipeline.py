@@ -260,7 +260,22 @@ def available_memory(cfg: DictConfig) -> tuple[int, str]:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
 
 
-def check_mask_memory(cfg: DictConfig, net: torch.nn.Module) -> None:
+def precheck_mask_memory(cfg: DictConfig, mask: MaskConfig, attention: AttentionConfig) -> None:
+    """For depths beyond the paper's (> 64): estimate on a model built on the meta device (no
+    memory), so that a generator too large to fit stops before the real build allocates it.
+    Models that cannot be built on meta (file loading) are checked after the real build."""
+    if mask.depth <= 64:
+        return
+    try:
+        with torch.device("meta"):
+            net = instantiate(cfg.model, mask=mask, attention=attention)
+    except Exception as err:  # noqa: BLE001 - best effort; check_mask_memory runs after build
+        log.debug("no meta-device estimate of the mask generators: %s", err)
+        return
+    check_mask_memory(cfg, net, warn=False)
+
+
+def check_mask_memory(cfg: DictConfig, net: torch.nn.Module, warn: bool = True) -> None:
     """Stop before training when the mask generators alone would not fit in memory; warn for
     depths beyond the paper's range."""
     batch = int((cfg.get("data") or {}).get("batch_size") or 1)
@@ -274,7 +289,7 @@ def check_mask_memory(cfg: DictConfig, net: torch.nn.Module) -> None:
             f"gradients and AdamW state, plus activations at batch size {batch}), more than the "
             f"{have / gib:.1f} GiB of {what}. Use a smaller mask.depth (the paper's are 1-64)."
         )
-    if deepest > 64:
+    if warn and deepest > 64:
         log.warning(
             "mask.depth=%s is beyond the paper's depths (1-64): the generators have %s "
             "parameters and need about %.2f GiB to train",
@@ -314,6 +329,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         record["resumed_from"] = ckpt_path
     L.seed_everything(cfg.seed, workers=True)
+    if training:
+        precheck_mask_memory(cfg, mask, attention)
 
     datamodule, net, module = build(cfg, mask, attention)
     record["params"] = parameter_counts(net)

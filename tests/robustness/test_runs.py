@@ -140,6 +140,19 @@ def test_mask_depth_checked_against_memory(tmp_path, monkeypatch, caplog):
         pipeline.check_mask_memory(cfg, net)
 
 
+def test_too_deep_generator_stops_before_the_model_is_built(tmp_path, monkeypatch):
+    """mask.depth=1000: the estimate comes from a model on the meta device (nothing allocated)."""
+    monkeypatch.setattr(pipeline, "available_memory", lambda cfg: (2**30, "RAM"))
+    monkeypatch.setattr(pipeline, "build", lambda *a: pytest.fail("the model was built"))
+    cfg = compose_cfg([*DEMO, "mask.depth=1000", "model.dim=512"], tmp_path)
+    # 2 generators of 999 hidden 512 x 512 layers and a 512 -> 49 output: 524,836,962
+    # parameters x 16 bytes + activations 4 x 2 x 16 x 49 x (2 x 512 x 999 + 49) = 13.8 GiB
+    with pytest.raises(MemoryError) as info:
+        run_cfg(cfg)
+    assert str(info.value).startswith("mask.depth=1000: the mask generators need about 13.8 GiB")
+    assert "524,836,962 parameters" in str(info.value) and "1.0 GiB of RAM" in str(info.value)
+
+
 def test_prediction_epoch_is_the_evaluated_checkpoints(demo_run):
     import lightning as L
     from lightning.pytorch.trainer.states import TrainerFn
