@@ -659,6 +659,16 @@ def pick_best(rows: list[dict], shape: Shape) -> tuple[dict | None, dict | None]
     return best, best_mem
 
 
+def raise_recompile_limits(limit: int = 256) -> None:
+    """flex is compiled per shape (dynamic=False): five shapes x two fusions plus the scaling
+    curve exceed dynamo's default recompile limit (8), after which flex runs uncompiled."""
+    import torch._dynamo as dynamo
+
+    for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(dynamo.config, name):
+            setattr(dynamo.config, name, max(limit, getattr(dynamo.config, name)))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default="shapes,checkpoint,scaling")
@@ -690,6 +700,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--peaks-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    raise_recompile_limits()
     global _peaks_from_child
     if args.device == "cpu" and args.peaks_only is None and not args.no_cpu_peaks:
         print("measuring CPU peaks in a second process ...", flush=True)

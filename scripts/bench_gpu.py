@@ -32,13 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_GPU, flush=True)
         return 0
     import bench_attention
-    import torch._dynamo as dynamo
 
-    # flex is compiled per shape (dynamic=False): 10 shape x fusion pairs + the scaling curve
-    # exceed dynamo's default recompile limit, after which it would run uncompiled
-    for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(dynamo.config, name):
-            setattr(dynamo.config, name, 256)
     start = time.perf_counter()
     bench_attention.main(
         [
