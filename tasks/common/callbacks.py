@@ -23,6 +23,26 @@ class EpochSeed(L.Callback):
         seed = self.seed + 1_000_003 * trainer.current_epoch + 7919 * (batch_idx + 1)
         seed_everything(seed + trainer.global_rank, workers=True, verbose=False)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed run: Lightning builds the training loader's iterator before it restores the
+        epoch (``estimated_stepping_batches`` in ``configure_optimizers`` does), and loader
+        workers fetch their first indices at once, from the sampler's epoch 0. Rebuild the
+        iterator for the restored epoch."""
+        loop = trainer.fit_loop
+        fetcher = getattr(loop, "_data_fetcher", None)
+        loaders = getattr(loop, "_combined_loader", None)
+        if trainer.current_epoch == 0 or fetcher is None or loaders is None:
+            return
+        for loader in loaders.flattened:
+            batch_sampler = getattr(loader, "batch_sampler", None)
+            for sampler in (
+                getattr(loader, "sampler", None),
+                getattr(batch_sampler, "sampler", None),
+            ):
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(trainer.current_epoch)
+        iter(fetcher)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reseed(trainer, 0)
 

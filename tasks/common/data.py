@@ -39,6 +39,13 @@ def training_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
+def current_epoch(datamodule: Any) -> int:
+    """The epoch of the trainer a datamodule is attached to (0 outside a trainer); after a
+    resume, the restored epoch."""
+    trainer = getattr(datamodule, "trainer", None)
+    return int(trainer.current_epoch) if trainer is not None else 0
+
+
 class EpochShuffleSampler(DistributedSampler):
     """Shuffles with a permutation fixed by ``(seed, epoch)``, and shards it across DDP ranks.
 
@@ -48,6 +55,10 @@ class EpochShuffleSampler(DistributedSampler):
     under DDP (a wrapped sampler would never see ``set_epoch``); the ranks are read from the
     process group when iterating, each rank takes every world-size-th index of the (padded)
     permutation, as ``DistributedSampler`` does.
+
+    ``epoch`` is the epoch the loader is built for (``current_epoch(datamodule)``): a resumed
+    run's loader workers fetch their first indices when Lightning creates the iterator, before it
+    calls ``set_epoch``.
 
     ``item_seeds=True`` yields ``(index, seed)`` pairs with a seed fixed by
     ``(seed, epoch, index)``; wrap the dataset in ``SeededItems`` so that data-side randomness
@@ -60,9 +71,15 @@ class EpochShuffleSampler(DistributedSampler):
         seed: int | None = None,
         shuffle: bool = True,
         item_seeds: bool = False,
+        epoch: int = 0,
     ) -> None:  # no super().__init__: it needs the process group, which exists only later
         self.total, self.seed = num_samples, training_seed() if seed is None else seed
-        self.shuffle, self.item_seeds, self.epoch, self.drop_last = shuffle, item_seeds, 0, False
+        self.shuffle, self.item_seeds, self.epoch, self.drop_last = (
+            shuffle,
+            item_seeds,
+            epoch,
+            False,
+        )
 
     def _world(self) -> tuple[int, int]:
         if dist.is_available() and dist.is_initialized():

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stamp import check_mask_backend
 from stamp.config import AttentionConfig, Backend, MaskConfig
-from tasks.common.callbacks import ModelConfigInCheckpoint
+from tasks.common.callbacks import EpochSeed, ModelConfigInCheckpoint
 from tasks.common.checkpoints import check_checkpoint_config, model_config
 from tasks.common.mask_stats import MaskDiagnostics
 from tasks.common.module import parameter_counts
@@ -340,6 +340,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg, out_dir)
     callbacks = build_callbacks(cfg)
     callbacks.append(ModelConfigInCheckpoint(model_config(cfg)))
+    if not any(isinstance(cb, EpochSeed) for cb in callbacks):  # exact resume needs it
+        callbacks.append(EpochSeed(cfg.seed))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     record["precision"] = str(trainer.precision)  # e.g. 16-mixed on CPU runs as bf16-mixed
     _log_config(loggers, cfg)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.common.data import EpochShuffleSampler
+from tasks.common.data import EpochShuffleSampler, current_epoch
 
 
 @dataclass
@@ -172,7 +172,9 @@ class DemoDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=EpochShuffleSampler(len(dataset), self.seed, epoch=current_epoch(self))
+            if shuffle
+            else None,
             num_workers=self.num_workers,
             collate_fn=collate,
         )

@@ -26,7 +26,13 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
 
-from tasks.common.data import DataValidationError, EpochShuffleSampler, SeededItems, training_seed
+from tasks.common.data import (
+    DataValidationError,
+    EpochShuffleSampler,
+    SeededItems,
+    current_epoch,
+    training_seed,
+)
 
 JPEG_END = b"\xff\xd9"
 
@@ -179,7 +185,9 @@ class ImageNetDataModule(L.LightningDataModule):
         return DataLoader(
             SeededItems(self.train_set),
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(self.train_set), item_seeds=True),
+            sampler=EpochShuffleSampler(
+                len(self.train_set), item_seeds=True, epoch=current_epoch(self)
+            ),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             drop_last=True,

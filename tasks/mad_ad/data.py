@@ -28,7 +28,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.common.data import DataValidationError, EpochShuffleSampler, check_finite
+from tasks.common.data import (
+    DataValidationError,
+    EpochShuffleSampler,
+    check_finite,
+    current_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +395,9 @@ class MadADDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochShuffleSampler(len(dataset)) if shuffle else None,
+            sampler=EpochShuffleSampler(len(dataset), epoch=current_epoch(self))
+            if shuffle
+            else None,
             num_workers=self.num_workers,
             collate_fn=partial(collate, pad_id=self.pad_id),
             persistent_workers=self.num_workers > 0,

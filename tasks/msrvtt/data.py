@@ -34,7 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.common.data import DataValidationError, EpochShuffleSampler, SeededItems
+from tasks.common.data import (
+    DataValidationError,
+    EpochShuffleSampler,
+    SeededItems,
+    current_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +386,9 @@ class MSRVTTDataModule(L.LightningDataModule):
         return DataLoader(
             SeededItems(self.train_set),
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(self.train_set), item_seeds=True),
+            sampler=EpochShuffleSampler(
+                len(self.train_set), item_seeds=True, epoch=current_epoch(self)
+            ),
             num_workers=self.num_workers,
             collate_fn=collate,
             drop_last=False,

@@ -28,7 +28,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.common.data import DataValidationError, EpochShuffleSampler, SeededItems, check_finite
+from tasks.common.data import (
+    DataValidationError,
+    EpochShuffleSampler,
+    SeededItems,
+    check_finite,
+    current_epoch,
+)
 from tasks.qvhighlights.metrics import load_jsonl
 from tasks.qvhighlights.spans import span_xx_to_cxw
 
@@ -363,7 +369,11 @@ class QVHighlightsDataModule(L.LightningDataModule):
     def _loader(self, name: str, train: bool) -> DataLoader:
         # training: order and label sampling fixed by (seed, epoch) -> resuming is exact
         dataset = self.split(name)
-        sampler = EpochShuffleSampler(len(dataset), item_seeds=True) if train else None
+        sampler = (
+            EpochShuffleSampler(len(dataset), item_seeds=True, epoch=current_epoch(self))
+            if train
+            else None
+        )
         return DataLoader(
             SeededItems(dataset) if train else dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,

@@ -68,17 +68,26 @@ def test_demo_resume_mid_epoch_is_exact(tmp_path):
     assert_same_metrics(full, resumed)
 
 
-def test_qvhighlights_resume_mid_epoch_is_exact(qvh_features, tmp_path):
-    """Random window subsets and saliency pairs are drawn per item from (seed, epoch, index)."""
-    overrides = [*qvh_overrides(qvh_features), "trainer.max_epochs=3", "data.max_windows=1"]
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_qvhighlights_resume_mid_epoch_is_exact(qvh_features, tmp_path, workers):
+    """Random window subsets and saliency pairs are drawn per item from (seed, epoch, index),
+    in the loader's worker processes too."""
+    overrides = [
+        *qvh_overrides(qvh_features),
+        "trainer.max_epochs=3",
+        "data.max_windows=1",
+        f"data.num_workers={workers}",
+    ]
     step = random_step("qvhighlights", 4, 3)  # 16 queries, batch 4
     full, resumed = interrupted_then_resumed(overrides, tmp_path, step)
     assert_same_metrics(full, resumed)
 
 
 @pytest.mark.slow
-def test_imagenet_resume_mid_epoch_is_exact(tmp_path):
-    """RandAugment, random erasing (per item) and mixup / cutmix (per batch) included."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_imagenet_resume_mid_epoch_is_exact(tmp_path, workers):
+    """RandAugment, random erasing (per item, in the loader's worker processes too) and
+    mixup / cutmix (per batch) included."""
     from scripts.make_imagenet_folder import make_imagenet_folder
 
     root = make_imagenet_folder(
@@ -90,6 +99,7 @@ def test_imagenet_resume_mid_epoch_is_exact(tmp_path):
         "logger=csv",
         "callbacks.progress_bar=null",
         "trainer.max_epochs=3",
+        f"data.num_workers={workers}",
     ]
     step = random_step("imagenet", 4, 3)  # 32 images, batch 8
     full, resumed = interrupted_then_resumed(overrides, tmp_path, step)
