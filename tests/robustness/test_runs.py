@@ -102,6 +102,9 @@ def test_load_results_skips_unreadable_files_with_a_warning(tmp_path, caplog):
     assert [r["task"] for r in records] == ["demo"]
     for name in ("empty", "truncated", "list"):
         assert str(tmp_path / name / "results.json") in caplog.text
+    from tasks.common.tables import load_records  # what make_tables reads through
+
+    assert [r["task"] for r in load_records([tmp_path])] == ["demo"]
 
 
 def test_max_epochs_zero_is_an_error(tmp_path):
