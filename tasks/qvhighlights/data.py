@@ -73,8 +73,22 @@ def load_npz_array(path: Path, key: str, config_key: str) -> np.ndarray:
         )
     if path.stat().st_size == 0:
         raise DataValidationError(path, "empty file (0 bytes)")
+    for attempt in range(3):
+        try:
+            return _read_npz(path, key)
+        except SystemError:
+            # CPython 3.11 gh-106905: ast.literal_eval (numpy's .npy header parser) run from
+            # several threads (FeatureStore.preload) can fail spuriously; reading again works
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _read_npz(path: Path, key: str) -> np.ndarray:
     try:
         loaded = np.load(path)
+    except SystemError:
+        raise
     except Exception as err:  # noqa: BLE001 - OSError, BadZipFile, EOFError, pickle errors, ...
         raise DataValidationError(path, f"not a readable npz file ({err})") from err
     if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -88,6 +102,8 @@ def load_npz_array(path: Path, key: str, config_key: str) -> np.ndarray:
             )
         try:
             arr = loaded[key]
+        except SystemError:
+            raise
         except Exception as err:  # noqa: BLE001 - a truncated archive fails here (BadZipFile, zlib)
             raise DataValidationError(path, f"truncated or corrupt npz archive ({err})") from err
     if arr.ndim != 2 or arr.shape[0] == 0:
