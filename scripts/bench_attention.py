@@ -476,11 +476,16 @@ def plot_scaling(rows: list[dict], path: Path, title: str) -> None:
     ns = [r["n"] for r in rows]
     for name in names:
         axes[0].plot(ns, [r[f"{name}_ms"] for r in rows], "o-", label=labels.get(name, name))
-        mem = [(r[f"{name}_peak_bytes"] or float("nan")) / 2**20 for r in rows]
-        axes[1].plot(ns, mem, "o-", label=labels.get(name, name))
+        peaks = [r[f"{name}_peak_bytes"] for r in rows]
+        if any(peaks):  # (no peaks without the second process: --no-cpu-peaks)
+            mem = [(p or float("nan")) / 2**20 for p in peaks]
+            axes[1].plot(ns, mem, "o-", label=labels.get(name, name))
     for ax, ylabel in zip(
         axes, ("fwd+bwd time (ms)", "peak memory of the step (MiB)"), strict=True
     ):
+        if not ax.lines:
+            ax.set_title("not measured", fontsize=9)
+            continue
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("N (queries = keys)")
