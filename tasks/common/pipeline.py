@@ -377,6 +377,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         wall_time_s=round(time.time() - start, 2),
         unavailable=unavailable_metrics(module),
         mask_stats=getattr(module, "mask_stats", None) or {},
+        effective_batch=effective_batch(cfg, trainer, module),
     )
     if trainer.is_global_zero:
         path = write_results(record, out_dir)
@@ -434,6 +435,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         print_metrics(record)
     finish_wandb(0)
     return record
+
+
+def effective_batch(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule) -> dict:
+    """Samples per optimizer step: per-device batch x processes x accumulation (a task's own
+    plan, e.g. MAD-AD's ``batch_plan``, when it has one)."""
+    plan = getattr(module, "effective_batch", None)
+    if plan:
+        return dict(plan)
+    per_device = cfg.get("data", {}).get("batch_size")
+    world, accumulation = trainer.world_size, trainer.accumulate_grad_batches
+    return {
+        "per_device": per_device,
+        "world_size": world,
+        "accumulate_grad_batches": accumulation,
+        "effective_batch": None if per_device is None else per_device * world * accumulation,
+    }
 
 
 def print_metrics(record: dict[str, Any]) -> None:

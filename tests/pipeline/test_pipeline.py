@@ -32,6 +32,12 @@ def test_demo_run_writes_results_and_checkpoints(tmp_path):
     assert {"val/acc", "val/loss", "test/acc"} <= set(saved["metrics"])
     assert 0.0 <= saved["metrics"]["val/acc"] <= 1.0
     assert saved["params"]["params/mask"] > 0
+    assert saved["effective_batch"] == {
+        "per_device": 32,
+        "world_size": 1,
+        "accumulate_grad_batches": 1,
+        "effective_batch": 32,
+    }
     assert saved["config"]["mask"]["type"] == "multilayer"  # resolved config kept
     assert saved["best"]["metric"] == "val/acc" and saved["best"]["ckpt"].endswith(".ckpt")
     ckpts = {p.name for p in (tmp_path / "checkpoints").iterdir()}
