@@ -278,7 +278,7 @@ def test_metrics_a_run_could_not_compute_print_as_na_with_the_reason(tmp_path):
 
 
 # the values of the ICLR submission and the rebuttal that differ from the ACL paper, read off
-# ../shared/papers/001_*.txt (ICLR) and 004_*.txt (rebuttal) by hand: (table, row, column)
+# the ICLR submission (LCAAM) and its OpenReview discussion (rebuttal) by hand: (table, row, column)
 ICLR_DIFFERS = {
     ("T1a", "none", "R-L"): 10.7,
     ("T1a", "none", "C"): 9.4,
