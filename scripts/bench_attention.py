@@ -710,7 +710,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cpu" and args.peaks_only is None and not args.no_cpu_peaks:
         print("measuring CPU peaks in a second process ...", flush=True)
         _peaks_from_child = measure_cpu_peaks(list(argv if argv is not None else sys.argv[1:]))
-    deadline = time.perf_counter() + (args.budget_s or float("inf"))
+    deadline = time.perf_counter() + (float("inf") if args.budget_s is None else args.budget_s)
     skipped: list[str] = []
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)

@@ -1,10 +1,10 @@
 """The GPU benchmark in one go (``make bench-gpu``): bf16, CUDA, every backend with its backward
 (flex for both fusions, fused, eager, SDPA), the five paper shapes, the depth-32 generator with
 checkpointing and the scaling curve N = 64 ... 4096 (flex included), within a time budget
-(default 280 s of benchmarking; what does not fit is listed as skipped). Tables, JSON and the
+(default 240 s of benchmarking; what does not fit is listed as skipped). Tables, JSON and the
 scaling plot go to one folder. Without a CUDA GPU it prints why and exits 0.
 
-    python scripts/bench_gpu.py --out bench_results/gpu [--budget-s 280]
+    python scripts/bench_gpu.py --out bench_results/gpu [--budget-s 240]
 """
 
 from __future__ import annotations
@@ -21,10 +21,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 NO_GPU = "bench_gpu: no CUDA GPU on this machine (torch.cuda.is_available() is False); skipped."
 
 
+def gpu_args(out: Path, dtype: str, repeats: int, budget_s: float) -> list[str]:
+    """The ``bench_attention.py`` command line of the GPU run."""
+    return [
+        "--device",
+        "cuda",
+        "--dtype",
+        dtype,
+        "--backends",
+        "eager,sdpa,fused,flex",
+        "--scaling-backends",
+        "sdpa,eager,fused,flex",
+        "--checkpoint-backend",
+        "flex",
+        "--warmup",
+        "2",
+        "--repeats",
+        str(repeats),
+        "--budget-s",
+        str(budget_s),
+        "--out",
+        str(out),
+        "--plot",
+        str(out / "bench_scaling_gpu.png"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench_results/gpu"))
-    parser.add_argument("--budget-s", type=float, default=280.0)
+    parser.add_argument("--budget-s", type=float, default=240.0)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
@@ -34,30 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     import bench_attention
 
     start = time.perf_counter()
-    bench_attention.main(
-        [
-            "--device",
-            "cuda",
-            "--dtype",
-            args.dtype,
-            "--backends",
-            "eager,sdpa,fused,flex",
-            "--scaling-backends",
-            "sdpa,eager,fused,flex",
-            "--checkpoint-backend",
-            "flex",
-            "--warmup",
-            "2",
-            "--repeats",
-            str(args.repeats),
-            "--budget-s",
-            str(args.budget_s),
-            "--out",
-            str(args.out),
-            "--plot",
-            str(args.out / "bench_scaling_gpu.png"),
-        ]
-    )
+    bench_attention.main(gpu_args(args.out, args.dtype, args.repeats, args.budget_s))
     print(f"bench_gpu: {time.perf_counter() - start:.0f} s; tables in {args.out}/", flush=True)
     return 0
 

@@ -149,3 +149,14 @@ def test_cpu_peak_reads_a_known_allocation(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     peak = int(proc.stdout.strip().splitlines()[-1])
     assert 75e6 < peak < 90e6
+
+
+def test_bench_gpu_command_line_is_valid(tmp_path):
+    """The GPU run's arguments parse (run here on CPU with a zero budget: every part skipped)."""
+    import bench_gpu
+
+    args = bench_gpu.gpu_args(tmp_path, "bfloat16", 10, 240.0)
+    results = bench_attention.main([*args, "--device", "cpu", "--budget-s", "0", "--no-cpu-peaks"])
+    assert results["dtype"] == "bfloat16"
+    assert "shape swinbert" in results["skipped"] and "checkpoint" in results["skipped"]
+    assert "scaling N=4096" in results["skipped"]
