@@ -57,7 +57,7 @@ test: $(INSTALLED)
 test-all: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# CPU benchmarks on one thread (ratios measured in one run; ~15-30 min on a shared 2-core machine)
+# CPU benchmarks on one thread (ratios measured in one run; about 13 min on the shared 2-core dev machine)
 bench: $(INSTALLED)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) scripts/bench_attention.py --out bench_results \
 		--plot bench_results/bench_scaling.png
