@@ -33,6 +33,7 @@ from stamp.layers import (
     check_mask_backend,
     collect_aux_loss,
     layer_mask_kwargs,
+    layer_mask_modules,
 )
 from stamp.mask import (
     MaskGenerator,
@@ -73,6 +74,7 @@ __all__ = [
     "identity_preactivation",
     "init_mask_generators",
     "layer_mask_kwargs",
+    "layer_mask_modules",
     "mask_parameter_count",
     "matched_layer_count",
     "matched_linear_count",

@@ -51,6 +51,23 @@ def check_mask_backend(mask: MaskConfig, attention: AttentionConfig) -> None:
         raise ValueError(SDPA_MUL_ERROR)
 
 
+def layer_mask_modules(
+    mask: MaskConfig, dim: int, n_max: int | None, own_generator: bool, extra_linear: int
+) -> tuple[MaskGenerator | None, nn.Module | None]:
+    """A layer's own generator (multi-layer STAMP, ``n_max`` key columns) and its +Linear
+    control (``extra_linear`` Linear(D, D) after the attention), either of which may be None."""
+    generator = None
+    if own_generator:
+        if n_max is None:
+            raise ValueError("a layer with its own mask generator needs the number of keys n_max")
+        generator = MaskGenerator.from_config(mask, dim, n_max)
+    extra = None
+    if extra_linear > 0:
+        extra = mlp_stack(dim, extra_linear)
+        extra.is_mask_control = True  # type: ignore[attr-defined]
+    return generator, extra
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample (Huang et al., 2016)."""
 
@@ -139,15 +156,9 @@ class StampEncoderLayer(nn.Module):
             fusion_order=mask.fusion_order,
             attention=attention,
         )
-        self.mask_generator: MaskGenerator | None = None
-        if own_generator:
-            if n_max is None:
-                raise ValueError("a layer with its own mask generator needs n_max")
-            self.mask_generator = MaskGenerator.from_config(mask, dim, n_max)
-        self.extra: nn.Module | None = None
-        if extra_linear > 0:
-            self.extra = mlp_stack(dim, extra_linear)
-            self.extra.is_mask_control = True  # type: ignore[attr-defined]
+        self.mask_generator, self.extra = layer_mask_modules(
+            mask, dim, n_max, own_generator, extra_linear
+        )
         self.attn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
         inner = dropout if ffn_dropout is None else ffn_dropout
         self.ffn = FeedForward(dim, ffn_dim or 4 * dim, inner, activation)
@@ -214,15 +225,9 @@ class StampCrossAttentionLayer(nn.Module):
             fusion_order=mask.fusion_order,
             attention=attention,
         )
-        self.mask_generator: MaskGenerator | None = None
-        if own_generator:
-            if n_max_keys is None:
-                raise ValueError("a cross-attention layer with a mask generator needs n_max_keys")
-            self.mask_generator = MaskGenerator.from_config(mask, dim, n_max_keys)
-        self.extra: nn.Module | None = None
-        if extra_linear > 0:
-            self.extra = mlp_stack(dim, extra_linear)
-            self.extra.is_mask_control = True  # type: ignore[attr-defined]
+        self.mask_generator, self.extra = layer_mask_modules(
+            mask, dim, n_max_keys, own_generator, extra_linear
+        )
         self.attn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
         inner = dropout if ffn_dropout is None else ffn_dropout
         self.ffn = FeedForward(dim, ffn_dim or 4 * dim, inner, activation)

@@ -54,8 +54,8 @@ from stamp import (
     as_mask_config,
     check_mask_backend,
     layer_mask_kwargs,
+    layer_mask_modules,
 )
-from stamp.mask import mlp_stack
 
 log = logging.getLogger(__name__)
 
@@ -324,15 +324,9 @@ class QDDETRT2VLayer(nn.Module):
             fusion_order=mask.fusion_order,
             attention=as_attention_config(attention),
         )
-        self.mask_generator: MaskGenerator | None = None
-        if own_generator:
-            if n_max_keys is None:
-                raise ValueError("a T2V layer with a mask generator needs n_max_keys")
-            self.mask_generator = MaskGenerator.from_config(mask, dim, n_max_keys)
-        self.extra: nn.Module | None = None
-        if extra_linear > 0:
-            self.extra = mlp_stack(dim, extra_linear)
-            self.extra.is_mask_control = True  # type: ignore[attr-defined]
+        self.mask_generator, self.extra = layer_mask_modules(
+            mask, dim, n_max_keys, own_generator, extra_linear
+        )
         self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn_dim, dropout, activation)
