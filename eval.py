@@ -1,6 +1,6 @@
 """Evaluate a checkpoint.
 
-    python eval.py task=<task> mask=<mask> ckpt_path=<file.ckpt> [split=test]
+python eval.py task=<task> mask=<mask> ckpt_path=<file.ckpt> [split=test]
 """
 
 import hydra
