@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stamp.config import AttentionConfig, Backend, Fusion, FusionOrder, as_attention_config
-from stamp.fused import fused_attention
+from stamp.fused import fuse_scores, fused_attention
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,14 @@ def eager_attention(
 ) -> tuple[Tensor, Tensor | None]:
     """Reference path: explicit logits, fusion, softmax. Can return the probabilities."""
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    bias_first = attn_bias is not None and FusionOrder(fusion_order) is FusionOrder.bias_first
-    if bias_first:
-        logits = logits + attn_bias
-    logits = fuse_logits(logits, mask, fusion)
-    if attn_bias is not None and not bias_first:
-        logits = logits + attn_bias
-    if key_padding_mask is not None:
-        logits = logits.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    logits, _ = fuse_scores(
+        logits,
+        None if mask is None else (mask.unsqueeze(1) if mask.dim() == 3 else mask),
+        attn_bias,
+        None if key_padding_mask is None else key_padding_mask[:, None, None, :],
+        mul=Fusion(fusion) is Fusion.mul,
+        bias_first=FusionOrder(fusion_order) is FusionOrder.bias_first,
+    )
     probs = logits.float().softmax(dim=-1).to(q.dtype)
     dropped = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
     return dropped @ v, (probs if return_attn else None)

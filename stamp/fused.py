@@ -123,7 +123,7 @@ class _FusedStampAttention(torch.autograd.Function):
         lse = torch.empty(B, H, nq, dtype=acc, device=q.device)
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0 else 0
         for n, (bs, hs, rs) in enumerate(blocks(B, H, nq, k.shape[2], block_elems)):
-            s = _fused_logits(
+            s = fuse_scores(
                 qs[bs, hs, rs] @ k[bs, hs].transpose(-2, -1),
                 _take(m4, bs, hs, rs),
                 _take(b4, bs, hs, rs),
@@ -165,7 +165,7 @@ class _FusedStampAttention(torch.autograd.Function):
             mb, bb = _take(m4, bs, hs, rs), _take(b4, bs, hs, rs)
             pb = None if pad4 is None else pad4[bs]
             kb, vb, qb = k[bs, hs], v[bs, hs], qs[bs, hs, rs]
-            s, x = _fused_logits(qb @ kb.transpose(-2, -1), mb, bb, pb, mul, bias_first)
+            s, x = fuse_scores(qb @ kb.transpose(-2, -1), mb, bb, pb, mul, bias_first)
             p = s.to(acc).sub_(lse[bs, hs, rs, None]).exp_()
             do = dout[bs, hs, rs]
             dp = (do @ vb.transpose(-2, -1)).to(acc)
@@ -198,7 +198,7 @@ class _FusedStampAttention(torch.autograd.Function):
         return dq, dk, dv, dm, db, None, None, None, None, None
 
 
-def _fused_logits(
+def fuse_scores(
     logits: Tensor,
     m: Tensor | None,
     bias: Tensor | None,
@@ -206,7 +206,9 @@ def _fused_logits(
     mul: bool,
     bias_first: bool,
 ) -> tuple[Tensor, Tensor]:
-    """The eager path's order of operations on one block; returns (fused, input of ◇ M)."""
+    """The order of operations of every STAMP path (eager, and fused per block): bias first or
+    last around ◇ M (``bias_first``), then padded keys -> -inf. Returns (scores, input of ◇ M).
+    ``m`` and ``pad4`` are already broadcastable to the 4-d logits."""
     x = logits
     if bias is not None and bias_first:
         x = x + bias
