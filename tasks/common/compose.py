@@ -20,12 +20,14 @@ def compose_config(
     overrides: Iterable[str] = (),
     output_dir: str | Path | None = None,
     config_name: str = "train",
+    config_dir: str | Path = CONFIG_DIR,
 ) -> DictConfig:
     """The composed config with the paths that Hydra would resolve at run time (the run
-    directory, the repository root) set to ``output_dir`` and ``$STAMP_ROOT`` / the repo root."""
+    directory, the repository root) set to ``output_dir`` and ``$STAMP_ROOT`` / the repo root.
+    ``config_dir``: another copy of ``configs/`` (tests: one holding a ``local/default.yaml``)."""
     register_schemas()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     GlobalHydra.instance().clear()
     out = Path(output_dir or Path.cwd() / "outputs" / "scratch")
