@@ -20,8 +20,9 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from stamp import check_mask_backend
@@ -33,6 +34,20 @@ from tasks.common.module import parameter_counts
 from tasks.common.results import RESULTS_FILE, read_record, write_json
 
 log = logging.getLogger(__name__)
+
+
+def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
+    """Hydra's ``instantiate``, with the error of the target's own code printed as its message
+    (Hydra shows ``repr(error)``: a multi-line message such as MAD-AD's list of missing paths
+    came out on one line with literal ``\\n``)."""
+    try:
+        return hydra_instantiate(node, *args, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if cause is None or isinstance(cause, InstantiationException):
+            raise
+        head = str(e).split("\n", 1)[0]  # "Error in call to target '...':"
+        raise InstantiationException(f"{head}\n{type(cause).__name__}: {cause}") from cause
 
 
 def core_configs(cfg: DictConfig) -> tuple[MaskConfig, AttentionConfig]:

@@ -59,9 +59,11 @@ def check_paths(paths: Mapping[str, str | None], what: str = "MAD audio descript
     ]
     if problems:
         raise FileNotFoundError(
-            f"{what}: these paths are missing; set them on the command line or in "
-            "configs/local/default.yaml:\n" + "\n".join(problems) + "\n"
-            "Synthetic stand-ins for trying the pipeline: python scripts/make_mad_data.py "
+            f"{what}: these paths are missing; set them on the command line, or once per "
+            "machine in configs/local/default.yaml as paths.mad_dir (data.root) and "
+            "paths.llama_dir (model.llm_path), see docs/mad_ad.md:\n"
+            + "\n".join(problems)
+            + "\nSynthetic stand-ins for trying the pipeline: python scripts/make_mad_data.py "
             "--out data/mad_synthetic and python scripts/make_tiny_llama.py --out "
             "data/tiny_llama (then data.root=data/mad_synthetic model.llm_path=data/tiny_llama)."
         )

@@ -101,3 +101,7 @@ def test_missing_llama_and_mad_files_stop_at_once(tmp_path, monkeypatch):
     ):
         assert key in message
     assert "make_mad_data.py" in message and time.time() - start < 30
+    # one line per path (Hydra's wrapper printed repr(error): literal \n on one line), and the
+    # per-machine keys to set
+    assert "\\n" not in message and message.count("\n  data.") >= 3
+    assert "paths.llama_dir" in message and "paths.mad_dir" in message
