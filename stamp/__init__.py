@@ -17,6 +17,7 @@ from stamp.config import (
     Backend,
     Fusion,
     FusionOrder,
+    GeneratorKind,
     MaskBound,
     MaskConfig,
     MaskInit,
@@ -36,6 +37,7 @@ from stamp.layers import (
     layer_mask_modules,
 )
 from stamp.mask import (
+    LowRankMaskGenerator,
     MaskGenerator,
     SparseMask,
     identity_preactivation,
@@ -54,6 +56,8 @@ __all__ = [
     "FeedForward",
     "Fusion",
     "FusionOrder",
+    "GeneratorKind",
+    "LowRankMaskGenerator",
     "MaskBound",
     "MaskConfig",
     "MaskGenerator",

@@ -93,6 +93,23 @@ class FusionOrder(str, Enum):
         return self.value
 
 
+class GeneratorKind(str, Enum):
+    """The form of the generator F (``mask.generator``).
+
+    ``mlp`` (paper): a ReLU MLP from each query token to one logit per key *position*; its last
+    layer has ``n_max`` outputs, so the model is tied to a longest sequence.
+    ``lowrank``: M = c + f(X_q) g(X_k)^T / sqrt(r): token-wise rank-``r`` factors of the query and
+    key tokens (the same hidden ReLU stack), so M depends on both tokens, any sequence length
+    is accepted and the parameters do not depend on N.
+    """
+
+    mlp = "mlp"
+    lowrank = "lowrank"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Backend(str, Enum):
     """Attention implementation (``attention=`` in the configs)."""
 
@@ -135,6 +152,9 @@ class MaskConfig:
     bound: MaskBound = MaskBound.none
     init: MaskInit = MaskInit.torch
     fusion_order: FusionOrder = FusionOrder.mask_first
+    generator: GeneratorKind = GeneratorKind.mlp
+    rank: int = 16  # r of mask.generator=lowrank (per head when per_head)
+    per_head: bool = False  # one M per attention head (B, H, Nq, Nk) instead of one shared
     sparse_loss_weight: float = 0.5  # SwinBERT's weight of the sparsity loss (mask=sparse)
     # recompute the generator's hidden activations in the backward (torch.utils.checkpoint):
     # the same function and gradients, ~1/depth of its activation memory, one more forward
@@ -146,6 +166,9 @@ class MaskConfig:
         self.bound = _as_enum(MaskBound, self.bound, "mask.bound")
         self.init = _as_enum(MaskInit, self.init, "mask.init")
         self.fusion_order = _as_enum(FusionOrder, self.fusion_order, "mask.fusion_order")
+        self.generator = _as_enum(GeneratorKind, self.generator, "mask.generator")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"mask.rank must be an integer >= 1, got {self.rank!r}")
         if not isinstance(self.depth, int) or self.depth < 1:
             raise ValueError(f"mask.depth must be an integer >= 1, got {self.depth!r}")
         if self.hidden is not None and self.hidden < 1:

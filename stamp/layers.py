@@ -52,15 +52,23 @@ def check_mask_backend(mask: MaskConfig, attention: AttentionConfig) -> None:
 
 
 def layer_mask_modules(
-    mask: MaskConfig, dim: int, n_max: int | None, own_generator: bool, extra_linear: int
+    mask: MaskConfig,
+    dim: int,
+    n_max: int | None,
+    own_generator: bool,
+    extra_linear: int,
+    *,
+    num_heads: int = 1,
+    context_dim: int | None = None,
 ) -> tuple[MaskGenerator | None, nn.Module | None]:
-    """A layer's own generator (multi-layer STAMP, ``n_max`` key columns) and its +Linear
-    control (``extra_linear`` Linear(D, D) after the attention), either of which may be None."""
+    """A layer's own generator (multi-layer STAMP: ``n_max`` key columns for the MLP form, one
+    mask per head of ``num_heads`` with ``mask.per_head``) and its +Linear control
+    (``extra_linear`` Linear(D, D) after the attention), either of which may be None."""
     generator = None
     if own_generator:
-        if n_max is None:
-            raise ValueError("a layer with its own mask generator needs the number of keys n_max")
-        generator = MaskGenerator.from_config(mask, dim, n_max)
+        generator = MaskGenerator.from_config(
+            mask, dim, n_max, num_heads=num_heads, context_dim=context_dim
+        )
     extra = None
     if extra_linear > 0:
         extra = mlp_stack(dim, extra_linear)
@@ -157,7 +165,7 @@ class StampEncoderLayer(nn.Module):
             attention=attention,
         )
         self.mask_generator, self.extra = layer_mask_modules(
-            mask, dim, n_max, own_generator, extra_linear
+            mask, dim, n_max, own_generator, extra_linear, num_heads=num_heads
         )
         self.attn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
         inner = dropout if ffn_dropout is None else ffn_dropout
@@ -189,8 +197,8 @@ class StampEncoderLayer(nn.Module):
 class StampCrossAttentionLayer(nn.Module):
     """Cross-attention + FFN: queries attend to a context (e.g. video clips to text tokens).
 
-    M is (B, Nq, Nk), generated from the query-side tokens; its generator's last layer is
-    Linear(D -> n_max_keys).
+    M is (B, Nq, Nk) (or per head), generated from the query-side tokens; the MLP generator's
+    last layer is Linear(D -> n_max_keys), the low-rank one also reads the context tokens.
     """
 
     def __init__(
@@ -226,7 +234,13 @@ class StampCrossAttentionLayer(nn.Module):
             attention=attention,
         )
         self.mask_generator, self.extra = layer_mask_modules(
-            mask, dim, n_max_keys, own_generator, extra_linear
+            mask,
+            dim,
+            n_max_keys,
+            own_generator,
+            extra_linear,
+            num_heads=num_heads,
+            context_dim=context_dim or dim,
         )
         self.attn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
         inner = dropout if ffn_dropout is None else ffn_dropout
@@ -245,7 +259,7 @@ class StampCrossAttentionLayer(nn.Module):
         attn_bias: Tensor | None = None,
     ) -> Tensor:
         if self.mask_generator is not None:
-            mask = self.mask_generator(x, n_keys=context.shape[1])
+            mask = self.mask_generator(x, n_keys=context.shape[1], context=context)
 
         def attend(h: Tensor) -> Tensor:
             out = self.attn(
@@ -345,7 +359,7 @@ class StampEncoder(nn.Module):
 
         self.mask_generator: MaskGenerator | None = None
         if mask.type is MaskType.global_:
-            self.mask_generator = MaskGenerator.from_config(mask, dim, n_max)
+            self.mask_generator = MaskGenerator.from_config(mask, dim, n_max, num_heads=num_heads)
         self.sparse_mask: SparseMask | None = None
         if mask.type is MaskType.sparse:
             self.sparse_mask = SparseMask(n_max)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from stamp.config import Fusion, MaskBound, MaskConfig, MaskInit
+from stamp.config import Fusion, GeneratorKind, MaskBound, MaskConfig, MaskInit
 
 # token chunks of a checkpointed generator: the backward holds one chunk's depth-1 hidden
 # activations at a time (about (depth-1)/CHECKPOINT_CHUNKS times the input's size; 4: measured
@@ -31,12 +31,19 @@ def identity_preactivation(fusion: Fusion | str, bound: MaskBound | str) -> floa
 
 
 class MaskGenerator(nn.Module):
-    """F: tokens X (B, Nq, D) -> soft mask M (B, Nq, Nk).
+    """F: tokens X (B, Nq, D) -> soft mask M (B, Nq, Nk), or (B, H, Nq, Nk) with ``heads``.
 
     ``depth`` linear layers with ReLU between them (depth 1 = a single Linear(D -> n_max)). The
     last layer has ``n_max`` outputs, one per key position of the longest context the model
     accepts; a batch with ``n_keys`` keys uses the first ``n_keys`` columns. ``init`` is one of
     ``MaskInit`` (see there); ``fusion`` tells ``kaiming`` / ``identity`` which M is neutral.
+    ``heads`` (``mask.per_head``): the last layer has ``heads x n_max`` outputs, one mask per
+    attention head; None = one M shared by the heads (paper).
+
+    Build generators with ``MaskGenerator.from_config``: it returns this MLP generator or the
+    length-agnostic ``LowRankMaskGenerator`` (``mask.generator``). Every generator is called as
+    ``gen(x, n_keys=None, *, context=None)``; ``context`` (the key-side tokens of a
+    cross-attention) matters only to generators that read the keys.
     """
 
     def __init__(
@@ -49,16 +56,36 @@ class MaskGenerator(nn.Module):
         init: MaskInit | str = MaskInit.torch,
         fusion: Fusion | str = Fusion.mul,
         checkpoint: bool = False,
+        heads: int | None = None,
     ) -> None:
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"MaskGenerator depth must be >= 1, got {depth}")
         if n_max < 1:
             raise ValueError(f"MaskGenerator n_max must be >= 1, got {n_max}")
+        width = self._build_trunk(dim, depth, hidden, bound, init, fusion, checkpoint, heads)
+        self.n_max = n_max
+        self.out = nn.Linear(width, self.num_masks * n_max)
+        self.reset_parameters()
+
+    def _build_trunk(
+        self,
+        dim: int,
+        depth: int,
+        hidden: int | None,
+        bound: MaskBound | str,
+        init: MaskInit | str,
+        fusion: Fusion | str,
+        checkpoint: bool,
+        heads: int | None,
+    ) -> int:
+        """Settings and the hidden ReLU stack shared by every generator form; returns its width."""
+        if depth < 1:
+            raise ValueError(f"mask generator depth must be >= 1, got {depth}")
+        if heads is not None and heads < 1:
+            raise ValueError(f"mask generator heads must be >= 1 or None, got {heads}")
         hidden = hidden or dim
-        self.n_max, self.depth, self.bound = n_max, depth, MaskBound(bound)
+        self.depth, self.bound = depth, MaskBound(bound)
         self.init, self.fusion = MaskInit(init), Fusion(fusion)
-        self.checkpoint = checkpoint
+        self.checkpoint, self.heads = checkpoint, heads
         if self.init is MaskInit.identity and identity_preactivation(fusion, bound) is None:
             raise ValueError(
                 f"mask.init=identity: mask.bound={self.bound} cannot output the identity of "
@@ -71,52 +98,91 @@ class MaskGenerator(nn.Module):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
         self.hidden = nn.Sequential(*layers)
-        self.out = nn.Linear(width, n_max)
-        self.reset_parameters()
+        return width
+
+    @property
+    def num_masks(self) -> int:
+        """Masks per token pair: the heads with ``per_head``, else 1."""
+        return self.heads or 1
 
     @classmethod
-    def from_config(cls, mask: MaskConfig, dim: int, n_max: int) -> MaskGenerator:
-        """The generator that ``mask`` describes (depth, hidden width, bound, init, fusion)."""
-        return cls(
-            dim,
-            n_max,
-            mask.depth,
-            mask.hidden,
-            mask.bound,
-            mask.init,
-            mask.fusion,
+    def from_config(
+        cls,
+        mask: MaskConfig,
+        dim: int,
+        n_max: int | None,
+        *,
+        num_heads: int = 1,
+        context_dim: int | None = None,
+    ) -> MaskGenerator:
+        """The generator that ``mask`` describes: its form (``generator``: mlp / lowrank),
+        depth, hidden width, bound, init, fusion, and one mask per head of ``num_heads`` with
+        ``per_head``. ``n_max`` (longest key sequence) is required by the MLP form only;
+        ``context_dim`` is the key tokens' width of a cross-attention (lowrank reads them)."""
+        common = dict(
+            depth=mask.depth,
+            hidden=mask.hidden,
+            bound=mask.bound,
+            init=mask.init,
+            fusion=mask.fusion,
             checkpoint=getattr(mask, "checkpoint", False),
+            heads=num_heads if getattr(mask, "per_head", False) else None,
         )
+        if GeneratorKind(getattr(mask, "generator", GeneratorKind.mlp)) is GeneratorKind.lowrank:
+            return LowRankMaskGenerator(
+                dim, n_max, rank=mask.rank, context_dim=context_dim, **common
+            )
+        if n_max is None:
+            raise ValueError(
+                "mask.generator=mlp needs the longest key sequence n_max (its last layer has one "
+                "output per key position); use mask.generator=lowrank for any length"
+            )
+        return MaskGenerator(dim, n_max, **common)
 
     @property
     def first_linear(self) -> nn.Linear:
         """The layer that sees the tokens (its gradient norm is a diagnostic)."""
         return self.hidden[0] if len(self.hidden) else self.out
 
+    def _reset_trunk(self) -> list[nn.Linear]:
+        """Init the hidden stack (He fan-in keeps E[h^2] through the ReLUs; PyTorch's default
+        under ``torch``); returns its Linears."""
+        linears = [m for m in self.hidden if isinstance(m, nn.Linear)]
+        for layer in linears:
+            if self.init is MaskInit.torch:
+                layer.reset_parameters()
+            else:
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+        return linears
+
+    def _neutral(self) -> float:
+        """The pre-bound output at which M is the fusion's identity (0 where unreachable)."""
+        neutral = identity_preactivation(self.fusion, self.bound)
+        return 0.0 if neutral is None else neutral
+
     def reset_parameters(self) -> None:
         """Apply ``self.init`` (models that re-initialise all their Linears call this after)."""
-        linears = [m for m in self.hidden if isinstance(m, nn.Linear)]
+        self._reset_trunk()
         if self.init is MaskInit.torch:
-            for layer in [*linears, self.out]:
-                layer.reset_parameters()
+            self.out.reset_parameters()
             return
-        for layer in linears:  # He fan-in: keeps E[h^2] through the ReLU stack
-            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
-        neutral = identity_preactivation(self.fusion, self.bound)
         if self.init is MaskInit.identity:
             nn.init.zeros_(self.out.weight)
         else:  # unit gain: the token-dependent part of M has the scale of the hidden features
             nn.init.normal_(self.out.weight, std=self.out.in_features**-0.5)
-        nn.init.constant_(self.out.bias, 0.0 if neutral is None else neutral)
+        nn.init.constant_(self.out.bias, self._neutral())
 
     @staticmethod
-    def num_parameters(dim: int, n_max: int, depth: int, hidden: int | None = None) -> int:
-        """Closed form of the generator's parameter count."""
+    def num_parameters(
+        dim: int, n_max: int, depth: int, hidden: int | None = None, heads: int = 1
+    ) -> int:
+        """Closed form of the MLP generator's parameter count."""
         h = hidden or dim
+        outputs = heads * n_max
         if depth == 1:
-            return dim * n_max + n_max
-        return (dim * h + h) + (depth - 2) * (h * h + h) + (h * n_max + n_max)
+            return dim * outputs + outputs
+        return (dim * h + h) + (depth - 2) * (h * h + h) + (h * outputs + outputs)
 
     def _hidden(self, x: Tensor) -> Tensor:
         """The hidden ReLU stack; with ``checkpoint`` it runs on chunks of tokens, each under
@@ -134,22 +200,156 @@ class MaskGenerator(nn.Module):
         )
         return h.view(*x.shape[:-1], h.shape[-1])
 
-    def forward(self, x: Tensor, n_keys: int | None = None) -> Tensor:
-        n_keys = x.shape[1] if n_keys is None else n_keys
+    def _apply_bound(self, m: Tensor) -> Tensor:
+        if self.bound is MaskBound.sigmoid:
+            return torch.sigmoid(m)
+        if self.bound is MaskBound.softplus:
+            return F.softplus(m)
+        return m
+
+    def forward(
+        self, x: Tensor, n_keys: int | None = None, *, context: Tensor | None = None
+    ) -> Tensor:
+        if n_keys is None:
+            n_keys = (x if context is None else context).shape[1]
         if n_keys > self.n_max:
             raise ValueError(
                 f"STAMP mask generator: the batch has {n_keys} key tokens but the generator was "
                 f"built for n_max={self.n_max}. Raise the model's maximum context length "
-                "(the task's max length setting) or shorten the inputs; STAMP never truncates."
+                "(the task's max length setting) or shorten the inputs, or use "
+                "mask.generator=lowrank (any length); STAMP never truncates."
             )
         h = self._hidden(x)
-        # only the first n_keys output columns are computed (same values as slicing M)
-        m = F.linear(h, self.out.weight[:n_keys], self.out.bias[:n_keys])
-        if self.bound is MaskBound.sigmoid:
-            m = torch.sigmoid(m)
-        elif self.bound is MaskBound.softplus:
-            m = F.softplus(m)
-        return m
+        # only the first n_keys output columns (of each head) are computed: the values of M[..:n]
+        weight = self.out.weight.view(self.num_masks, self.n_max, -1)[:, :n_keys]
+        bias = self.out.bias.view(self.num_masks, self.n_max)[:, :n_keys]
+        m = F.linear(h, weight.reshape(-1, weight.shape[-1]), bias.reshape(-1))
+        if self.heads is not None:  # (B, Nq, H * Nk) -> (B, H, Nq, Nk)
+            m = m.view(*m.shape[:-1], self.heads, n_keys).movedim(-2, 1)
+        return self._apply_bound(m)
+
+
+class LowRankMaskGenerator(MaskGenerator):
+    """M = bound(c + f(X_q) g(X_k)^T / sqrt(r)): a length-agnostic generator.
+
+    Query and key tokens go through the same hidden ReLU stack (``depth - 1`` layers, as the MLP
+    generator), then two Linear(width -> heads x r) give the rank-``r`` factors f and g; ``c`` is
+    a learnt constant per mask (initialised at the fusion's identity under kaiming / identity).
+    M depends on the content of both tokens, not on key positions, so there is no ``n_max``: any
+    sequence length is accepted and the parameter count does not depend on N. In a
+    cross-attention the key side is ``context`` (width ``context_dim``, mapped to ``dim`` by
+    one Linear when the widths differ).
+
+    Inits: ``identity`` zeroes f's weight and bias (M = identity exactly at step 0, gradient to
+    f at once); ``kaiming`` draws f and g with unit gain so f.g/sqrt(r) has unit scale;
+    ``torch`` keeps PyTorch's Linear defaults with c = 0.
+
+    For cached decoding, ``query_factor`` / ``key_factor`` / ``combine`` give the factors and
+    M separately (cache the key factors of past tokens).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_max: int | None = None,
+        depth: int = 2,
+        hidden: int | None = None,
+        bound: MaskBound | str = MaskBound.none,
+        init: MaskInit | str = MaskInit.torch,
+        fusion: Fusion | str = Fusion.mul,
+        checkpoint: bool = False,
+        heads: int | None = None,
+        rank: int = 16,
+        context_dim: int | None = None,
+    ) -> None:
+        nn.Module.__init__(self)
+        if rank < 1:
+            raise ValueError(f"mask.rank must be >= 1, got {rank}")
+        self.context_in = (
+            nn.Linear(context_dim, dim) if context_dim is not None and context_dim != dim else None
+        )
+        width = self._build_trunk(dim, depth, hidden, bound, init, fusion, checkpoint, heads)
+        self.n_max = None  # any length
+        self.rank = rank
+        self.query = nn.Linear(width, self.num_masks * rank)
+        self.key = nn.Linear(width, self.num_masks * rank)
+        self.offset = nn.Parameter(torch.zeros(self.num_masks))
+        self.reset_parameters()
+
+    @property
+    def first_linear(self) -> nn.Linear:
+        return self.hidden[0] if len(self.hidden) else self.query
+
+    def reset_parameters(self) -> None:
+        self._reset_trunk()
+        if self.context_in is not None:
+            self.context_in.reset_parameters()
+        if self.init is MaskInit.torch:
+            self.query.reset_parameters()
+            self.key.reset_parameters()
+            nn.init.zeros_(self.offset)
+            return
+        std = self.key.in_features**-0.5
+        nn.init.normal_(self.key.weight, std=std)
+        nn.init.zeros_(self.key.bias)
+        if self.init is MaskInit.identity:
+            nn.init.zeros_(self.query.weight)
+        else:
+            nn.init.normal_(self.query.weight, std=std)
+        nn.init.zeros_(self.query.bias)
+        nn.init.constant_(self.offset, self._neutral())
+
+    @staticmethod
+    def lowrank_parameters(
+        dim: int,
+        depth: int,
+        rank: int,
+        hidden: int | None = None,
+        heads: int = 1,
+        context_dim: int | None = None,
+    ) -> int:
+        """Closed form of the parameter count (independent of the sequence length)."""
+        h = hidden or dim
+        width = dim if depth == 1 else h
+        trunk = 0 if depth == 1 else (dim * h + h) + (depth - 2) * (h * h + h)
+        factors = 2 * (width * heads * rank + heads * rank)
+        context = 0 if context_dim is None or context_dim == dim else context_dim * dim + dim
+        return trunk + factors + heads + context
+
+    def _factor(self, linear: nn.Linear, h: Tensor) -> Tensor:
+        """(B, N, width) -> (B, H', N, r) with H' = heads or 1."""
+        f = linear(h)
+        return f.view(*f.shape[:-1], self.num_masks, self.rank).movedim(-2, 1)
+
+    def query_factor(self, x: Tensor) -> Tensor:
+        """f(X_q): (B, Nq, D) -> (B, H', Nq, r)."""
+        return self._factor(self.query, self._hidden(x))
+
+    def key_factor(self, context: Tensor) -> Tensor:
+        """g(X_k): (B, Nk, D_ctx) -> (B, H', Nk, r)."""
+        if self.context_in is not None:
+            context = self.context_in(context)
+        return self._factor(self.key, self._hidden(context))
+
+    def combine(self, f: Tensor, g: Tensor) -> Tensor:
+        """M from the factors: (B, H, Nq, Nk) with per-head masks, else (B, Nq, Nk)."""
+        m = f @ g.transpose(-2, -1) * self.rank**-0.5 + self.offset.view(-1, 1, 1)
+        return self._apply_bound(m if self.heads is not None else m.squeeze(1))
+
+    def forward(
+        self, x: Tensor, n_keys: int | None = None, *, context: Tensor | None = None
+    ) -> Tensor:
+        available = (x if context is None else context).shape[1]
+        n_keys = available if n_keys is None else n_keys
+        if n_keys > available:
+            raise ValueError(
+                f"STAMP low-rank mask generator: {n_keys} keys requested but only {available} "
+                "key tokens given; pass the key tokens as context="
+            )
+        if context is None:  # self-attention: one pass of the stack for both factors
+            h = self._hidden(x)
+            return self.combine(self._factor(self.query, h), self._factor(self.key, h[:, :n_keys]))
+        return self.combine(self.query_factor(x), self.key_factor(context[:, :n_keys]))
 
 
 class SparseMask(nn.Module):
