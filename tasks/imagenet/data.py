@@ -3,9 +3,10 @@
     <root>/train/<wnid>/*.JPEG     <root>/val/<wnid>/*.JPEG
 
 Train: timm ``create_transform`` (RandomResizedCrop bicubic, flip, RandAugment
-``rand-m9-mstd0.5-inc1``, random erasing 0.25 'pixel'; colour jitter off as with RandAugment) and
-timm ``Mixup`` (mixup 0.8, cutmix 1.0, switch 0.5, label smoothing 0.1) applied per batch after
-the transfer to the device, as MAE's ``engine_finetune.py`` does. Val: resize to
+``rand-m9-mstd0.5-inc1`` with posterize's 0 bits as before Pillow 13 (``augment.py``), random
+erasing 0.25 'pixel'; colour jitter off as with RandAugment) and timm ``Mixup`` (mixup 0.8,
+cutmix 1.0, switch 0.5, label smoothing 0.1) applied per batch after the transfer to the device,
+as MAE's ``engine_finetune.py`` does. Val: resize to
 ``img_size / crop_pct`` (crop_pct 224/256) bicubic, centre crop, normalise (MAE's
 ``build_transform``). The val split doubles as the test split (ImageNet test labels are private).
 """
@@ -33,6 +34,7 @@ from tasks.common.data import (
     current_epoch,
     training_seed,
 )
+from tasks.imagenet import augment
 
 JPEG_END = b"\xff\xd9"
 
@@ -139,6 +141,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.smoothing = smoothing
+        augment.register()  # posterize with 0 bits under Pillow >= 13 (tasks/imagenet/augment.py)
         self.train_transform = create_transform(
             input_size=img_size,
             is_training=True,
