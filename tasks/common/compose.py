@@ -24,6 +24,8 @@ def compose_config(
 ) -> DictConfig:
     """The composed config with the paths that Hydra would resolve at run time (the run
     directory, the repository root) set to ``output_dir`` and ``$STAMP_ROOT`` / the repo root.
+    Without ``output_dir``, the run directory is ``./outputs/scratch`` and ``paths.log_dir`` stays
+    as configured (scripts write their outputs under it, where the docs say).
     ``config_dir``: another copy of ``configs/`` (tests: one holding a ``local/default.yaml``)."""
     register_schemas()
     GlobalHydra.instance().clear()
@@ -36,7 +38,8 @@ def compose_config(
     with open_dict(cfg):
         cfg.paths.root_dir = root
         cfg.paths.output_dir = str(out)
-        cfg.paths.log_dir = str(out)
+        if output_dir is not None:  # else paths.log_dir as configured: <root>/outputs
+            cfg.paths.log_dir = str(out)
         cfg.hydra.runtime.output_dir = str(out)
         cfg.hydra.runtime.cwd = root
     return cfg

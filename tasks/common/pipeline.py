@@ -1,6 +1,6 @@
 """train(cfg) / evaluate(cfg): config -> datamodule -> model -> LightningModule -> metrics.
 
-Every run writes ``results.json`` into its run directory (status, task, mask, backend, seed,
+Every run writes ``results.json`` into its run directory (status, task, mask, attention, seed,
 experiment / table / row tags, parameter counts, final and best metrics, the resolved config);
 ``scripts/make_tables.py`` and the multirun summary read these files.
 """

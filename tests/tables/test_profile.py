@@ -119,3 +119,16 @@ def test_profile_rows_fill_table_4_beside_the_paper(tmp_path):
     text = (out / "profile.md").read_text()
     assert "## T4" in text and "| Multi-Layer STAMP `multilayer` |" in text
     assert "3.43T" in text  # the paper's FLOPs beside
+
+
+def test_profile_default_output_is_where_the_docs_say(tmp_path, monkeypatch):
+    """Without --out: ``outputs/<task>/profile/<date>`` (docs/tables.md), not outputs/scratch."""
+    from scripts.profile_compute import main
+
+    monkeypatch.setenv("STAMP_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    args = ["task=demo", *TINY, "--masks", "none", "--warmup", "0", "--repeats", "1"]
+    assert main(args) == 0
+    written = list((tmp_path / "outputs" / "demo" / "profile").glob("*/profile.json"))
+    assert len(written) == 1 and json.loads(written[0].read_text())[0]["task"] == "demo"
+    assert not (tmp_path / "outputs" / "scratch" / "demo").exists()
