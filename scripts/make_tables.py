@@ -27,6 +27,7 @@ from tasks.common.tables import (
     load_records,
     load_sources,
     make_tables,
+    table_id,
     to_csv,
     to_markdown,
 )
@@ -77,14 +78,27 @@ def main(argv: list[str] | None = None) -> int:
     if not records and not args.paper_tables:
         print(f"no results.json under {' '.join(args.run_dirs)}", file=sys.stderr)
         return 1
+    wanted = [t for t in args.tables.split(",") if t]
     rendered = make_tables(
         records,
         load_paper(args.paper),
-        tables=[t for t in args.tables.split(",") if t],
+        tables=wanted,
         metrics=[m for m in args.metrics.split(",") if m],
         sources=sources,
         paper_tables=args.paper_tables,
     )
+    unmatched = [t for t in wanted if t not in {r.spec.id for r in rendered}]
+    if unmatched:
+        tags = sorted({table_id(r) for r in records})
+        print(
+            f"no runs matched --tables {','.join(unmatched)} under "
+            f"{' '.join(map(str, args.run_dirs)) or '(no run directories)'}; the runs there belong "
+            f"to: {', '.join(tags) or 'nothing'} (results.json 'table', else 'experiment', else "
+            "'task'; --paper-tables prints a paper table without runs)",
+            file=sys.stderr,
+        )
+        if not rendered:
+            return 1
     markdown = to_markdown(rendered)
     print(markdown)
     if args.out:

@@ -414,3 +414,17 @@ def test_paper_tables_print_without_runs(capsys):
     assert "## S4" in out and "| avg mAP (rebuttal) |" in out
     with pytest.raises(SystemExit):
         main(["--paper-tables", "--source", "neurips"])
+
+
+def test_make_tables_says_when_no_run_matches_the_requested_tables(tmp_path, capsys):
+    """--tables with no matching runs: a message naming what the runs are, and exit code 1 (was:
+    nothing printed, exit 0)."""
+    from scripts.make_tables import main
+
+    fake_run(tmp_path / "runs", "a", task="demo", experiment="demo_masks", metrics={"val/acc": 1})
+    assert main([str(tmp_path / "runs"), "--tables", "T1b,T2"]) == 1
+    err = capsys.readouterr().err
+    assert "no runs matched --tables T1b,T2" in err and "demo_masks" in err
+    assert main([str(tmp_path / "runs"), "--tables", "demo_masks,T2"]) == 0  # one matches
+    captured = capsys.readouterr()
+    assert "## demo_masks" in captured.out and "--tables T2 " in captured.err
