@@ -114,8 +114,7 @@ def test_bench_qvhighlights_side_by_side(tmp_path):
             "2",
             "--depth",
             "2",
-            "--gt",
-            str(tmp_path / "none.jsonl"),
+            "--skip-eval",
             "--json",
             str(tmp_path / "q.json"),
             "--md",
@@ -160,3 +159,14 @@ def test_bench_gpu_command_line_is_valid(tmp_path):
     assert results["dtype"] == "bfloat16"
     assert "shape swinbert" in results["skipped"] and "checkpoint" in results["skipped"]
     assert "scaling N=4096" in results["skipped"]
+
+
+def test_bench_qvhighlights_says_when_the_annotations_are_missing(tmp_path, capsys):
+    """A missing --gt stops with what to pass (was: the evaluation benchmark silently left out)."""
+    from scripts.bench_qvhighlights import main
+
+    assert main(["--skip-train", "--gt", str(tmp_path / "none.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "none.jsonl" in err and "--gt" in err and "--skip-eval" in err
+    assert main(["--skip-train", "--skip-eval", "--json", str(tmp_path / "r.json")]) == 0
+    assert "eval" not in json.loads((tmp_path / "r.json").read_text())
