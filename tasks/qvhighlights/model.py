@@ -25,7 +25,9 @@ positions added to queries / keys only, as the official ``TransformerEncoderLaye
 is task specific and lives here. ``stamp_layers`` picks which encoder groups get the mask; a
 group not listed runs full attention. The T2V layers support the mask types ``none``,
 ``global``, ``multilayer`` and ``extra_linear``; for ``sparse`` / ``extra_layers`` they stay full
-(the self-attention encoder applies them).
+(the self-attention encoder applies them). ``mask.generator=lowrank`` makes the T2V generators
+read the text tokens as keys (any number of clips / query tokens); ``mask.per_head`` gives one
+mask per head in every group.
 """
 
 from __future__ import annotations
@@ -325,7 +327,7 @@ class QDDETRT2VLayer(nn.Module):
             attention=as_attention_config(attention),
         )
         self.mask_generator, self.extra = layer_mask_modules(
-            mask, dim, n_max_keys, own_generator, extra_linear
+            mask, dim, n_max_keys, own_generator, extra_linear, num_heads=num_heads, context_dim=dim
         )
         self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -342,8 +344,8 @@ class QDDETRT2VLayer(nn.Module):
         mask: Tensor | None = None,
         attn_bias: Tensor | None = None,
     ) -> Tensor:
-        if self.mask_generator is not None:
-            mask = self.mask_generator(x, n_keys=context.shape[1])
+        if self.mask_generator is not None:  # (lowrank reads the text tokens too)
+            mask = self.mask_generator(x, n_keys=context.shape[1], context=context)
         out = self.attn(
             x,
             context,
@@ -445,7 +447,9 @@ class QDDETR(nn.Module):
             )
         self.t2v_mask_generator = None
         if t2v_mask.type is MaskType.global_:
-            self.t2v_mask_generator = MaskGenerator.from_config(t2v_mask, d, max_q_l)
+            self.t2v_mask_generator = MaskGenerator.from_config(
+                t2v_mask, d, max_q_l, num_heads=num_heads, context_dim=d
+            )
         per_layer = layer_mask_kwargs(t2v_mask, d, max_q_l)
         self.t2v_layers = nn.ModuleList(
             QDDETRT2VLayer(
@@ -529,15 +533,20 @@ class QDDETR(nn.Module):
         txt_pos: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """T2V cross-attention then self-attention over [global, video] -> (video, global)."""
-        if txt.shape[1] > self.max_q_l:
+        text_limit, video_limit = self.length_limits
+        if text_limit is not None and txt.shape[1] > text_limit:
             raise ValueError(
-                f"the batch has {txt.shape[1]} query tokens > model.max_q_l={self.max_q_l}"
+                f"the batch has {txt.shape[1]} query tokens > model.max_q_l={self.max_q_l} "
+                "(mask.generator=lowrank accepts any length)"
             )
-        if vid.shape[1] > self.max_v_l:
-            raise ValueError(f"the batch has {vid.shape[1]} clips > model.max_v_l={self.max_v_l}")
+        if video_limit is not None and vid.shape[1] > video_limit:
+            raise ValueError(
+                f"the batch has {vid.shape[1]} clips > model.max_v_l={self.max_v_l} "
+                "(mask.generator=lowrank accepts any length)"
+            )
         shared = None
         if self.t2v_mask_generator is not None:
-            shared = self.t2v_mask_generator(vid, n_keys=txt.shape[1])
+            shared = self.t2v_mask_generator(vid, n_keys=txt.shape[1], context=txt)
         bias = None
         if self.official_padding_bug and vid.shape[0] > 1:
             bias = official_t2v_padding_bias(vid_pad, txt_pad, self.num_heads, vid.dtype)
@@ -558,6 +567,20 @@ class QDDETR(nn.Module):
         pad = torch.cat([vid_pad.new_zeros(B, 1), vid_pad], dim=1)
         memory = self.encoder(src, pos=pos, key_padding_mask=pad)
         return memory[:, 1:], memory[:, 0]
+
+    @property
+    def length_limits(self) -> tuple[int | None, int | None]:
+        """(text, video) lengths the model cannot exceed: ``max_q_l`` / ``max_v_l`` where a
+        part is tied to them (an MLP generator's key columns, SwinBERT's sparse mask, the text
+        position table), None where nothing is (``mask.generator=lowrank``, full attention:
+        the video positions are sine features of any length)."""
+        t2v = [self.t2v_mask_generator, *(layer.mask_generator for layer in self.t2v_layers)]
+        text_fixed = self.use_txt_pos or any(g is not None and g.n_max is not None for g in t2v)
+        video_fixed = any(
+            isinstance(m, SparseMask) or (isinstance(m, MaskGenerator) and m.n_max is not None)
+            for m in self.encoder.modules()
+        )
+        return (self.max_q_l if text_fixed else None, self.max_v_l if video_fixed else None)
 
     def saliency(self, vid_mem: Tensor, global_mem: Tensor) -> Tensor:
         proj = self.saliency_proj1(vid_mem) * self.saliency_proj2(global_mem).unsqueeze(1)
