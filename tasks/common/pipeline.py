@@ -7,6 +7,7 @@ experiment / table / row tags, parameter counts, final and best metrics, the res
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -192,6 +193,12 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path) -> str | None:
                 "ckpt_path=<path/to/file.ckpt>."
             )
         return str(last)
+    if not Path(ckpt_path).exists() and glob.has_magic(ckpt_path):
+        # the shell leaves ckpt_path=<run>/checkpoints/best-*.ckpt unexpanded (a word with '=')
+        matches = sorted(glob.glob(ckpt_path))
+        if len(matches) > 1:
+            raise FileNotFoundError(f"ckpt_path={ckpt_path} matches several files: {matches}")
+        ckpt_path = matches[0] if matches else ckpt_path
     if not Path(ckpt_path).exists():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
     return ckpt_path
