@@ -138,13 +138,15 @@ class CaptionMetrics:
             corenlp_dir = str(spice_dir / "lib")
         if corenlp_dir is None:
             return [], (
-                "SPICE needs Stanford CoreNLP 3.6.0: set metrics.spice_corenlp_dir to a folder "
-                f"holding {' and '.join(SPICE_CORENLP_JARS)} (from stanford-corenlp-full-2015-12-09"
-                ".zip)"
+                "SPICE needs Stanford CoreNLP 3.6.0: set module.metrics.spice_corenlp_dir (per "
+                "machine: paths.corenlp_dir in configs/local/default.yaml) to a folder holding "
+                f"{' and '.join(SPICE_CORENLP_JARS)} (from stanford-corenlp-full-2015-12-09.zip)"
             )
         missing = [jar for jar in SPICE_CORENLP_JARS if not (Path(corenlp_dir) / jar).is_file()]
         if missing:
-            return [], f"metrics.spice_corenlp_dir={corenlp_dir} lacks {', '.join(missing)}"
+            return [], (
+                f"module.metrics.spice_corenlp_dir={corenlp_dir} lacks {', '.join(missing)}"
+            )
         jars = [spice_dir / "spice-1.0.jar", *(Path(corenlp_dir) / j for j in SPICE_CORENLP_JARS)]
         return [str(p) for p in jars] + [str(spice_dir / "lib" / "*")], ""
 
@@ -367,7 +369,7 @@ class RecallWithinNeighbours:
         if not model_path or not Path(model_path).is_dir():
             reason = (
                 "R@k/N needs a local BERTScore model (roberta-large in the paper): set "
-                "metrics.bertscore_model to its directory"
+                "module.bertscore_model (per machine: paths.bertscore_dir) to its directory"
                 + (f" (not found: {model_path})" if model_path else "")
             )
             self.unavailable = {name: reason for name in self.names}

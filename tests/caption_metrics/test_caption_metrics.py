@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -98,9 +99,23 @@ def test_matches_pycocoevalcap_with_ptb_tokenizer():
     assert "SPICE" not in scores and "SPICE" in metrics.unavailable
 
 
+def _named_keys_exist(message: str, task: str, tmp_path: Path) -> None:
+    """The config keys that ``message`` says to set ("set <key> (per machine: <key>)") are keys
+    of the task's composed config (was: ``metrics.spice_corenlp_dir``, not a key)."""
+    from omegaconf import OmegaConf
+
+    from tests.helpers import compose_cfg
+
+    keys = re.findall(r"set (\S+) \(per machine: ([\w.]+)", message)
+    assert keys, message
+    cfg = compose_cfg([f"task={task}"], tmp_path)
+    for key in keys[0]:
+        assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", key
+
+
 def test_spice_unavailable_names_the_config_key(tmp_path):
     metrics = CaptionMetrics(["CIDEr", "SPICE"], tokenize="simple")
-    assert "metrics.spice_corenlp_dir" in metrics.unavailable["SPICE"]
+    _named_keys_exist(metrics.unavailable["SPICE"], "msrvtt", tmp_path)
     (tmp_path / "stanford-corenlp-3.6.0.jar").write_bytes(b"")
     metrics = CaptionMetrics(["SPICE"], tokenize="simple", spice_corenlp_dir=str(tmp_path))
     assert "stanford-corenlp-3.6.0-models.jar" in metrics.unavailable["SPICE"]
@@ -163,7 +178,7 @@ def test_recall_within_neighbours_with_bertscore_minilm():
     assert torch.isinf(matrix[0, 5])  # outside every window: not scored
 
 
-def test_recall_within_neighbours_unavailable_without_model():
+def test_recall_within_neighbours_unavailable_without_model(tmp_path):
     metric = RecallWithinNeighbours(None)
     assert metric.compute({"m": (["a"] * 16, ["a"] * 16)}) == {}
-    assert "metrics.bertscore_model" in metric.unavailable["R@5_16"]
+    _named_keys_exist(metric.unavailable["R@5_16"], "mad_ad", tmp_path)
