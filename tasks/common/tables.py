@@ -2,7 +2,10 @@
 
 Runs are grouped by table (results.json ``table``; ``experiment`` or ``task`` for untagged runs
 such as the demo) and, inside a table, by configuration: the ``row`` id plus whichever of
-fusion / depth / attention / compiled differ between runs of that row. Seeds of one
+fusion / depth / attention / compiled differ between runs of that row. A generator other than
+the paper's (``mask.generator=lowrank``, ``mask.per_head=true``) is part of the row id itself
+(``multilayer +lowrank(r=16)``, ``multilayer +per-head``): such runs are rows of their own,
+never averaged with the MLP generator's runs nor shown beside the paper's numbers. Seeds of one
 configuration are aggregated as mean ± sample std (ddof=1) with the run count. The paper's
 numbers and the metric each column reads come from ``paper/results.yaml``: one column per
 selected source (ACL paper, ICLR submission, rebuttal), the split of every number (measured:
@@ -181,6 +184,42 @@ def load_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return records
 
 
+GENERATOR_MASKS = ("global", "multilayer")  # mask types whose M comes from a generator
+
+
+def mask_setting(record: dict[str, Any], name: str) -> Any:
+    """A ``mask.<name>`` setting of a run: a top-level field of the record, else the
+    resolved config saved in results.json (``config.mask``); None when neither has it."""
+    if record.get(name) is not None:
+        return record[name]
+    config = record.get("config") or {}
+    return (config.get("mask") or {}).get(name) if isinstance(config, dict) else None
+
+
+def _true(value: Any) -> bool:
+    return value is True or str(value).lower() in ("true", "1", "yes")
+
+
+def generator_tag(record: dict[str, Any]) -> str:
+    """The part of a run's row id that names a generator other than the paper's per-position
+    MLP shared by the heads: `` +lowrank(r=R)`` and / or `` +per-head`` (empty for the MLP
+    form and for masks without a generator)."""
+    if str(record.get("mask")) not in GENERATOR_MASKS:
+        return ""
+    tags = []
+    if str(mask_setting(record, "generator") or "mlp") == "lowrank":
+        rank = mask_setting(record, "rank")
+        tags.append("lowrank" + (f"(r={rank})" if rank is not None else ""))
+    if _true(mask_setting(record, "per_head")):
+        tags.append("per-head")
+    return "".join(f" +{t}" for t in tags)
+
+
+def row_id(record: dict[str, Any]) -> str:
+    """A run's row in its table: ``row`` (else the mask type) plus its generator tag."""
+    return str(record.get("row") or record.get("mask")) + generator_tag(record)
+
+
 def record_from_wandb(
     config: dict[str, Any], summary: dict[str, Any], state: str, name: str
 ) -> dict[str, Any]:
@@ -195,6 +234,9 @@ def record_from_wandb(
         "mask": mask.get("type"),
         "fusion": mask.get("fusion"),
         "depth": mask.get("depth"),
+        "generator": mask.get("generator"),
+        "rank": mask.get("rank"),
+        "per_head": mask.get("per_head"),
         "attention": attention.get("backend"),
         "compiled": bool(attention.get("compile", False)),
         "seed": config.get("seed"),
@@ -293,10 +335,11 @@ def _field(record: dict[str, Any], name: str) -> Any:
 
 
 def group_configs(records: list[dict[str, Any]]) -> list[ConfigGroup]:
-    """Runs of one table -> one group per row id + the config fields that vary inside it."""
+    """Runs of one table -> one group per row id (with its generator tag, ``row_id``) + the
+    config fields that vary inside it."""
     by_row: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        by_row.setdefault(str(r.get("row") or r.get("mask")), []).append(r)
+        by_row.setdefault(row_id(r), []).append(r)
     groups = []
     for row, rows in by_row.items():
         varying = [f for f in CONFIG_FIELDS if len({str(_field(r, f)) for r in rows}) > 1]
