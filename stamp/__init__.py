@@ -25,6 +25,15 @@ from stamp.config import (
     as_attention_config,
     as_mask_config,
 )
+from stamp.injection import (
+    InjectedStamp,
+    inject,
+    injected_modules,
+    load,
+    mark_only_stamp_trainable,
+    save,
+    stamp_state_dict,
+)
 from stamp.layers import (
     DropPath,
     FeedForward,
@@ -57,6 +66,7 @@ __all__ = [
     "Fusion",
     "FusionOrder",
     "GeneratorKind",
+    "InjectedStamp",
     "LowRankMaskGenerator",
     "MaskBound",
     "MaskConfig",
@@ -77,12 +87,18 @@ __all__ = [
     "fuse_logits",
     "identity_preactivation",
     "init_mask_generators",
+    "inject",
+    "injected_modules",
     "layer_mask_kwargs",
     "layer_mask_modules",
+    "load",
+    "mark_only_stamp_trainable",
     "mask_parameter_count",
     "matched_layer_count",
     "matched_linear_count",
     "record_attention",
     "resolve_backend",
+    "save",
     "sdpa_attention",
+    "stamp_state_dict",
 ]

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from stamp.attention import StampAttention
+from stamp.injection.adapter import InjectedStamp
 from stamp.mask import MaskGenerator
 
 STAT_NAMES = (
@@ -138,7 +139,9 @@ class MaskStatistics:
         self._last_generator: str | None = None
         self._hooks: list = []
         self._attention = [
-            (n, m) for n, m in model.named_modules() if isinstance(m, StampAttention)
+            (n, m)
+            for n, m in model.named_modules()
+            if isinstance(m, (StampAttention, InjectedStamp))  # InjectedStamp: stamp.inject
         ]
 
     @property

@@ -16,11 +16,13 @@ from contextlib import contextmanager
 from torch import nn
 
 from stamp.attention import StampAttention
+from stamp.injection.adapter import InjectedStamp
 
 
 @contextmanager
 def record_attention(model: nn.Module) -> Iterator[list[dict]]:
-    modules = [(name, m) for name, m in model.named_modules() if isinstance(m, StampAttention)]
+    recordable = (StampAttention, InjectedStamp)  # InjectedStamp: stamp.inject's attention
+    modules = [(name, m) for name, m in model.named_modules() if isinstance(m, recordable)]
     records: list[dict] = []
     hooks = []
 

@@ -1,0 +1,26 @@
+"""STAMP in an existing model: ``stamp.inject`` and its adapter-style helpers.
+
+The package is called ``injection`` (not ``inject``) so that ``stamp.inject`` stays the function.
+"""
+
+from stamp.injection.adapter import InjectedStamp
+from stamp.injection.api import (
+    attention_modules,
+    inject,
+    injected_modules,
+    load,
+    mark_only_stamp_trainable,
+    save,
+    stamp_state_dict,
+)
+
+__all__ = [
+    "InjectedStamp",
+    "attention_modules",
+    "inject",
+    "injected_modules",
+    "load",
+    "mark_only_stamp_trainable",
+    "save",
+    "stamp_state_dict",
+]

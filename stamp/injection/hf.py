@@ -1,0 +1,229 @@
+"""Hugging Face transformers: STAMP through the ``AttentionInterface``.
+
+Every modern HF attention module projects Q, K, V itself (rotary embeddings, KV cache update
+included) and then calls ``ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+...)``. Injection leaves that code and the weights alone and changes three things on each
+targeted module only:
+
+* ``module.stamp``: an ``InjectedStamp`` (the generator and the backend);
+* ``module.config``: a view of the model's config whose ``_attn_implementation`` reads
+  ``"stamp"`` (every other attribute is the model's, live), so this module, and no other, calls
+  ``stamp_attention_forward``;
+* a forward pre-hook that hands the module's input tokens (and a KV cache's past length) to
+  ``module.stamp``.
+
+The model still builds its attention mask for its own implementation (eager: additive float;
+SDPA: boolean or None for a plain causal mask); ``stamp_attention_forward`` turns it into the
+additive bias of the STAMP backends.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from stamp.injection.adapter import InjectedStamp
+
+IMPLEMENTATION = "stamp"
+_registered = False
+_uses_interface: dict[type, bool] = {}
+
+
+class StampConfigView:
+    """The model's config, except ``_attn_implementation`` reads ``"stamp"``.
+
+    ``original_implementation`` is the model's own (live) implementation, which decides the
+    format of the attention mask the model builds and, with ``attention=None``, the backend.
+    """
+
+    def __init__(self, config: Any) -> None:
+        object.__setattr__(self, "_stamp_base", config)
+
+    @property
+    def _attn_implementation(self) -> str:
+        return IMPLEMENTATION
+
+    @property
+    def original_implementation(self) -> str:
+        return self._stamp_base._attn_implementation
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_stamp_base":
+            raise AttributeError(name)
+        return getattr(self._stamp_base, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._stamp_base, name, value)
+
+    def __repr__(self) -> str:
+        return f"StampConfigView({type(self._stamp_base).__name__})"
+
+
+def register() -> None:
+    """Register ``stamp`` in transformers' ``AttentionInterface`` (once per process)."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(IMPLEMENTATION, stamp_attention_forward)
+    _registered = True
+
+
+def is_hf_attention(module: nn.Module) -> bool:
+    """An attention module that dispatches through transformers' ``AttentionInterface``."""
+    config = getattr(module, "config", None)
+    if config is None or not hasattr(config, "_attn_implementation"):
+        return False
+    cls = type(module)
+    if cls not in _uses_interface:
+        try:
+            source = inspect.getsource(cls.forward)
+        except (OSError, TypeError):
+            source = ""
+        _uses_interface[cls] = "ALL_ATTENTION_FUNCTIONS" in source
+    return _uses_interface[cls]
+
+
+def is_cross_attention(module: nn.Module) -> bool:
+    return bool(getattr(module, "is_cross_attention", False)) or "Cross" in type(module).__name__
+
+
+def model_dims(module: nn.Module) -> tuple[int, int]:
+    """(model width D, number of query heads) of an HF attention module."""
+    config = module.config
+    dim = getattr(config, "hidden_size", None)
+    if dim is None:
+        dim = next(m for m in module.modules() if isinstance(m, nn.Linear)).in_features
+    heads = getattr(config, "num_attention_heads", None) or module.num_heads
+    return int(dim), int(heads)
+
+
+def default_n_max(module: nn.Module) -> int | None:
+    """Longest token sequence of the module's model: patches + [CLS] for vision towers (ViT,
+    CLIP vision), ``max_position_embeddings`` otherwise."""
+    config = module.config
+    image, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    if image is not None and patch is not None:
+        ih, iw = (image, image) if isinstance(image, int) else image
+        ph, pw = (patch, patch) if isinstance(patch, int) else patch
+        return (ih // ph) * (iw // pw) + 1
+    return getattr(config, "max_position_embeddings", None)
+
+
+def source_implementation(module: nn.Module) -> str:
+    config = module.config
+    if isinstance(config, StampConfigView):
+        return config.original_implementation
+    return config._attn_implementation or "eager"
+
+
+def _pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is not None and hasattr(cache, "self_attention_cache"):  # encoder-decoder cache
+        cache = cache.self_attention_cache
+    n_past = 0
+    if cache is not None and hasattr(cache, "get_seq_length"):
+        n_past = int(cache.get_seq_length(getattr(module, "layer_idx", 0) or 0))
+    module.stamp.capture(hidden, cache=cache, n_past=n_past)
+
+
+def attach(module: nn.Module, stamp: InjectedStamp) -> None:
+    """Make ``module`` (an HF attention module) run STAMP; its weights stay where they are."""
+    register()
+    module.stamp = stamp
+    module.config = StampConfigView(module.config)
+    module._stamp_hook = module.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+
+
+def make_stamp(module: nn.Module, mask, n_max: int | None, attention) -> InjectedStamp:
+    dim, heads = model_dims(module)
+    stamp = InjectedStamp(
+        mask,
+        dim=dim,
+        num_heads=heads,
+        n_max=n_max,
+        source=source_implementation(module),
+        attention=attention,
+    )
+    ref = next(module.parameters(), None)
+    if ref is not None:
+        stamp.to(device=ref.device, dtype=ref.dtype)
+    return stamp
+
+
+def repeat_kv(x: Tensor, groups: int) -> Tensor:
+    """(B, H_kv, N, d) -> (B, H_kv * groups, N, d): grouped-query attention's shared K/V heads."""
+    if groups == 1:
+        return x
+    B, H, N, d = x.shape
+    return x[:, :, None].expand(B, H, groups, N, d).reshape(B, H * groups, N, d)
+
+
+def additive_bias(
+    attention_mask: Tensor | None, query: Tensor, key: Tensor, causal: bool
+) -> Tensor | None:
+    """The model's mask as an additive bias in the query's dtype (blocked: finfo.min, as HF's
+    eager path). A missing mask under SDPA with ``is_causal`` is SDPA's causal mask (top-left
+    aligned, as ``F.scaled_dot_product_attention(is_causal=True)``)."""
+    nq, nk = query.shape[2], key.shape[2]
+    low = torch.finfo(query.dtype).min
+    if attention_mask is None:
+        if not (causal and nq > 1):
+            return None
+        allowed = torch.ones(nq, nk, dtype=torch.bool, device=query.device).tril()
+        return torch.zeros(nq, nk, dtype=query.dtype, device=query.device).masked_fill(
+            ~allowed, low
+        )
+    bias = attention_mask[..., :nk]
+    if bias.dtype == torch.bool:
+        return torch.zeros(bias.shape, dtype=query.dtype, device=query.device).masked_fill(
+            ~bias, low
+        )
+    return bias.to(query.dtype)
+
+
+def stamp_attention_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
+    """The ``AttentionInterface`` function of injected modules: (B, Nq, H, d) output and the
+    probabilities (eager backend) or None."""
+    for unsupported in ("softcap", "sliding_window", "position_bias", "s_aux"):
+        if kwargs.get(unsupported) is not None:
+            raise NotImplementedError(
+                f"stamp.inject: attention with {unsupported!r} is not supported "
+                f"({type(module).__name__})"
+            )
+    stamp: InjectedStamp = module.stamp
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    d = query.shape[-1]
+    if scaling is not None and not math.isclose(scaling, d**-0.5, rel_tol=1e-12):
+        query = query * (scaling * d**0.5)  # the backends scale by d^-0.5
+    # the mask's format follows the model's live implementation (the backend was chosen once)
+    source = source_implementation(module)
+    is_causal = kwargs.get("is_causal")
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", False)
+    bias = additive_bias(attention_mask, query, key, causal=source == "sdpa" and bool(is_causal))
+    out, probs = stamp(
+        query,
+        key,
+        value,
+        attn_bias=bias,
+        dropout_p=dropout,
+        return_attn=stamp.backend.value == "eager",
+    )
+    return out.transpose(1, 2).contiguous(), probs
