@@ -17,6 +17,11 @@ it to every block. The generators are new parameters initialised by the core's `
 (re-applied after timm's own ``init_weights``): the task default ``identity`` starts M at the
 fusion's identity (1 for mul, 0 for add), so the fine-tune starts from exactly the pre-trained
 attention; ``torch`` / ``kaiming`` as in every other task (see ``stamp.MaskInit``).
+
+``mask.generator=lowrank`` has no token count (the MLP form's last layer has one output per
+token, ``img_size`` fixes it); with timm's ``dynamic_img_size=True`` (a ``model.`` keyword, the
+position embedding resampled per batch) such a model runs on images of other sizes.
+``mask.per_head`` gives one mask per head.
 """
 
 from __future__ import annotations
@@ -84,8 +89,9 @@ class StampBlock(Block):
         self.mask_input = mask_input
         self.mask_generator: MaskGenerator | None = None
         if own_generator:
-            dim = block_kwargs["dim"]
-            self.mask_generator = MaskGenerator.from_config(mask, dim, n_max)
+            self.mask_generator = MaskGenerator.from_config(
+                mask, block_kwargs["dim"], n_max, num_heads=block_kwargs["num_heads"]
+            )
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         h = self.norm1(x)
@@ -169,7 +175,9 @@ class StampViT(VisionTransformer):
         self.n_max = n_max
         self.mask_generator: MaskGenerator | None = None
         if mask.type is MaskType.global_:
-            self.mask_generator = MaskGenerator.from_config(mask, embed_dim, n_max)
+            self.mask_generator = MaskGenerator.from_config(
+                mask, embed_dim, n_max, num_heads=num_heads
+            )
         init_mask_generators(self)  # timm's init_weights re-initialised the blocks' generators
         self.head_init_std = head_init_std
         if head_init_std is not None and isinstance(self.head, nn.Linear):

@@ -24,6 +24,11 @@ following ``stamp.attention``'s order of operations. The video->video block is
   list N = 834 for MSR-VTT); the paper's "same dimensionality as the original SwinBERT" reads
   as the V x V block, the default.
 
+``mask.generator=lowrank`` reads query and key tokens and has no N: the model then accepts more
+video tokens (frames) than ``num_frames`` gives and captions longer than ``max_text_len`` (up to
+BERT's position table), and scope ``full`` needs no padding to ``max_text_len``.
+``mask.per_head`` gives one M per head (B, H, N, N) in either scope.
+
 Training is SwinBERT's masked-token captioning: logits at the masked caption positions only.
 Decoding appends a [MASK] after the caption so far and reads the prediction at that position
 (greedy, or beam search with ``num_beams > 1``), stopping at [SEP].
@@ -439,7 +444,7 @@ class SwinBERT(nn.Module):
             self.layers.append(layer)
 
         n_scope = self.n_video if stamp_scope == "video" else max_text_len + self.n_video
-        gen = dict(mask=mask, dim=dim, n_max=n_scope)
+        gen = dict(mask=mask, dim=dim, n_max=n_scope, num_heads=cfg.num_attention_heads)
         self.mask_generators = nn.ModuleList()
         self.mask_generator: MaskGenerator | None = None
         self.sparse_mask: SparseMask | None = None
@@ -449,13 +454,21 @@ class SwinBERT(nn.Module):
             self.mask_generator = MaskGenerator.from_config(**gen)
         elif mask.type is MaskType.sparse:
             self.sparse_mask = SparseMask(self.n_video)
+        # an MLP generator's key columns are positions: scope=full pads captions to
+        # max_text_len, and it (or the sparse mask) fixes the video token count
+        self.positional = any(
+            g.n_max is not None
+            for g in [self.mask_generator, *self.mask_generators]
+            if g is not None
+        )
+        self.fixed_video = self.positional or self.sparse_mask is not None
 
     # ---------------------------------------------------------------- encoding
 
     def encode_video(self, frames: Tensor) -> Tensor:
         """(B, F, 3, R, R) -> video token embeddings (B, V, D)."""
         tokens = self.backbone(frames)
-        if tokens.shape[1] != self.n_video:
+        if self.fixed_video and tokens.shape[1] != self.n_video:
             raise ValueError(
                 f"the backbone produced {tokens.shape[1]} video tokens, the model was built for "
                 f"{self.n_video} (model.num_frames / model.img_res must match the data)"
@@ -463,27 +476,33 @@ class SwinBERT(nn.Module):
         return self.video_dropout(self.video_embedding(self.video_fc(tokens)))
 
     def _soft_mask(self, generator: MaskGenerator, x: Tensor, n_text: int) -> Tensor:
+        """M over the scope: (B, N, N), or (B, H, N, N) with ``mask.per_head``. ``video``: the
+        generator sees the video tokens only (a low-rank generator reads them as queries and
+        keys), its M is placed in the video block; ``full``: every token."""
         if self.stamp_scope == "video":
             return embed_block_mask(generator(x[:, n_text:]), n_text, self.mask_cfg.fusion)
         return generator(x)
 
-    def attention_bias(self, text_len: Tensor, n_text: int, dtype: torch.dtype) -> Tensor:
+    def attention_bias(
+        self, text_len: Tensor, n_text: int, dtype: torch.dtype, n_video: int | None = None
+    ) -> Tensor:
         """Structural layout bias, plus the sparse mask's bias on the video block."""
-        bias = layout_bias(caption_video_layout(text_len, n_text, self.n_video), dtype)
+        n_video = self.n_video if n_video is None else n_video
+        bias = layout_bias(caption_video_layout(text_len, n_text, n_video), dtype)
         if self.sparse_mask is not None:
-            bias[..., n_text:, n_text:] += self.sparse_mask(self.n_video).to(dtype)
+            bias[..., n_text:, n_text:] += self.sparse_mask(n_video).to(dtype)
         return bias
 
     def encode(self, video: Tensor, input_ids: Tensor, text_len: Tensor) -> Tensor:
         """BERT over [caption ; video]; returns the hidden states (B, T + V, D)."""
         n_text = input_ids.shape[1]
-        if self.stamp_scope == "full" and n_text != self.max_text_len:
+        if self.stamp_scope == "full" and self.positional and n_text != self.max_text_len:
             raise ValueError(
                 f"stamp_scope=full needs captions padded to max_text_len={self.max_text_len}, "
                 f"got {n_text}"
             )
         x = torch.cat([self.embeddings(input_ids=input_ids), video], dim=1)
-        bias = self.attention_bias(text_len, n_text, x.dtype)
+        bias = self.attention_bias(text_len, n_text, x.dtype, video.shape[1])
         mask = None  # global: M from the encoder input, shared by every layer
         if self.mask_generator is not None:
             mask = self._soft_mask(self.mask_generator, x, n_text)
@@ -514,7 +533,7 @@ class SwinBERT(nn.Module):
         B, t = ids.shape
         inp = torch.cat([ids, ids.new_full((B, 1), self.mask_id)], dim=1)
         text_len = torch.full((B,), t + 1, dtype=torch.long, device=ids.device)
-        if self.stamp_scope == "full":  # keep the generator's column positions of training
+        if self.stamp_scope == "full" and self.positional:  # the MLP's column positions
             inp = F.pad(inp, (0, self.max_text_len - t - 1), value=self.pad_id)
         hidden = self.encode(video, inp, text_len)
         return self.head(hidden[:, t]).float().log_softmax(-1)
