@@ -95,6 +95,10 @@ class AudioVisualEncoder(nn.Module):
     ``extra_layers`` sets the number of transformer layers of the ``mask=extra_layers`` control
     (None: matched to the multi-layer STAMP's parameters); ``encoder_sparsity`` removes a fixed
     random fraction of the attention pairs in every layer (Fig. 1(c)).
+
+    The learned ``position`` table (and the Fig. 1(c) pattern) fix the 2S tokens, whatever the
+    generator: ``mask.generator=lowrank`` makes the STAMP encoder itself length-agnostic (its
+    parameters do not depend on S), ``mask.per_head`` gives one M per head.
     """
 
     def __init__(

@@ -1,0 +1,71 @@
+"""The MAD-AD audiovisual encoder with ``mask.generator=lowrank`` / ``mask.per_head`` (issue 16).
+
+Its learned position table fixes the 2S audiovisual tokens (the model refuses other counts
+whatever the generator); the STAMP encoder inside takes longer sequences with the low-rank
+generator, and the generator parameters do not depend on S."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stamp import AttentionConfig, MaskConfig, MaskGenerator, record_attention
+from tasks.mad_ad.model import AudioVisualEncoder
+
+S, DIM, HEADS = 5, 32, 4
+
+
+def encoder(tokens: int = S, **mask_kw) -> AudioVisualEncoder:
+    torch.manual_seed(0)
+    mask = MaskConfig(type=mask_kw.pop("type", "multilayer"), depth=2, init="kaiming", **mask_kw)
+    return AudioVisualEncoder(
+        mask=mask,
+        attention=AttentionConfig(),
+        visual_dim=16,
+        audio_dim=16,
+        tokens_per_modality=tokens,
+        dim=DIM,
+        num_layers=2,
+        num_heads=HEADS,
+    ).eval()
+
+
+def av(tokens: int = S, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, tokens, 16, generator=g), torch.randn(batch, tokens, 16, generator=g)
+
+
+@pytest.mark.parametrize("mask", ["multilayer", "global"])
+def test_lowrank_stamp_encoder_takes_longer_sequences(mask):
+    model = encoder(type=mask, generator="lowrank")
+    assert model(*av()).shape == (2, 2 * S, DIM)
+    with pytest.raises(ValueError, match="expected 5 visual"):  # the position table's S
+        model(*av(2 * S))
+    longer = torch.randn(2, 4 * S, DIM, generator=torch.Generator().manual_seed(1))
+    out = model.encoder(longer)
+    assert out.shape == (2, 4 * S, DIM) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="n_max=10"):
+        encoder(type=mask).encoder(longer)
+
+
+@pytest.mark.parametrize("generator", ["mlp", "lowrank"])
+def test_per_head_masks(generator):
+    model = encoder(generator=generator, per_head=True)
+    with record_attention(model) as records:
+        model(*av())
+    assert [tuple(r["mask"].shape) for r in records] == [(2, HEADS, 2 * S, 2 * S)] * 2
+    x = records[0]["mask"]
+    assert not torch.allclose(x[:, 0], x[:, 1])
+
+
+def generator_params(model) -> int:
+    gens = [m for m in model.modules() if isinstance(m, MaskGenerator)]
+    return sum(p.numel() for g in gens for p in g.parameters())
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_lowrank_parameters_do_not_depend_on_tokens_per_modality(per_head):
+    sizes = (5, 25)
+    lowrank = [generator_params(encoder(s, generator="lowrank", per_head=per_head)) for s in sizes]
+    mlp = [generator_params(encoder(s, per_head=per_head)) for s in sizes]
+    assert lowrank[0] == lowrank[1] and mlp[1] > mlp[0]
