@@ -233,3 +233,63 @@ def test_mask_statistics_on_an_injected_model():
     row = summary["model.layers.0.self_attn.stamp"]
     assert row["token_dependence"] > 0 and row["grad_norm_first"] > 0
     assert row["entropy"] != row["entropy_unmasked"]
+
+
+def test_gradient_checkpointing_deepcopy_and_pickle():
+    import copy
+    import io
+
+    family = FAMILIES["llama"]
+    grads = []
+    for checkpointing in (False, True):
+        model = stamp.inject(
+            family.build("eager"), mask={"init": "kaiming", "generator": "lowrank"}
+        )
+        if checkpointing:  # HF re-runs each layer in the backward: the pre-hook runs again
+            model.activation_checkpointing_enable()
+        model.train()
+        loss_of(run(family, model)).backward()
+        grads.append(
+            torch.cat(
+                [
+                    s.generator.first_linear.weight.grad.flatten()
+                    for s in injected_modules(model).values()
+                ]
+            )
+        )
+    assert grads[0].norm() > 0 and torch.equal(grads[0], grads[1])
+
+    model = _trained("bert")
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    with torch.no_grad():
+        expected = run(FAMILIES["bert"], model)
+        for clone in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+            assert len(injected_modules(clone)) == 2
+            assert torch.equal(run(FAMILIES["bert"], clone), expected)
+
+
+@pytest.mark.slow
+def test_flex_backend_agrees_with_eager():  # compiles flex attention on CPU (~20 s)
+    family = FAMILIES["bert"]
+    outs = []
+    for backend in ("eager", "flex"):
+        model = stamp.inject(
+            family.build("eager").eval(), mask={"init": "kaiming"}, attention=backend
+        )
+        with torch.no_grad():
+            outs.append(run(family, model))
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-5
+
+
+def test_a_models_own_scaling_is_kept():
+    family = FAMILIES["llama"]
+    model = family.build("sdpa").eval()
+    for layer in model.model.layers:
+        layer.self_attn.scaling = 0.3  # not head_dim ** -0.5 = 0.354
+    with torch.no_grad():
+        before = run(family, model)
+        stamp.inject(model)
+        after = run(family, model)
+    assert (after - before).abs().max().item() <= 1e-5
