@@ -136,6 +136,8 @@ def _pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
 def attach(module: nn.Module, stamp: InjectedStamp) -> None:
     """Make ``module`` (an HF attention module) run STAMP; its weights stay where they are."""
     register()
+    for part in stamp.modules():  # HF's init_weights / post_init skip them (mask.init stays)
+        part._is_hf_initialized = True
     module.stamp = stamp
     module.config = StampConfigView(module.config)
     module._stamp_hook = module.register_forward_pre_hook(_pre_hook, with_kwargs=True)

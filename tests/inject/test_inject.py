@@ -293,3 +293,15 @@ def test_a_models_own_scaling_is_kept():
         stamp.inject(model)
         after = run(family, model)
     assert (after - before).abs().max().item() <= 1e-5
+
+
+def test_hf_init_weights_leaves_the_generators_alone():
+    family = FAMILIES["bert"]
+    model = family.build("eager").eval()
+    with torch.no_grad():
+        before = run(family, model)
+        stamp.inject(model)
+        model.init_weights()  # would draw the generators' Linears with BERT's N(0, 0.02)
+        assert (run(family, model) - before).abs().max().item() <= 1e-5
+    for s in injected_modules(model).values():
+        assert s.generator.out.weight.abs().max() == 0 and torch.all(s.generator.out.bias == 1)
