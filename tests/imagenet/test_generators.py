@@ -4,12 +4,18 @@ timm's init does not override the generators' own, and parameters independent of
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from scripts.make_imagenet_folder import make_imagenet_folder
 from stamp import LowRankMaskGenerator, MaskConfig, MaskGenerator, record_attention
+from tasks.common.tables import row_id
 from tasks.imagenet.model import StampViT
+from tests.helpers import compose_cfg, run_cfg
 from tests.imagenet.conftest import TINY, TOKENS
+from tests.imagenet.test_train import TINY_OVERRIDES
 
 
 def vit(mask: str = "multilayer", **kw) -> StampViT:
@@ -58,3 +64,19 @@ def test_lowrank_parameters_do_not_depend_on_img_size(per_head):
     closed = LowRankMaskGenerator.lowrank_parameters(TINY["embed_dim"], 2, 16, heads=heads)
     assert count("lowrank", 32) == count("lowrank", 64) == TINY["depth"] * closed
     assert count("mlp", 64) > count("mlp", 32)
+
+
+def test_tiny_run_trains_with_lowrank(tmp_path):
+    """experiment=imagenet_tiny with mask.generator=lowrank (the task's identity init, depth 1):
+    trains and validates; results.json reports the closed-form low-rank parameters."""
+    root = make_imagenet_folder(
+        tmp_path / "imagenet_tiny", num_classes=4, train_per_class=2, val_per_class=1, size=40
+    )
+    out = tmp_path / "run"
+    overrides = [*TINY_OVERRIDES, "mask=multilayer", "mask.generator=lowrank", f"data.root={root}"]
+    run_cfg(compose_cfg(overrides, output_dir=out))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "ok" and "val/top1" in saved["metrics"]
+    closed = LowRankMaskGenerator.lowrank_parameters(64, depth=1, rank=16)
+    assert saved["params"]["params/mask"] == 2 * closed  # one generator per block
+    assert row_id(saved) == "multilayer +lowrank(r=16)"

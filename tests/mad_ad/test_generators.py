@@ -6,10 +6,21 @@ generator, and the generator parameters do not depend on S."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from test_train import compose_train
 
-from stamp import AttentionConfig, MaskConfig, MaskGenerator, record_attention
+from stamp import (
+    AttentionConfig,
+    LowRankMaskGenerator,
+    MaskConfig,
+    MaskGenerator,
+    record_attention,
+)
+from tasks.common.pipeline import train
+from tasks.common.tables import row_id
 from tasks.mad_ad.model import AudioVisualEncoder
 
 S, DIM, HEADS = 5, 32, 4
@@ -69,3 +80,34 @@ def test_lowrank_parameters_do_not_depend_on_tokens_per_modality(per_head):
     lowrank = [generator_params(encoder(s, generator="lowrank", per_head=per_head)) for s in sizes]
     mlp = [generator_params(encoder(s, per_head=per_head)) for s in sizes]
     assert lowrank[0] == lowrank[1] and mlp[1] > mlp[0]
+
+
+def test_tiny_run_trains_with_lowrank(tmp_path, monkeypatch, tiny_llama, mad_dir):
+    """experiment=mad_ad_tiny with mask.generator=lowrank: one epoch of stage 1 (the AV encoder
+    trains) and validation; results.json reports the closed-form low-rank parameters."""
+    monkeypatch.chdir(tmp_path)
+    overrides = [
+        "experiment=mad_ad_tiny",
+        "mask=multilayer",
+        "mask.generator=lowrank",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        f"data.root={mad_dir}",
+        f"model.llm_path={tiny_llama}",
+        "model.visual_dim=16",
+        "model.audio_dim=16",
+        "model.dim=32",
+        "model.num_queries=4",
+        "data.batch_size=8",
+        "data.limit_train=8",
+        "trainer.max_epochs=1",
+        "data.eval_batch_size=32",
+        "module.max_new_tokens=2",
+        "module.bertscore_model=null",  # R@5/16 unavailable: not what this test checks
+    ]
+    train(compose_train(tmp_path, overrides))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "ok" and "val/CIDEr" in saved["metrics"]
+    closed = LowRankMaskGenerator.lowrank_parameters(32, depth=2, rank=16)
+    assert saved["params"]["params/mask"] == 2 * closed  # one generator per AV encoder layer
+    assert row_id(saved) == "multilayer +lowrank(r=16)"

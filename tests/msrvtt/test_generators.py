@@ -4,12 +4,17 @@ parameters that do not depend on the number of frames / the caption length."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from stamp import MaskConfig, MaskGenerator, record_attention
+from stamp import LowRankMaskGenerator, MaskConfig, MaskGenerator, record_attention
+from tasks.common.tables import row_id
 from tasks.msrvtt.model import embed_block_mask
+from tests.helpers import compose_cfg, run_cfg
 from tests.msrvtt.conftest import IMG_RES, MAX_TEXT, N_VIDEO, NUM_FRAMES
+from tests.msrvtt.test_train import TINY_OVERRIDES
 
 
 def frames(n: int = NUM_FRAMES, batch: int = 2) -> torch.Tensor:
@@ -82,3 +87,25 @@ def test_lowrank_parameters_do_not_depend_on_frames_or_caption_length(make_model
 
     assert count("lowrank", NUM_FRAMES, MAX_TEXT) == count("lowrank", 2 * NUM_FRAMES, 2 * MAX_TEXT)
     assert count("mlp", 2 * NUM_FRAMES, 2 * MAX_TEXT) > count("mlp", NUM_FRAMES, MAX_TEXT)
+
+
+def test_tiny_run_trains_with_lowrank_per_head(tmp_path, tiny_data):
+    """experiment=msrvtt_tiny with mask.generator=lowrank and mask.per_head=true: trains,
+    decodes and scores validation captions; results.json reports the closed-form parameters."""
+    out = tmp_path / "run"
+    overrides = [
+        *TINY_OVERRIDES,
+        "mask=multilayer",
+        "mask.generator=lowrank",
+        "mask.per_head=true",
+        f"data.root={tiny_data}",
+        "test=false",
+        "+module.metrics.metrics=[BLEU_4,CIDEr]",
+        "module.metrics.tokenize=simple",
+    ]
+    run_cfg(compose_cfg(overrides, output_dir=out))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "ok" and "val/CIDEr" in saved["metrics"]
+    closed = LowRankMaskGenerator.lowrank_parameters(32, depth=2, rank=16, heads=2)
+    assert saved["params"]["params/mask"] == 2 * closed  # one generator per BERT layer
+    assert row_id(saved) == "multilayer +lowrank(r=16) +per-head"

@@ -4,12 +4,17 @@ one mask per head reaches the attention, and the generator parameters do not dep
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from stamp import LowRankMaskGenerator, MaskConfig, MaskGenerator, record_attention
+from tasks.common.tables import row_id
 from tasks.qvhighlights.model import QDDETR
+from tests.helpers import compose_cfg, run_cfg
 from tests.qvhighlights.test_model import INPUTS, random_batch
+from tests.qvhighlights.test_train import features, tiny  # noqa: F401 (features: a fixture)
 
 SMALL = dict(hidden_dim=32, num_heads=4, ffn_dim=64)
 
@@ -89,3 +94,18 @@ def test_lowrank_parameters_do_not_depend_on_lengths(per_head):
     closed = LowRankMaskGenerator.lowrank_parameters(32, depth=2, rank=16, heads=heads)
     assert count("lowrank", 75, 32) == 4 * closed  # 2 T2V + 2 encoder layers
     assert count("mlp", 150, 64) > count("mlp", 75, 32)
+
+
+def test_tiny_run_trains_with_lowrank_per_head(features, tmp_path):  # noqa: F811
+    """The real config (task=qvhighlights, its tiny test settings) with mask.generator=lowrank
+    and mask.per_head=true: trains and validates; results.json reports the low-rank
+    parameters (closed form, 4 generators) and the run is a row of its own."""
+    out = tmp_path / "run"
+    overrides = ["task=qvhighlights", "mask=multilayer", "mask.depth=2", *tiny(features)]
+    overrides += ["mask.generator=lowrank", "mask.per_head=true", "mask.rank=8"]
+    run_cfg(compose_cfg(overrides, output_dir=out))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "ok" and "val/MR-full-mAP" in saved["metrics"]
+    closed = LowRankMaskGenerator.lowrank_parameters(32, depth=2, rank=8, heads=4)
+    assert saved["params"]["params/mask"] == 4 * closed
+    assert row_id(saved) == "multilayer +lowrank(r=8) +per-head"
