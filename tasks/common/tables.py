@@ -4,7 +4,8 @@ Runs are grouped by table (results.json ``table``; ``experiment`` or ``task`` fo
 such as the demo) and, inside a table, by configuration: the ``row`` id plus whichever of
 fusion / depth / attention / compiled differ between runs of that row. A generator other than
 the paper's (``mask.generator=lowrank``, ``mask.per_head=true``) is part of the row id itself
-(``multilayer +lowrank(r=16)``, ``multilayer +per-head``): such runs are rows of their own,
+(``multilayer +lowrank(r=16)``, ``multilayer +per-head``; a row id that names the form, such
+as an experiment's variant ``multilayer-lowrank``, is kept): such runs are rows of their own,
 never averaged with the MLP generator's runs nor shown beside the paper's numbers. Seeds of one
 configuration are aggregated as mean ± sample std (ddof=1) with the run count. The paper's
 numbers and the metric each column reads come from ``paper/results.yaml``: one column per
@@ -200,24 +201,35 @@ def _true(value: Any) -> bool:
     return value is True or str(value).lower() in ("true", "1", "yes")
 
 
-def generator_tag(record: dict[str, Any]) -> str:
+DEFAULT_RANK = 16  # MaskConfig.rank
+
+
+def generator_tag(record: dict[str, Any], row: str = "") -> str:
     """The part of a run's row id that names a generator other than the paper's per-position
     MLP shared by the heads: `` +lowrank(r=R)`` and / or `` +per-head`` (empty for the MLP
-    form and for masks without a generator)."""
+    form and for masks without a generator). A ``row`` that already names the form (an
+    experiment's variant such as ``multilayer-lowrank-perhead``) gets only what it does not
+    say: the rank when it is not the default."""
     if str(record.get("mask")) not in GENERATOR_MASKS:
         return ""
+    named = row.lower().replace("-", "").replace("_", "")
     tags = []
     if str(mask_setting(record, "generator") or "mlp") == "lowrank":
         rank = mask_setting(record, "rank")
-        tags.append("lowrank" + (f"(r={rank})" if rank is not None else ""))
-    if _true(mask_setting(record, "per_head")):
+        rank_text = "" if rank is None else f"(r={rank})"
+        if "lowrank" not in named:
+            tags.append("lowrank" + rank_text)
+        elif rank is not None and int(rank) != DEFAULT_RANK:
+            tags.append(rank_text.strip("()"))
+    if _true(mask_setting(record, "per_head")) and "perhead" not in named:
         tags.append("per-head")
     return "".join(f" +{t}" for t in tags)
 
 
 def row_id(record: dict[str, Any]) -> str:
     """A run's row in its table: ``row`` (else the mask type) plus its generator tag."""
-    return str(record.get("row") or record.get("mask")) + generator_tag(record)
+    row = str(record.get("row") or record.get("mask"))
+    return row + generator_tag(record, row)
 
 
 def record_from_wandb(

@@ -98,3 +98,8 @@ def test_row_id_reads_top_level_fields_and_ignores_the_mlp_default():
     assert row_id({**base, "generator": "lowrank", "rank": 4}) == "multilayer-kaiming +lowrank(r=4)"
     assert row_id({**base, "mask": "global", "per_head": "true"}) == "multilayer-kaiming +per-head"
     assert row_id({"mask": "extra_linear", "generator": "lowrank"}) == "extra_linear"
+    # a row that names the form (an experiment's variant) gets only what it does not say
+    named = {"mask": "multilayer", "generator": "lowrank", "rank": 16, "per_head": True}
+    assert row_id({**named, "row": "multilayer-lowrank-perhead"}) == "multilayer-lowrank-perhead"
+    assert row_id({**named, "row": "multilayer-lowrank"}) == "multilayer-lowrank +per-head"
+    assert row_id({**named, "row": "lowrank_per_head", "rank": 4}) == "lowrank_per_head +r=4"
