@@ -43,11 +43,18 @@ class MaskHeatmapCallback(L.Callback):
         self._records: list[dict] = []
         self.saved: list[Path] = []
 
-    def _due(self, trainer: L.Trainer, batch_idx: int) -> bool:
+    @staticmethod
+    def _epoch(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+        """The epoch of the weights shown: after fit, ``current_epoch`` is the epoch count, so the
+        re-validation of the best checkpoint wrote an extra ``mask_epoch001.png`` after one epoch;
+        the module knows the loaded checkpoint's epoch (``weights_epoch``)."""
+        return int(getattr(pl_module, "weights_epoch", trainer.current_epoch))
+
+    def _due(self, trainer: L.Trainer, pl_module: L.LightningModule, batch_idx: int) -> bool:
         return (
             batch_idx == 0
             and not trainer.sanity_checking
-            and trainer.current_epoch % self.every_n_epochs == 0
+            and self._epoch(trainer, pl_module) % self.every_n_epochs == 0
         )
 
     def on_validation_batch_start(
@@ -58,7 +65,7 @@ class MaskHeatmapCallback(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._recording is None and self._due(trainer, batch_idx):
+        if self._recording is None and self._due(trainer, pl_module, batch_idx):
             self._recording = record_attention(pl_module)
             self._records = self._recording.__enter__()
 
@@ -92,13 +99,14 @@ class MaskHeatmapCallback(L.Callback):
 
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "plots")
         boundaries = self.boundaries or modality_boundaries(pl_module)
+        epoch = self._epoch(trainer, pl_module)
         path = plot_run_mask(
             first_calls(records),
-            out / f"mask_epoch{trainer.current_epoch:03d}.png",
+            out / f"mask_epoch{epoch:03d}.png",
             self.sample,
             self.layer,
             boundaries,
-            f"epoch {trainer.current_epoch}",
+            f"epoch {epoch}",
         )
         if path is None:
             return

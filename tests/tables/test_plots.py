@@ -35,6 +35,10 @@ def demo_runs(tmp_path_factory) -> dict[str, Path]:
 def test_mask_callback_writes_a_heatmap_per_validation(demo_runs):
     assert is_png(demo_runs["multilayer"] / "plots" / "mask_epoch000.png")
     assert not (demo_runs["none"] / "plots").exists()
+    # the best checkpoint's re-validation after fit shows epoch 0's weights: no mask_epoch001
+    assert sorted(p.name for p in (demo_runs["multilayer"] / "plots").iterdir()) == [
+        "mask_epoch000.png"
+    ]
 
 
 def test_plot_attention_script_writes_histograms_and_the_mask_heatmap(demo_runs, tmp_path):
