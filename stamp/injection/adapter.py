@@ -112,49 +112,50 @@ class InjectedStamp(nn.Module):
         self._transient["cache"] = cache
         self._transient["n_past"] = n_past
 
-    def mask_for(self, hidden: Tensor, n_keys: int) -> Tensor:
-        """M for the queries ``hidden`` (B, Nq, D) over ``n_keys`` keys, the last Nq of which are
-        these tokens (KV cache: the first ``n_keys - Nq`` are past tokens)."""
-        nq = hidden.shape[1]
+    def mask_for(self, hidden: Tensor, keys: Tensor) -> Tensor:
+        """M for the queries ``hidden`` (B, Nq, D) over the keys ``keys`` (B, Nk, d) of one head;
+        under a KV cache the first ``n_past`` keys are past tokens, then come these tokens."""
+        nq, n_keys = hidden.shape[1], keys.shape[1]
         if not self.lowrank:
             # MLP: the row of a query depends on that token only and its columns are absolute
             # key positions, so cached decoding just asks for n_keys columns
             return self.generator(hidden, n_keys=n_keys)
-        # low-rank: M[i, j] = f(x_i) . g(x_j) needs the key factors of past tokens. The first
-        # call of a cache keeps its tokens; later calls turn them into factors once and append
+        # low-rank: M[i, j] = c + f(x_i).g(x_j) needs the key factors of past tokens. The first
+        # call of a cache keeps its tokens; later calls turn them into factors once and append.
+        # The keys they belong to are kept too: they tell which stored row each batch row
+        # continues after beam search reorders / selects / repeats the cache's rows
         cache = self._transient.get("cache")
         n_past = self._transient.get("n_past", 0)
         if n_past == 0 and n_keys == nq:
             if cache is not None:
-                self._transient["past"] = ("hidden", hidden, cache)
+                self._transient["past"] = ("hidden", hidden, keys[:, :nq].detach())
             return self.generator(hidden, n_keys=n_keys)
         gen: LowRankMaskGenerator = self.generator  # type: ignore[assignment]
-        past = None
-        if n_past > 0:
-            kind, stored, owner = self._transient.get("past") or (None, None, None)
-            if stored is None or owner is not cache:
-                raise RuntimeError(
-                    "stamp.inject (mask.generator=lowrank): this call attends to "
-                    f"{n_past} cached keys whose tokens were not seen here; cached decoding "
-                    "must start from an empty cache (beam search reordering and cache "
-                    "cropping are not supported with lowrank)"
-                )
-            past = gen.key_factor(stored) if kind == "hidden" else stored
-            if past.shape[0] != hidden.shape[0] or past.shape[2] != n_past:
-                raise RuntimeError(
-                    "stamp.inject (mask.generator=lowrank): the stored key factors "
-                    f"(batch {past.shape[0]}, {past.shape[2]} tokens) do not match the KV "
-                    f"cache (batch {hidden.shape[0]}, {n_past} past tokens); beam search "
-                    "reordering and cache cropping are not supported with lowrank"
-                )
         g = gen.key_factor(hidden)
-        if past is not None:
-            g = torch.cat([past, g], dim=2)
+        if n_past > 0:
+            g = torch.cat([self._past_factors(keys[:, :n_past]), g], dim=2)
         if cache is not None:
-            self._transient["past"] = ("factors", g, cache)
+            self._transient["past"] = ("factors", g, keys[:, : n_past + nq].detach())
         if g.shape[2] < n_keys:  # a static cache's empty slots (masked by the model anyway)
             g = F.pad(g, (0, 0, 0, n_keys - g.shape[2]))
         return gen.combine(gen.query_factor(hidden), g[:, :, :n_keys])
+
+    def _past_factors(self, past_keys: Tensor) -> Tensor:
+        """Key factors (B, H', n_past, r) of the past tokens whose keys are ``past_keys``."""
+        kind, stored, seen = self._transient.get("past") or (None, None, None)
+        n_past = past_keys.shape[1]
+        if stored is None or seen.shape[1] < n_past:
+            raise RuntimeError(
+                "stamp.inject (mask.generator=lowrank): this call attends to "
+                f"{n_past} cached keys whose tokens were not seen here; cached decoding must "
+                "start from an empty cache in this process"
+            )
+        rows = source_rows(past_keys, seen[:, :n_past])
+        if rows is not None:  # beam search moved rows around: follow them
+            stored = stored.index_select(0, rows)
+        if kind == "hidden":
+            return self.generator.key_factor(stored[:, :n_past])
+        return stored[:, :, :n_past]
 
     # ------------------------------------------------------------------------- the attention
     def forward(
@@ -176,7 +177,7 @@ class InjectedStamp(nn.Module):
                 "(the forward pre-hook did not run); call the attention module itself"
             )
         self._transient["hidden"] = None  # do not keep activations alive between calls
-        mask = self.mask_for(hidden, k.shape[2]).to(q.dtype)
+        mask = self.mask_for(hidden, k[:, 0]).to(q.dtype)
         attend = self._attend
         want_probs = bool(return_attn or self.record)
         if want_probs:
@@ -209,6 +210,28 @@ class InjectedStamp(nn.Module):
                 "key_padding_mask": None,
             }
         return out, probs
+
+
+def source_rows(keys: Tensor, seen: Tensor) -> Tensor | None:
+    """For each row of ``keys`` (B, N, d), the row of ``seen`` (B', N, d) holding the same
+    keys: None when the rows are unchanged, an index (B,) after beam search reordered, selected
+    or repeated them. Raises when a row has no match (the stored state is not this cache's)."""
+    if keys.shape == seen.shape and torch.equal(keys, seen):
+        return None
+    # match a random projection of each row, then check the chosen rows exactly
+    w = torch.randn(
+        keys[0].numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    w = w.to(keys.device)
+    proj_keys, proj_seen = keys.flatten(1).double() @ w, seen.flatten(1).double() @ w
+    rows = (proj_keys[:, None] - proj_seen[None, :]).abs().argmin(dim=1)
+    if not torch.equal(seen.index_select(0, rows), keys):
+        raise RuntimeError(
+            "stamp.inject (mask.generator=lowrank): the KV cache holds keys that the stored key "
+            "factors do not belong to (a cache from another run, cropped past its start, or "
+            "edited); cached decoding must start from an empty cache in this process"
+        )
+    return rows
 
 
 def as_backend_config(attention: object | None) -> AttentionConfig | None:

@@ -90,6 +90,70 @@ def test_generate_equals_a_greedy_loop_without_cache(kind):
     assert torch.equal(generated, ids)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "lowrank_add"])
+def test_beam_search_with_cache_equals_without(kind, monkeypatch):
+    import stamp.injection.adapter as adapter
+
+    moved = []  # calls where beam search had reordered the cache's rows
+
+    def spy(keys, seen):
+        rows = source_rows(keys, seen)
+        moved.append(rows is not None)
+        return rows
+
+    source_rows = adapter.source_rows
+    monkeypatch.setattr(adapter, "source_rows", spy)
+    mask = {**MASKS["lowrank"], "fusion": "add"} if kind == "lowrank_add" else MASKS[kind]
+    model = stamp.inject(llama("sdpa").eval(), mask=mask)
+    prompt = _ids(4)
+    kw = dict(
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=6,
+        do_sample=False,
+        num_beams=3,
+        pad_token_id=0,
+        eos_token_id=None,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    with torch.no_grad():
+        cached = model.generate(prompt, use_cache=True, **kw)
+        plain = model.generate(prompt, use_cache=False, **kw)
+    assert torch.equal(cached.sequences, plain.sequences)
+    assert (cached.sequences_scores - plain.sequences_scores).abs().max().item() <= 1e-5
+    if kind == "lowrank_add":  # the stored key factors followed the reordered rows
+        assert any(moved)
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("kind", ["mlp", "lowrank"])
+def test_static_cache(kind, impl):
+    from transformers import StaticCache
+
+    model = stamp.inject(llama(impl).eval(), mask=MASKS[kind])
+    ids = _ids(8)
+    with torch.no_grad():
+        cache = StaticCache(config=model.config, max_cache_len=16)  # 16 key slots every call
+        out = [model(input_ids=ids[:, :5], cache=cache, use_cache=True).logits]
+        for t in range(5, 8):
+            out.append(model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits)
+        full = model(input_ids=ids).logits
+    assert (torch.cat(out, dim=1) - full).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lowrank"])
+def test_cropped_cache_continues_correctly(kind):
+    model = stamp.inject(llama("eager").eval(), mask=MASKS[kind])
+    ids = _ids(8)
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids[:, :7], cache=cache, use_cache=True)
+        cache.crop(-2)  # back to 5 tokens (as assisted decoding does)
+        step = model(input_ids=ids[:, 5:6], cache=cache, use_cache=True).logits[:, -1]
+        full = model(input_ids=ids[:, :6]).logits[:, -1]
+    assert (step - full).abs().max().item() <= 1e-5
+
+
 def test_lowrank_refuses_a_cache_it_has_not_seen():
     model = stamp.inject(llama("eager").eval(), mask=MASKS["lowrank"])
     ids = _ids()
