@@ -11,7 +11,8 @@ from stamp import AttentionConfig, MaskConfig, StampEncoder
 class DemoClassifier(nn.Module):
     """Each stream is projected to ``dim`` and padded to its fixed maximum length, so token j
     always sits at position j of the sequence of N = 1 + max_visual + max_audio tokens (the
-    generator's columns keep their meaning across batches)."""
+    generator's columns keep their meaning across batches). The learned position table fixes N
+    whatever ``mask.generator``; with ``lowrank`` the STAMP encoder itself takes any length."""
 
     def __init__(
         self,
