@@ -59,8 +59,10 @@ def register_schemas() -> None:
     if _registered:
         return
     cs = ConfigStore.instance()
-    cs.store(group="mask", name="mask_schema", node=MaskConfig)
-    cs.store(group="attention", name="attention_schema", node=AttentionConfig)
+    # at the root, not in the groups: ``--help`` lists a group's configs as its choices, and
+    # ``mask=mask_schema`` is no mask; configs/mask/*.yaml extend it with ``/mask_schema@_here_``
+    cs.store(name="mask_schema", node=MaskConfig)
+    cs.store(name="attention_schema", node=AttentionConfig)
     # ``paths.root_dir`` must resolve before Hydra's runtime exists: the multirun launcher resolves
     # ``hydra.sweep.dir`` (which uses it) before it sets HydraConfig, so ``${hydra:runtime.cwd}``
     # fails there. $STAMP_ROOT, else the directory the command was started in.

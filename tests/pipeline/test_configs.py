@@ -57,3 +57,28 @@ def test_task_defaults_override_the_mask_group_defaults(tmp_path):
     if "qvhighlights" in TASKS:
         assert compose_cfg(["task=qvhighlights"], tmp_path).mask.depth == 32
     assert compose_cfg(["task=demo", "mask.depth=7"], tmp_path).mask.depth == 7
+
+
+def test_schemas_validate_but_are_not_choices(tmp_path):
+    """``--help`` lists each group's options: the structured-config schemas that
+    configs/mask/*.yaml and configs/attention/*.yaml extend are not among them (they were:
+    ``mask: ..., mask_schema, ...``), and they still type-check the settings."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from stamp.config import AttentionConfig, MaskConfig
+    from tasks.common.schemas import register_schemas
+
+    register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        assert sorted(loader.get_group_options("mask")) == MASKS
+        attention = sorted(p.stem for p in (CONFIG_DIR / "attention").glob("*.yaml"))
+        assert sorted(loader.get_group_options("attention")) == attention
+    GlobalHydra.instance().clear()
+    cfg = compose_cfg([], tmp_path)
+    assert OmegaConf.get_type(cfg.mask) is MaskConfig
+    assert OmegaConf.get_type(cfg.attention) is AttentionConfig
+    with pytest.raises(Exception, match="mask.fusion=foo"):
+        compose_cfg(["mask.fusion=foo"], tmp_path)
