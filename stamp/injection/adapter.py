@@ -31,17 +31,21 @@ from stamp.mask import LowRankMaskGenerator, MaskGenerator
 SOURCE_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
+def unsupported_source(source: str) -> str:
+    return (
+        f"stamp.inject: the model's attention implementation {source!r} is not supported; "
+        "load the model with attn_implementation='eager' or 'sdpa' (or call "
+        "model.set_attn_implementation('sdpa')) before injecting"
+    )
+
+
 def auto_backend(source: str, mask: MaskConfig) -> Backend:
     """The STAMP backend that honours the model's own implementation ``source``."""
     if source == "eager":
         return Backend.eager
     if source == "sdpa":
         return Backend.sdpa if mask.fusion is Fusion.add else Backend.fused
-    raise ValueError(
-        f"stamp.inject: the model's attention implementation {source!r} is not supported; "
-        f"load the model with attn_implementation='eager' or 'sdpa' (one of "
-        f"{', '.join(SOURCE_IMPLEMENTATIONS)}), or pass attention= explicitly"
-    )
+    raise ValueError(unsupported_source(source))
 
 
 class InjectedStamp(nn.Module):
@@ -116,6 +120,13 @@ class InjectedStamp(nn.Module):
         """M for the queries ``hidden`` (B, Nq, D) over the keys ``keys`` (B, Nk, d) of one head;
         under a KV cache the first ``n_past`` keys are past tokens, then come these tokens."""
         nq, n_keys = hidden.shape[1], keys.shape[1]
+        n_past = self._transient.get("n_past", 0)
+        if n_keys < n_past + nq:
+            raise NotImplementedError(
+                f"stamp.inject: the KV cache returned {n_keys} keys for {n_past} past + {nq} new "
+                "tokens: a sliding-window (or otherwise truncated) cache is not supported, the "
+                "mask needs every past key (use a DynamicCache / StaticCache)"
+            )
         if not self.lowrank:
             # MLP: the row of a query depends on that token only and its columns are absolute
             # key positions, so cached decoding just asks for n_keys columns
@@ -125,7 +136,6 @@ class InjectedStamp(nn.Module):
         # The keys they belong to are kept too: they tell which stored row each batch row
         # continues after beam search reorders / selects / repeats the cache's rows
         cache = self._transient.get("cache")
-        n_past = self._transient.get("n_past", 0)
         if n_past == 0 and n_keys == nq:
             if cache is not None:
                 self._transient["past"] = ("hidden", hidden, keys[:, :nq].detach())

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stamp.injection.adapter import InjectedStamp
+from stamp.injection.adapter import SOURCE_IMPLEMENTATIONS, InjectedStamp, unsupported_source
 
 IMPLEMENTATION = "stamp"
 _registered = False
@@ -144,13 +144,16 @@ def attach(module: nn.Module, stamp: InjectedStamp) -> None:
 
 
 def make_stamp(module: nn.Module, mask, n_max: int | None, attention) -> InjectedStamp:
+    source = source_implementation(module)
+    if source not in SOURCE_IMPLEMENTATIONS:  # its mask (flex BlockMask, varlen) has no bias form
+        raise ValueError(unsupported_source(source))
     dim, heads = model_dims(module)
     stamp = InjectedStamp(
         mask,
         dim=dim,
         num_heads=heads,
         n_max=n_max,
-        source=source_implementation(module),
+        source=source,
         attention=attention,
     )
     ref = next(module.parameters(), None)
@@ -202,7 +205,8 @@ def stamp_attention_forward(
 ) -> tuple[Tensor, Tensor | None]:
     """The ``AttentionInterface`` function of injected modules: (B, Nq, H, d) output and the
     probabilities (eager backend) or None."""
-    for unsupported in ("softcap", "sliding_window", "position_bias", "s_aux"):
+    # (a sliding window is already in the mask the model built for eager / SDPA)
+    for unsupported in ("softcap", "position_bias", "s_aux"):
         if kwargs.get(unsupported) is not None:
             raise NotImplementedError(
                 f"stamp.inject: attention with {unsupported!r} is not supported "
@@ -216,6 +220,8 @@ def stamp_attention_forward(
         query = query * (scaling * d**0.5)  # the backends scale by d^-0.5
     # the mask's format follows the model's live implementation (the backend was chosen once)
     source = source_implementation(module)
+    if source not in SOURCE_IMPLEMENTATIONS:
+        raise ValueError(unsupported_source(source))
     is_causal = kwargs.get("is_causal")
     if is_causal is None:
         is_causal = getattr(module, "is_causal", False)

@@ -305,3 +305,36 @@ def test_hf_init_weights_leaves_the_generators_alone():
         assert (run(family, model) - before).abs().max().item() <= 1e-5
     for s in injected_modules(model).values():
         assert s.generator.out.weight.abs().max() == 0 and torch.all(s.generator.out.bias == 1)
+
+
+def test_sliding_window_model_works_but_not_its_truncated_cache():
+    from transformers import DynamicCache, MistralConfig, MistralForCausalLM
+
+    from tests.inject.models import TINY
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(
+        vocab_size=100, num_key_value_heads=2, sliding_window=4, attn_implementation="sdpa", **TINY
+    )
+    model = MistralForCausalLM(cfg).eval()
+    ids = torch.randint(3, 100, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        stamp.inject(model)  # the window is in the mask Mistral builds
+        assert (model(input_ids=ids).logits - before).abs().max().item() <= 1e-5
+        cache = DynamicCache(config=cfg)  # keeps only the last keys of the window
+        model(input_ids=ids[:, :6], cache=cache, use_cache=True)
+        with pytest.raises(NotImplementedError, match="sliding-window"):
+            model(input_ids=ids[:, 6:7], cache=cache, use_cache=True)
+
+
+def test_unsupported_implementation_and_attention_probabilities():
+    model = FAMILIES["bert"].build("eager")
+    model.config._attn_implementation_internal = "flash_attention_2"
+    with pytest.raises(ValueError, match="'flash_attention_2' is not supported"):
+        stamp.inject(model)
+    model = stamp.inject(FAMILIES["bert"].build("eager").eval())
+    with torch.no_grad():
+        out = model(**FAMILIES["bert"].inputs(), output_attentions=True)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 10, 10)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 10))
