@@ -106,10 +106,22 @@ def _trained(name: str, mask=None):
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["bert", "clip", "llama", "timm_vit"])
-def test_save_load_round_trip(name, tmp_path):
+LOWRANK_PER_HEAD = {"generator": "lowrank", "rank": 4, "per_head": True, "fusion": "add"}
+
+
+@pytest.mark.parametrize(
+    "name, mask",
+    [
+        ("bert", None),
+        ("clip", None),
+        ("llama", None),
+        ("timm_vit", None),
+        ("llama", LOWRANK_PER_HEAD),
+    ],
+)
+def test_save_load_round_trip(name, mask, tmp_path):
     family = FAMILIES[name]
-    model = _trained(name)
+    model = _trained(name, mask)
     path = stamp.save(model, tmp_path / "adapter")
     assert path.name == "stamp_model.safetensors"
     assert (tmp_path / "adapter" / "stamp_config.json").exists()
@@ -118,7 +130,7 @@ def test_save_load_round_trip(name, tmp_path):
     with torch.no_grad():
         assert torch.equal(run(family, fresh), run(family, model))
     # an injected model loads too
-    again = stamp.inject(family.build("eager").eval())
+    again = stamp.inject(family.build("eager").eval(), mask=mask)
     stamp.load(again, tmp_path / "adapter")
     with torch.no_grad():
         assert torch.equal(run(family, again), run(family, model))
