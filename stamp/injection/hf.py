@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stamp.config import AttentionConfig, MaskConfig
 from stamp.injection.adapter import SOURCE_IMPLEMENTATIONS, InjectedStamp, unsupported_source
 
 IMPLEMENTATION = "stamp"
@@ -143,7 +144,10 @@ def attach(module: nn.Module, stamp: InjectedStamp) -> None:
     module._stamp_hook = module.register_forward_pre_hook(_pre_hook, with_kwargs=True)
 
 
-def make_stamp(module: nn.Module, mask, n_max: int | None, attention) -> InjectedStamp:
+def make_stamp(
+    module: nn.Module, mask: MaskConfig, n_max: int | None, attention: AttentionConfig | None
+) -> InjectedStamp:
+    """The ``InjectedStamp`` of an HF attention module, on its device and dtype."""
     source = source_implementation(module)
     if source not in SOURCE_IMPLEMENTATIONS:  # its mask (flex BlockMask, varlen) has no bias form
         raise ValueError(unsupported_source(source))
