@@ -4,6 +4,7 @@ litgpt's ``model_config.yaml`` or HF's ``config.json``) and is compared key by k
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,49 @@ def config_differences(
     return diffs
 
 
+def as_override(key: str, value: Any) -> str:
+    """``key=value`` in Hydra's override syntax (lists in brackets, None as null)."""
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, (list, tuple)):
+            return "[" + ",".join(fmt(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ",".join(f"{k}:{fmt(x)}" for k, x in v.items()) + "}"
+        text = str(v)
+        return text if re.fullmatch(r"[\w./+-]+", text) else "'" + text.replace("'", "\\'") + "'"
+
+    return f"{key}={fmt(value)}"
+
+
+def suggested_overrides(diffs: dict[str, tuple[Any, Any]]) -> list[str]:
+    """The overrides that give the checkpoint's model: the task and mask type as their config
+    groups (``task=``, ``mask=``) first, then each other differing key with the checkpoint's
+    value (keys the checkpoint does not have are left out)."""
+    groups = {"task_name": "task", "mask.type": "mask"}
+    first = [f"{groups[k]}={v[0]}" for k, v in diffs.items() if k in groups]
+    rest = [
+        as_override(k, v[0]) for k, v in diffs.items() if k not in groups and v[0] != "<absent>"
+    ]
+    return first + rest
+
+
+def training_overrides(path: str | Path) -> tuple[Path, list[str]] | None:
+    """(file, overrides) of the run that wrote ``<run>/checkpoints/<file>.ckpt``: Hydra's
+    ``<run>/.hydra/overrides.yaml``, when it is there."""
+    file = Path(path).resolve().parent.parent / ".hydra" / "overrides.yaml"
+    if not file.is_file():
+        return None
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(file))
+    except Exception:  # noqa: BLE001 - a hint only
+        return None
+    return file, [str(o) for o in overrides or []]
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict (memory-mapped: tensors are not read), or a clear error naming the
     file when it is empty, truncated or not a checkpoint."""
@@ -117,10 +161,21 @@ def check_checkpoint_config(
         lines = "\n".join(
             f"  {k}: checkpoint {v[0]!r}, requested {v[1]!r}" for k, v in diffs.items()
         )
+        fix = suggested_overrides(diffs)
+        trained = training_overrides(path)
         raise CheckpointConfigMismatch(
             f"checkpoint {path} was trained with another model config:\n{lines}\n"
-            "Pass the checkpoint's settings (e.g. the overrides of its training run), or "
-            "allow_config_mismatch=true to use it anyway (recorded in results.json)."
+            + (
+                f"Add the checkpoint's settings to the command line:\n  {' '.join(fix)}\n"
+                if fix
+                else ""
+            )
+            + (
+                f"(its training run's overrides, {trained[0]}: {' '.join(trained[1]) or 'none'})\n"
+                if trained
+                else ""
+            )
+            + "Or allow_config_mismatch=true to use it anyway (recorded in results.json)."
         )
     if diffs:
         log.warning("allow_config_mismatch=true: %s differs in %s", path, sorted(diffs))

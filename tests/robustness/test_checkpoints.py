@@ -15,6 +15,8 @@ from tasks.common.checkpoints import (
     CheckpointConfigMismatch,
     config_differences,
     read_checkpoint,
+    suggested_overrides,
+    training_overrides,
 )
 from tasks.common.pipeline import evaluate
 from tests.helpers import compose_cfg, run_cfg
@@ -111,3 +113,44 @@ def test_config_differences_ignore_paths_and_eval_free_settings():
         "mask.init": ("<absent>", "identity"),
         "model.dropout": (0.1, 0.0),
     }
+
+
+def test_eval_mismatch_gives_the_overrides_that_work(demo_run, tmp_path):
+    """eval.py without the training run's model overrides (model.dim=32 ...) stops with the
+    overrides to add; with them, the checkpoint evaluates to the training run's metric."""
+    base = [o for o in EVAL if not o.startswith("model.")]
+    ckpt = f"ckpt_path={_best(demo_run)}"
+    with pytest.raises(CheckpointConfigMismatch) as info:
+        run_cfg(compose_cfg([*base, ckpt], tmp_path / "a", config_name="eval"), fn=evaluate)
+    add = str(info.value).split("to the command line:\n  ", 1)[1].splitlines()[0].split()
+    assert sorted(add) == ["model.dim=32", "model.ffn_dim=64"]
+    cfg = compose_cfg([*base, *add, ckpt], tmp_path / "b", config_name="eval")
+    record = run_cfg(cfg, fn=evaluate)
+    assert record["metrics"]["val/acc"] == pytest.approx(demo_run[1]["metrics"]["val/acc"])
+
+
+def test_suggested_overrides_and_the_training_runs_overrides(tmp_path):
+    diffs = {
+        "mask.depth": (3, 2),
+        "mask.type": ("global", "multilayer"),
+        "model.hidden": (None, 8),
+        "model.sizes": ([1, 2], [3]),
+        "model.name": ("a b", "c"),
+        "mask.init": ("<absent>", "kaiming"),
+        "task_name": ("mad_ad", "demo"),
+    }
+    assert suggested_overrides(diffs) == [
+        "mask=global",
+        "task=mad_ad",
+        "mask.depth=3",
+        "model.hidden=null",
+        "model.sizes=[1,2]",
+        "model.name='a b'",
+    ]
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert training_overrides(run / "checkpoints" / "best.ckpt") is None
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- model.dim=32\n- logger=csv\n")
+    file, overrides = training_overrides(run / "checkpoints" / "best.ckpt")
+    assert overrides == ["model.dim=32", "logger=csv"] and file.name == "overrides.yaml"
