@@ -244,6 +244,7 @@ def plot_depth_sweep(
 ) -> Path:
     """Fig. S4: ``metric`` against STAMP depth, one line per fusion op (mean ± std over seeds);
     full attention runs as a dashed line; the paper's points as crosses."""
+    from tasks.common.results import generator_label
     from tasks.common.tables import Stat
 
     ok = [r for r in records if r.get("status", "ok") == "ok" and metric in r.get("metrics", {})]
@@ -251,10 +252,12 @@ def plot_depth_sweep(
         raise ValueError(f"no finished run logged {metric}")
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     stamp = [r for r in ok if r.get("mask") not in ("none", None)]
-    for fusion in sorted({str(r.get("fusion")) for r in stamp}):
+    # one line per fusion op and generator form (mlp / lowrank / per-head never share a line)
+    lines = sorted({(str(r.get("fusion")), generator_label(r)) for r in stamp})
+    for fusion, form in lines:
         by_depth: dict[int, list[float]] = {}
         for r in stamp:
-            if str(r.get("fusion")) == fusion:
+            if (str(r.get("fusion")), generator_label(r)) == (fusion, form):
                 by_depth.setdefault(int(r["depth"]), []).append(r["metrics"][metric])
         depths = sorted(by_depth)
         stats = [Stat.of(by_depth[d]) for d in depths]
@@ -264,7 +267,7 @@ def plot_depth_sweep(
             yerr=[s.std or 0.0 for s in stats],
             marker="o",
             capsize=3,
-            label=f"STAMP, {fusion}",
+            label=f"STAMP, {fusion}" + ("" if form == "mlp" else f", {form}"),
         )
     full = Stat.of([r["metrics"][metric] for r in ok if r.get("mask") == "none"])
     if full is not None:

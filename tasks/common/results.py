@@ -75,6 +75,14 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def generator_label(record: dict[str, Any]) -> str:
+    """The generator form of a run: ``mlp``, ``lowrank(r=16)``, with ``+per-head``."""
+    form = str(record.get("generator") or "mlp")
+    if form == "lowrank":
+        form += f"(r={record.get('rank')})"
+    return form + ("+per-head" if record.get("per_head") else "")
+
+
 def format_summary(records: list[dict[str, Any]], max_metrics: int = 8) -> str:
     """A markdown table: one row per run with its settings, status and validation metrics."""
     metric_keys: list[str] = []
@@ -92,6 +100,7 @@ def format_summary(records: list[dict[str, Any]], max_metrics: int = 8) -> str:
         "mask",
         "fusion",
         "depth",
+        "generator",
         "attention",
         "seed",
         "status",
@@ -108,6 +117,7 @@ def format_summary(records: list[dict[str, Any]], max_metrics: int = 8) -> str:
                 r.get("mask"),
                 r.get("fusion") if masked else "",
                 r.get("depth") if masked else "",
+                generator_label(r) if masked else "",
                 r.get("attention"),
                 r.get("seed"),
                 r.get("status"),
