@@ -17,11 +17,20 @@ checkpointing, and a scaling curve in N.
      with glibc's steady-state threshold; CUDA: the allocator's peak).
 2. Depth-32 generator (QVHighlights self-attention shape): total training peak memory and time
    of the best STAMP backend with and without ``mask.checkpoint``.
-3. Scaling: the attention function alone (B=1, H=4, d=64, M (1, N, N) learnable, mul), N = 64 ...
-   4096: STAMP fused vs STAMP eager vs plain SDPA, time and peak memory; table and plot.
+3. Generators (``mask.generator`` / ``mask.per_head``): at the paper's shapes, the MLP generator
+   (paper), the low-rank one (rank 16 and 64) and each one per head, on every backend (eager mul,
+   fused mul, sdpa add, flex mul; flex forward only on CPU), measured in one run against plain
+   SDPA and against the MLP generator on the same backend: time, FLOPs, attention memory, peak,
+   generator parameters.
+4. Parameters: every generator form's closed-form parameter count at N = 64 ... 16384, checked
+   against the module built on the meta device (the MLP's grows with N, the low-rank's does not).
+5. Scaling: the attention function alone (B=1, H=4, d=64, M (1, N, N) learnable, mul), N = 64 ...
+   4096: STAMP fused vs STAMP eager vs plain SDPA, time and peak memory, plus STAMP fused with M
+   from a depth-2 MLP / low-rank (r=16) generator of tokens X (1, N, 256); table and plot.
 
-    python scripts/bench_attention.py --out bench_results     # everything (~10 min, 1 thread)
+    python scripts/bench_attention.py --out bench_results     # everything (~20 min, 1 thread)
     python scripts/bench_attention.py --sections shapes --shapes qvh_self,vit --repeats 5
+    python scripts/bench_attention.py --sections generators,params --generator-shapes ad,vit
 """
 
 from __future__ import annotations
@@ -44,7 +53,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stamp import AttentionConfig, MaskGenerator, StampAttention, eager_attention  # noqa: E402
+from stamp import (  # noqa: E402
+    AttentionConfig,
+    LowRankMaskGenerator,
+    MaskConfig,
+    MaskGenerator,
+    StampAttention,
+    eager_attention,
+)
 from stamp.fused import fused_attention  # noqa: E402
 
 TIME_TARGET = 1.1  # best STAMP training backend: time ratio / FLOP ratio
@@ -52,6 +68,7 @@ MEMORY_TARGET = 1.2  # STAMP attention memory / plain SDPA's
 CKPT_MEMORY_TARGET = 2.0  # depth 32, checkpointed: total training peak / plain attention's
 CKPT_TIME_TARGET = 1.35  # checkpointed time / un-checkpointed time
 SCALING_N = (64, 128, 256, 512, 1024, 2048, 4096)
+PARAM_N = (64, 256, 1024, 4096, 16384)
 
 
 @dataclass(frozen=True)
@@ -75,24 +92,73 @@ SHAPES = {
     "swinbert": Shape("swinbert (N=834)", 2, 834, 834, 768, 12, 16),
 }
 
-VARIANTS = [  # (label, backend, fusion or None for plain attention)
-    ("plain sdpa", "sdpa", None),
-    ("plain eager", "eager", None),
-    ("stamp eager mul", "eager", "mul"),
-    ("stamp eager add", "eager", "add"),
-    ("stamp sdpa add", "sdpa", "add"),
-    ("stamp fused mul", "fused", "mul"),
-    ("stamp fused add", "fused", "add"),
-    ("stamp flex mul", "flex", "mul"),
-    ("stamp flex add", "flex", "add"),
+
+@dataclass(frozen=True)
+class GenForm:
+    """A generator form: ``mask.generator``, ``mask.rank`` (lowrank) and ``mask.per_head``."""
+
+    label: str
+    generator: str = "mlp"
+    rank: int = 16
+    per_head: bool = False
+
+    def mask_config(self, depth: int, checkpoint: bool = False) -> MaskConfig:
+        return MaskConfig(
+            depth=depth,
+            generator=self.generator,
+            rank=self.rank,
+            per_head=self.per_head,
+            checkpoint=checkpoint,
+        )
+
+
+MLP = GenForm("mlp")
+GEN_FORMS = {  # --generator-forms keys
+    "mlp": MLP,
+    "mlp_head": GenForm("mlp per-head", per_head=True),
+    "lowrank16": GenForm("lowrank r16", "lowrank", 16),
+    "lowrank16_head": GenForm("lowrank r16 per-head", "lowrank", 16, per_head=True),
+    "lowrank64": GenForm("lowrank r64", "lowrank", 64),
+}
+# backend + fusion of the generators section: each backend once, with a fusion it runs
+GEN_BACKENDS = (("eager", "mul"), ("fused", "mul"), ("sdpa", "add"), ("flex", "mul"))
+GEN_SHAPES = ("ad", "qvh_self", "qvh_cross", "vit")
+# scaling lines with a generator (--scaling-backends names): STAMP fused, M = generator(X)
+GEN_SCALING = {"gen_mlp": MLP, "gen_lowrank": GEN_FORMS["lowrank16"]}
+
+# (label, backend, fusion or None for plain attention, generator form or None for the MLP)
+Variant = tuple[str, str, str | None, GenForm | None]
+VARIANTS: list[Variant] = [
+    ("plain sdpa", "sdpa", None, None),
+    ("plain eager", "eager", None, None),
+    ("stamp eager mul", "eager", "mul", None),
+    ("stamp eager add", "eager", "add", None),
+    ("stamp sdpa add", "sdpa", "add", None),
+    ("stamp fused mul", "fused", "mul", None),
+    ("stamp fused add", "fused", "add", None),
+    ("stamp flex mul", "flex", "mul", None),
+    ("stamp flex add", "flex", "add", None),
 ]
+
+
+def generator_variants(forms: list[GenForm], pairs=GEN_BACKENDS) -> list[Variant]:
+    """Plain SDPA, then every generator form on every (backend, fusion)."""
+    out: list[Variant] = [("plain sdpa", "sdpa", None, None)]
+    for form in forms:
+        out += [(f"{form.label} / {b} {f}", b, f, form) for b, f in pairs]
+    return out
 
 
 class Block(nn.Module):
     """One attention module with (optionally) its STAMP generator, as a layer runs it."""
 
     def __init__(
-        self, shape: Shape, backend: str, fusion: str | None, checkpoint: bool = False
+        self,
+        shape: Shape,
+        backend: str,
+        fusion: str | None,
+        checkpoint: bool = False,
+        form: GenForm | None = None,
     ) -> None:
         super().__init__()
         self.attn = StampAttention(
@@ -102,15 +168,24 @@ class Block(nn.Module):
             fusion=fusion or "mul",
             attention=AttentionConfig(backend=backend),
         )
-        self.generator = (
-            MaskGenerator(shape.dim, shape.nk, shape.depth, checkpoint=checkpoint)
-            if fusion is not None
-            else None
-        )
+        self.generator = None
+        if fusion is not None:
+            self.generator = MaskGenerator.from_config(
+                (form or MLP).mask_config(shape.depth, checkpoint),
+                shape.dim,
+                shape.nk,
+                num_heads=shape.heads,
+                context_dim=shape.dim if shape.cross else None,
+            )
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
-        mask = None if self.generator is None else self.generator(x, n_keys=self.nk(x, ctx))
+        mask = None
+        if self.generator is not None:
+            mask = self.generator(x, n_keys=self.nk(x, ctx), context=ctx)
         return self.attn(x, ctx, mask=mask)
+
+    def generator_parameters(self) -> int:
+        return 0 if self.generator is None else sum(p.numel() for p in self.generator.parameters())
 
     @staticmethod
     def nk(x: torch.Tensor, ctx: torch.Tensor | None) -> int:
@@ -151,19 +226,17 @@ def block_step(block: nn.Module, shape: Shape, device: torch.device, backward: b
 
 
 def saved_bytes(block: Block, shape: Shape, device: torch.device, dtype) -> int:
-    """Bytes autograd saves for backward, each storage once, excluding what the generator
-    saves inside its own forward (its activations)."""
+    """Bytes autograd saves for backward, each storage once: every storage that something
+    outside the generator saves (the inputs, which the projections save, and M, which the
+    attention saves, count even where the generator saves them too); a storage that only the
+    generator's own forward saves (its activations) does not."""
     outside: dict[int, int] = {}
-    inside: set[int] = set()
     in_generator = False
 
     def pack(t: torch.Tensor):
-        storage = t.untyped_storage()
-        key = storage.data_ptr()
-        if in_generator:
-            inside.add(key)
-        else:
-            outside[key] = storage.nbytes()
+        if not in_generator:
+            storage = t.untyped_storage()
+            outside[storage.data_ptr()] = storage.nbytes()
         return t
 
     def enter(*_):
@@ -185,7 +258,7 @@ def saved_bytes(block: Block, shape: Shape, device: torch.device, dtype) -> int:
         block(x, ctx)
     for h in handles:
         h.remove()
-    return sum(n for key, n in outside.items() if key not in inside)
+    return sum(outside.values())
 
 
 def _proc_status(key: str) -> int:
@@ -284,15 +357,21 @@ def bench_shape(
     warmup: int,
     repeats: int,
     dtype=torch.float32,
+    variants: list[Variant] | None = None,
+    section: str = "",
 ) -> list[dict]:
+    """Every variant's step at ``shape``, with its ratios to plain SDPA measured in the same
+    run (``section`` keeps the peak keys of different sections apart)."""
     blocks_: dict[str, Block] = {}
     meta: dict[str, tuple[str, str | None, bool]] = {}
-    for label, backend, fusion in VARIANTS:
+    forms: dict[str, GenForm | None] = {}
+    for label, backend, fusion, form in VARIANTS if variants is None else variants:
         if backend not in backends and label != "plain sdpa":
             continue
         torch.manual_seed(0)
-        blocks_[label] = Block(shape, backend, fusion).to(device, dtype)
+        blocks_[label] = Block(shape, backend, fusion, form=form).to(device, dtype)
         meta[label] = (backend, fusion, has_backward(backend, device))
+        forms[label] = None if fusion is None else (form or MLP)
     steps = {
         label: block_step(blocks_[label], shape, device, meta[label][2], dtype) for label in meta
     }
@@ -300,14 +379,15 @@ def bench_shape(
     if any(not bwd for _, _, bwd in meta.values()):
         steps["plain sdpa (fwd)"] = block_step(blocks_["plain sdpa"], shape, device, False, dtype)
     seconds = interleaved_times(steps, device, warmup, repeats)
-    flops: dict[tuple[str, str | None, bool], int] = {}
+    flops: dict[tuple, int] = {}
     rows = []
     for label, (backend, fusion, backward) in meta.items():
         # flex / fused are counted as the eager path: the same arithmetic
-        key = (backend if backend in ("sdpa", "eager") else "eager", fusion, backward)
+        form = forms[label]
+        key = (backend if backend in ("sdpa", "eager") else "eager", fusion, backward, form)
         if key not in flops:
             torch.manual_seed(0)
-            counted = Block(shape, key[0], fusion).to(device, dtype)
+            counted = Block(shape, key[0], fusion, form=form).to(device, dtype)
             flops[key] = count_flops(block_step(counted, shape, device, backward, dtype))
         n_flops = flops[key]
         _zero_grads(blocks_[label])
@@ -316,17 +396,19 @@ def bench_shape(
                 "variant": label,
                 "backend": backend,
                 "fusion": fusion,
+                "generator": None if form is None else form.label,
+                "generator_params": blocks_[label].generator_parameters(),
                 "pass": "fwd+bwd" if backward else "fwd",
                 "time_ms": seconds[label] * 1e3,
                 "flops": n_flops,
                 "attn_memory_bytes": saved_bytes(blocks_[label], shape, device, dtype)
                 if backward
                 else None,
-                "peak_bytes": peak_bytes(steps[label], device, f"{shape.name}|{label}"),
+                "peak_bytes": peak_bytes(steps[label], device, f"{section}{shape.name}|{label}"),
             }
         )
         print(
-            f"  {label:<16} {rows[-1]['pass']:<7} {seconds[label] * 1e3:9.2f} ms  "
+            f"  {label:<28} {rows[-1]['pass']:<7} {seconds[label] * 1e3:9.2f} ms  "
             f"{n_flops / 1e9:8.3f} GFLOP",
             flush=True,
         )
@@ -337,7 +419,7 @@ def bench_shape(
             "flops": count_flops(steps["plain sdpa (fwd)"]),
             "attn_memory_bytes": None,
             "peak_bytes": peak_bytes(
-                steps["plain sdpa (fwd)"], device, f"{shape.name}|plain sdpa (fwd)"
+                steps["plain sdpa (fwd)"], device, f"{section}{shape.name}|plain sdpa (fwd)"
             ),
         }
     for r in rows:
@@ -348,6 +430,65 @@ def bench_shape(
         for k in ("attn_memory", "peak"):
             mine, ref = r[f"{k}_bytes"], b.get(f"{k}_bytes")
             r[f"{k}_ratio"] = mine / ref if mine and ref else None
+    return rows
+
+
+def add_mlp_ratios(rows: list[dict]) -> list[dict]:
+    """Each generator row's time, FLOPs, attention memory, peak and generator parameters
+    against the MLP generator's row on the same backend, fusion and pass (same run)."""
+    mlp = {(r["backend"], r["fusion"], r["pass"]): r for r in rows if r["generator"] == MLP.label}
+    for r in rows:
+        ref = mlp.get((r["backend"], r["fusion"], r["pass"])) if r["generator"] else None
+        for k, field in (
+            ("time", "time_ms"),
+            ("flop", "flops"),
+            ("attn_memory", "attn_memory_bytes"),
+            ("peak", "peak_bytes"),
+            ("params", "generator_params"),
+        ):
+            mine, theirs = r[field], None if ref is None else ref[field]
+            r[f"{k}_vs_mlp"] = mine / theirs if mine and theirs else None
+    return rows
+
+
+def generator_parameters(form: GenForm, dim: int, depth: int, heads: int, n: int) -> int:
+    """Closed-form parameter count of a self-attention generator of ``form`` at N = ``n``."""
+    h = heads if form.per_head else 1
+    if form.generator == "lowrank":
+        return LowRankMaskGenerator.lowrank_parameters(dim, depth, form.rank, heads=h)
+    return MaskGenerator.num_parameters(dim, n, depth, heads=h)
+
+
+def param_counts(
+    configs: dict[str, tuple[int, int, int]], ns: tuple[int, ...], forms: list[GenForm]
+) -> list[dict]:
+    """Every form's parameter count at each N for each (D, depth, H): the closed form, checked
+    against the module itself (built on the meta device: no memory, any N)."""
+    rows = []
+    for name, (dim, depth, heads) in configs.items():
+        for form in forms:
+            counts = []
+            for n in ns:
+                closed = generator_parameters(form, dim, depth, heads, n)
+                with torch.device("meta"):
+                    gen = MaskGenerator.from_config(
+                        form.mask_config(depth), dim, n, num_heads=heads
+                    )
+                counted = sum(p.numel() for p in gen.parameters())
+                if counted != closed:
+                    raise AssertionError(f"{form.label} at N={n}: {counted} != {closed}")
+                counts.append(counted)
+            rows.append(
+                {
+                    "config": name,
+                    "dim": dim,
+                    "depth": depth,
+                    "heads": heads,
+                    "generator": form.label,
+                    "n": list(ns),
+                    "params": counts,
+                }
+            )
     return rows
 
 
@@ -401,7 +542,8 @@ def bench_scaling(
     backends: tuple[str, ...] = ("sdpa", "eager", "fused"),
     deadline: float = float("inf"),
 ) -> list[dict]:
-    """Attention alone, B=1: plain SDPA vs STAMP (mul, M learnable) eager / fused."""
+    """Attention alone, B=1: plain SDPA vs STAMP (mul, M learnable) eager / fused, and STAMP
+    fused with M from a depth-2 generator (``GEN_SCALING``) of tokens X (1, N, H·d)."""
     rows = []
     for n in ns:
         if time.perf_counter() > deadline:
@@ -439,18 +581,30 @@ def _scaling_steps(
         "eager": lambda: eager_attention(q, k, v, mask=m)[0],
         "fused": lambda: fused_attention(q, k, v, mask=m)[0],
     }
+    leaves = [q, k, v, m]
     if "flex" in backends:
         fns["flex"] = _flex_fn(q, k, v, m)
+    for name, form in GEN_SCALING.items():
+        if name in backends:
+            x = torch.randn(1, n, heads * head_dim, **kw)
+            gen = MaskGenerator.from_config(form.mask_config(2), heads * head_dim, n)
+            gen.to(device, dtype)
+            fns[name] = _generated_fn(q, k, v, x, gen)
+            leaves += [x, *gen.parameters()]
 
     def make(fn: Callable) -> Callable[[], None]:
         def step() -> None:
             fn().backward(grad)
-            for t in (q, k, v, m):
+            for t in leaves:
                 t.grad = None
 
         return step
 
     return {name: make(fns[name]) for name in backends}
+
+
+def _generated_fn(q, k, v, x, gen: nn.Module):
+    return lambda: fused_attention(q, k, v, mask=gen(x))[0]
 
 
 def _flex_fn(q, k, v, m):
@@ -471,6 +625,8 @@ def plot_scaling(rows: list[dict], path: Path, title: str) -> None:
         "eager": "STAMP eager (mul)",
         "fused": "STAMP fused (mul)",
         "flex": "STAMP flex (mul)",
+        "gen_mlp": "STAMP fused + MLP generator (depth 2)",
+        "gen_lowrank": "STAMP fused + lowrank r16 generator (depth 2)",
     }
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ns = [r["n"] for r in rows]
@@ -622,6 +778,42 @@ def to_markdown(results: dict) -> str:
             f"| {r['variant']} | {r['time_ms']:.1f} | {_mib(r['peak_bytes'])} |" for r in ck["rows"]
         ]
         lines.append("")
+    for entry in results.get("generators", {}).values():
+        s = entry["shape"]
+        lines += [
+            f"### Generators at {s['name']}: B={s['batch']}, Nq={s['nq']}, Nk={s['nk']}, "
+            f"D={s['dim']}, H={s['heads']}, depth {s['depth']}",
+            "",
+            "| generator / backend | pass | generator params | time (ms) | time vs SDPA "
+            "| time/FLOP | time vs MLP | FLOP vs MLP | attention memory vs SDPA | peak (MiB) "
+            "| peak vs SDPA | peak vs MLP |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in entry["rows"]:
+            lines.append(
+                f"| {r['variant']} | {r['pass']} | {r['generator_params']:,} | "
+                f"{r['time_ms']:.2f} | {r['time_ratio']:.2f} | {r['overhead']:.2f} | "
+                f"{_ratio(r['time_vs_mlp'])} | {_ratio(r['flop_vs_mlp'])} | "
+                f"{_ratio(r['attn_memory_ratio'])} | {_mib(r['peak_bytes'])} | "
+                f"{_ratio(r['peak_ratio'])} | {_ratio(r['peak_vs_mlp'])} |"
+            )
+        lines.append("")
+    pc = results.get("params")
+    if pc:
+        ns = pc[0]["n"]
+        lines += [
+            "### Generator parameters against N (closed form, equal to the module's count)",
+            "",
+            "| D, depth, H (shapes) | generator | " + " | ".join(f"N={n}" for n in ns) + " |",
+            "|---|---|" + "---|" * len(ns),
+        ]
+        lines += [
+            f"| {r['dim']}, {r['depth']}, {r['heads']} ({r['config']}) | {r['generator']} | "
+            + " | ".join(f"{c:,}" for c in r["params"])
+            + " |"
+            for r in pc
+        ]
+        lines.append("")
     sc = results.get("scaling")
     if sc and sc["rows"]:
         names = [k[:-3] for k in sc["rows"][0] if k.endswith("_ms")]
@@ -657,9 +849,11 @@ def pick_best(rows: list[dict], shape: Shape) -> tuple[dict | None, dict | None]
         best_mem = dict(best_mem)
         m_bytes = shape.batch * shape.nq * shape.nk * 4
         plain = next(r for r in rows if r["variant"] == "plain sdpa")
+        extra = best_mem["attn_memory_bytes"] - plain["attn_memory_bytes"]
         best_mem["reason"] = (
-            f"M itself ({m_bytes / 2**20:.1f} MiB, B·Nq·Nk) is saved for the backward: "
-            f"{m_bytes / plain['attn_memory_bytes']:.2f}x plain SDPA's saved memory"
+            f"saves {extra / 2**20:.1f} MiB more than plain SDPA "
+            f"({extra / plain['attn_memory_bytes']:.2f}x its saved memory), of which M "
+            f"(B·Nq·Nk, needed by the backward) is {m_bytes / 2**20:.1f} MiB"
         )
     return best, best_mem
 
@@ -676,15 +870,26 @@ def raise_recompile_limits(limit: int = 256) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="shapes,checkpoint,scaling")
+    parser.add_argument("--sections", default="shapes,checkpoint,generators,params,scaling")
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"subset of {list(SHAPES)}")
     parser.add_argument("--backends", default="eager,sdpa,fused,flex")
+    parser.add_argument(
+        "--generator-shapes", default=",".join(GEN_SHAPES), help="shapes of the generators section"
+    )
+    parser.add_argument(
+        "--generator-forms", default=",".join(GEN_FORMS), help=f"subset of {list(GEN_FORMS)}"
+    )
+    parser.add_argument("--param-n", default=",".join(map(str, PARAM_N)))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scaling-n", default=",".join(map(str, SCALING_N)))
-    parser.add_argument("--scaling-backends", default="sdpa,eager,fused")
+    parser.add_argument(
+        "--scaling-backends",
+        default="sdpa,eager,fused,gen_mlp,gen_lowrank",
+        help="sdpa, eager, fused, flex; gen_mlp / gen_lowrank: fused with a generator's M",
+    )
     parser.add_argument("--checkpoint-backend", default="fused")
     parser.add_argument(
         "--batch-scale",
@@ -716,9 +921,15 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = getattr(torch, args.dtype)
     sections = set(args.sections.split(","))
     backends = set(args.backends.split(","))
-    unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
+    unknown = [s for s in f"{args.shapes},{args.generator_shapes}".split(",") if s not in SHAPES]
     if unknown:
         parser.error(f"unknown shapes {unknown}; choose from {list(SHAPES)}")
+    unknown = [f for f in args.generator_forms.split(",") if f not in GEN_FORMS]
+    if unknown:
+        parser.error(f"unknown generator forms {unknown}; choose from {list(GEN_FORMS)}")
+    forms = [GEN_FORMS[f] for f in args.generator_forms.split(",")]
+    if MLP not in forms:  # the reference of the "vs MLP" ratios
+        forms.insert(0, MLP)
     results: dict = {
         "device": torch.cuda.get_device_name()
         if device.type == "cuda"
@@ -758,12 +969,41 @@ def main(argv: list[str] | None = None) -> dict:
         results["checkpoint"] = bench_checkpoint(
             shape, args.checkpoint_backend, device, args.warmup, args.repeats, dtype
         )
+    if "generators" in sections:
+        results["generators"] = {}
+        for key in args.generator_shapes.split(","):
+            if time.perf_counter() > deadline:
+                skipped.append(f"generators {key}")
+                continue
+            shape = scaled(SHAPES[key])
+            print(f"generators: {shape.name}", flush=True)
+            rows = bench_shape(
+                shape,
+                backends,
+                device,
+                args.warmup,
+                args.repeats,
+                dtype,
+                variants=generator_variants(forms),
+                section="generators|",
+            )
+            results["generators"][key] = {"shape": asdict(shape), "rows": add_mlp_ratios(rows)}
+    if "params" in sections:
+        configs: dict[tuple[int, int, int], list[str]] = {}
+        for key, shape in SHAPES.items():
+            configs.setdefault((shape.dim, shape.depth, shape.heads), []).append(key)
+        results["params"] = param_counts(
+            {"/".join(keys): cfg for cfg, keys in configs.items()},
+            tuple(int(n) for n in args.param_n.split(",")),
+            forms,
+        )
     if "scaling" in sections:
         ns = tuple(int(n) for n in args.scaling_n.split(","))
         names = tuple(args.scaling_backends.split(","))
         print("scaling (attention alone, B=1, H=4, d=64, mul)", flush=True)
         results["scaling"] = {
-            "what": "attention alone (B=1, H=4, d=64; STAMP: mul, M (1, N, N) learnable), fwd+bwd",
+            "what": "attention alone (B=1, H=4, d=64; STAMP: mul, M (1, N, N) learnable; "
+            "gen_*: fused, M from a depth-2 generator of X (1, N, 256)), fwd+bwd",
             "rows": bench_scaling(
                 ns, device, args.warmup, args.repeats, dtype, backends=names, deadline=deadline
             ),

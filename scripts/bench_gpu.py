@@ -1,8 +1,11 @@
 """The GPU benchmark in one go (``make bench-gpu``): bf16, CUDA, every backend with its backward
 (flex for both fusions, fused, eager, SDPA), the five paper shapes, the depth-32 generator with
-checkpointing and the scaling curve N = 64 ... 4096 (flex included), within a time budget
-(default 240 s of benchmarking; what does not fit is listed as skipped). Tables, JSON and the
-scaling plot go to one folder. Without a CUDA GPU it prints why and exits 0.
+checkpointing, the generator forms (``mask.generator=mlp / lowrank``, rank 16 and 64,
+``mask.per_head``) on every backend against plain SDPA and against the MLP generator, their
+parameter counts against N, and the scaling curve N = 64 ... 4096 (flex and the MLP / low-rank
+generator lines included), within a time budget (default 240 s of benchmarking; what does not
+fit is listed as skipped). Tables, JSON and the scaling plot go to one folder. Without a CUDA
+GPU it prints why and exits 0.
 
     python scripts/bench_gpu.py --out bench_results/gpu [--budget-s 240]
 """
@@ -28,10 +31,16 @@ def gpu_args(out: Path, dtype: str, repeats: int, budget_s: float) -> list[str]:
         "cuda",
         "--dtype",
         dtype,
+        "--sections",
+        "shapes,checkpoint,generators,params,scaling",
         "--backends",
         "eager,sdpa,fused,flex",
+        "--generator-shapes",
+        "ad,qvh_self,qvh_cross,vit,swinbert",
+        "--generator-forms",
+        "mlp,mlp_head,lowrank16,lowrank16_head,lowrank64",
         "--scaling-backends",
-        "sdpa,eager,fused,flex",
+        "sdpa,eager,fused,flex,gen_mlp,gen_lowrank",
         "--checkpoint-backend",
         "flex",
         "--warmup",

@@ -13,15 +13,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 import bench_attention  # noqa: E402
 
+from stamp import LowRankMaskGenerator, MaskGenerator  # noqa: E402
+
 
 def test_bench_attention_writes_ratios(tmp_path):
     proc = run_script(
         [
             "scripts/bench_attention.py",
             "--sections",
-            "shapes,scaling",
+            "shapes,generators,params,scaling",
             "--shapes",
             "qvh_cross",
+            "--generator-shapes",
+            "qvh_cross",
+            "--generator-forms",
+            "lowrank16,mlp_head",
+            "--param-n",
+            "64,1024",
             "--backends",
             "eager,sdpa,fused",
             "--scaling-n",
@@ -53,16 +61,37 @@ def test_bench_attention_writes_ratios(tmp_path):
     # fused is counted as the eager path (same arithmetic) and trains (fwd+bwd)
     assert rows["stamp fused mul"]["flops"] == stamp["flops"]
     assert rows["stamp fused mul"]["pass"] == "fwd+bwd"
-    # the generator's own activations are excluded: STAMP's attention memory is plain
-    # attention's plus M (B x 75 x 32 floats), nothing of the depth-32 stack
+    # the generator's own activations are excluded, the inputs it shares with the projections
+    # are not: eager mul saves plain eager's tensors plus M (B x 75 x 32 floats) and the
+    # logits before the fusion (H x that), nothing of the depth-32 stack
     extra = stamp["attn_memory_bytes"] - rows["plain eager"]["attn_memory_bytes"]
     m_bytes = 4 * 75 * 32 * 4
-    assert m_bytes <= extra < 3 * m_bytes
+    assert extra == (1 + 8) * m_bytes
+    gen = {r["variant"]: r for r in results["generators"]["qvh_cross"]["rows"]}
+    mlp, lowrank = gen["mlp / eager mul"], gen["lowrank r16 / eager mul"]
+    per_head = gen["mlp per-head / eager mul"]
+    assert mlp["flops"] == stamp["flops"] and mlp["time_vs_mlp"] == 1.0
+    # per head: M is (B, H, Nq, Nk), H times the shared one; lowrank's M is the MLP's size
+    assert per_head["attn_memory_bytes"] - mlp["attn_memory_bytes"] == (8 - 1) * m_bytes
+    assert lowrank["attn_memory_bytes"] == mlp["attn_memory_bytes"]
+    assert lowrank["time_vs_mlp"] == pytest.approx(lowrank["time_ms"] / mlp["time_ms"])
+    # in cross-attention the low-rank trunk also runs on the 32 key tokens (75 queries)
+    assert 1.2 < lowrank["flop_vs_mlp"] < (75 + 32) / 75
+    assert lowrank["generator_params"] == LowRankMaskGenerator.lowrank_parameters(256, 32, 16)
+    assert per_head["generator_params"] == MaskGenerator.num_parameters(256, 32, 32, heads=8)
+    assert gen["lowrank r16 / sdpa add"]["pass"] == "fwd+bwd"
+    params = {(r["config"], r["generator"]): r for r in results["params"]}
+    counts = {k[1]: r["params"] for k, r in params.items() if k[0] == "vit"}
+    assert counts["lowrank r16"] == [24_609, 24_609]  # 2 x (768 x 16 + 16) + 1: no N
+    assert counts["mlp"] == [768 * 64 + 64, 768 * 1024 + 1024]  # one output per key
+    assert counts["mlp per-head"] == [12 * c for c in counts["mlp"]]
     scaling = results["scaling"]["rows"]
     assert [r["n"] for r in scaling] == [32] and scaling[0]["fused_ms"] > 0
+    assert scaling[0]["gen_lowrank_ms"] > 0 and scaling[0]["gen_mlp_ms"] > 0
     assert (tmp_path / "scaling.png").stat().st_size > 0
     markdown = (tmp_path / "bench_attention.md").read_text()
     assert markdown.startswith("Device: cpu") and "## Targets" in markdown
+    assert "### Generators at qvh_cross" in markdown and "| lowrank r16 | 24,609 |" in markdown
 
 
 def test_summary_marks_missed_targets_with_reason():
@@ -159,6 +188,7 @@ def test_bench_gpu_command_line_is_valid(tmp_path):
     assert results["dtype"] == "bfloat16"
     assert "shape swinbert" in results["skipped"] and "checkpoint" in results["skipped"]
     assert "scaling N=4096" in results["skipped"]
+    assert "generators swinbert" in results["skipped"] and len(results["params"]) == 4 * 5
 
 
 def test_bench_qvhighlights_says_when_the_annotations_are_missing(tmp_path, capsys):
