@@ -3,6 +3,8 @@
 #   make test   - the fast test suite (pytest -m "not slow")
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# extra train.py overrides for demo / demo-seeds / qvhighlights-proxy, e.g. make demo ARGS="seed=1"
+ARGS ?=
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install lock check-lock demo demo-seeds qvhighlights-proxy test test-all bench lint
@@ -33,12 +35,12 @@ check-lock: $(INSTALLED)
 
 demo: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PY) train.py -m experiment=demo_masks logger=many \
-		callbacks.progress_bar.refresh_rate=50
+		callbacks.progress_bar.refresh_rate=50 $(ARGS)
 
 # the evidence of README "Does STAMP do anything?" (3 seeds each; tables via make_tables.py)
 demo-seeds: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PY) train.py -m experiment=demo_seeds logger=many \
-		callbacks.progress_bar.refresh_rate=0
+		callbacks.progress_bar.refresh_rate=0 $(ARGS)
 
 QVH_PROXY_DATA := data/qvhighlights_synthetic
 $(QVH_PROXY_DATA)/annotations: | $(INSTALLED)
@@ -49,7 +51,7 @@ $(QVH_PROXY_DATA)/annotations: | $(INSTALLED)
 
 qvhighlights-proxy: $(INSTALLED) $(QVH_PROXY_DATA)/annotations
 	HF_HUB_OFFLINE=1 $(PY) train.py -m experiment=qvhighlights_proxy logger=many \
-		callbacks.progress_bar.refresh_rate=0
+		callbacks.progress_bar.refresh_rate=0 $(ARGS)
 
 test: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -q
