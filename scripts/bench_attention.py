@@ -625,8 +625,8 @@ def plot_scaling(rows: list[dict], path: Path, title: str) -> None:
         "eager": "STAMP eager (mul)",
         "fused": "STAMP fused (mul)",
         "flex": "STAMP flex (mul)",
-        "gen_mlp": "STAMP fused + MLP generator (depth 2)",
-        "gen_lowrank": "STAMP fused + lowrank r16 generator (depth 2)",
+        "gen_mlp": "STAMP fused + MLP gen.",
+        "gen_lowrank": "STAMP fused + lowrank r16 gen.",
     }
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ns = [r["n"] for r in rows]
@@ -647,7 +647,7 @@ def plot_scaling(rows: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("N (queries = keys)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
