@@ -118,7 +118,10 @@ class _FusedStampAttention(torch.autograd.Function):
         qs = q * d**-0.5
         m4, b4 = _as4d(m, mask=True), _as4d(bias)
         pad4 = None if pad is None else pad[:, None, None, :]
-        out = torch.empty(q.shape[:-1] + v.shape[-1:], dtype=v.dtype, device=q.device)
+        # (B, Nq, H, dv) memory seen as (B, H, Nq, dv): the caller's merge of the heads,
+        # out.transpose(1, 2).reshape(B, Nq, H * dv), is then a view, and the output projection
+        # saves the same storage as this function instead of a second copy
+        out = torch.empty(B, nq, H, v.shape[-1], dtype=v.dtype, device=q.device).transpose(1, 2)
         acc = torch.promote_types(q.dtype, torch.float32)  # softmax precision (eager: float32)
         lse = torch.empty(B, H, nq, dtype=acc, device=q.device)
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0 else 0
