@@ -10,7 +10,8 @@ Rules (documented for writers in docs/testing_docs.md):
   or when it is unlabelled (indented by 4 spaces, or a bare fence) and its first line that is not
   a comment starts with a command (``python``, ``make``, ``.venv/bin/...``, ``pip``, ``pytest``,
   ``bash``, ``wandb``, ``git``, optionally after ``VAR=value`` prefixes or a ``$`` prompt).
-* Every line of a shell block is part of a command: ``\\`` continues a line, an open quote
+* Every line of a shell block is part of a command (in a ``console`` block only the ``$ `` lines
+  and their continuations; the other lines are output): ``\\`` continues a line, an open quote
   continues a command (``python -c "..."``), ``#`` starts a comment, comment-only lines are not
   commands.
 * An HTML comment ``<!-- docs-test: ... -->`` directly above a block (blank lines between are
@@ -175,13 +176,16 @@ def _complete(text: str) -> bool:
     return not text.rstrip().endswith("\\")
 
 
-def split_commands(lines: list[str]) -> list[tuple[int, str]]:
-    """(line offset in the block, command text) for each command of a shell block."""
+def split_commands(lines: list[str], prompts_only: bool = False) -> list[tuple[int, str]]:
+    """(line offset in the block, command text) for each command of a shell block.
+    ``prompts_only`` (a ``console`` block): only ``$ `` lines start a command, others are output."""
     out: list[tuple[int, str]] = []
     current, start = "", 0
     for k, line in enumerate(lines):
         if not current:
             if not line.strip() or _comment(line):
+                continue
+            if prompts_only and not line.lstrip().startswith("$ "):
                 continue
             start, current = k, re.sub(r"^\$\s+", "", line.strip())
         else:
@@ -246,7 +250,7 @@ def doc_commands(root: Path, doc: Path) -> list[Command]:
     for index, block in enumerate(shell_blocks):
         cmds = [
             Command(str(doc), block.line + offset, text, index)
-            for offset, text in split_commands(block.lines)
+            for offset, text in split_commands(block.lines, (block.lang or "").lower() == "console")
         ]
         for cmd in cmds:
             if any(re.search(p, cmd.code) for p in GPU_PATTERNS):

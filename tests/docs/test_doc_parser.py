@@ -118,6 +118,15 @@ def test_bad_directives_fail(tmp_path, directive):
         _commands(tmp_path, f"<!-- docs-test: {directive} -->\n\n    python train.py\n")
 
 
+def test_console_block_runs_prompt_lines_only(tmp_path):
+    text = "```console\n$ python train.py \\\n    seed=1\nfinal metrics\n  val/acc 0.8\n"
+    text += "$ make demo\n```\n"
+    assert [(c.line, c.code) for c in _commands(tmp_path, text)] == [
+        (2, "python train.py \\\n    seed=1"),
+        (6, "make demo"),
+    ]
+
+
 def test_strip_comment_and_split():
     assert strip_comment("python a.py x=1   # note") == "python a.py x=1"
     assert strip_comment("python a.py 'x#y' \"#z\"") == "python a.py 'x#y' \"#z\""
