@@ -32,6 +32,7 @@ from stamp.config import (
 from stamp.mask import (
     MaskGenerator,
     SparseMask,
+    generator_parameters,
     matched_layer_count,
     matched_linear_count,
     mlp_stack,
@@ -277,12 +278,14 @@ class StampCrossAttentionLayer(nn.Module):
         return self.ffn_block(x, self.ffn)
 
 
-def layer_mask_kwargs(mask: MaskConfig, dim: int, n_max: int) -> dict:
-    """Per-layer keyword arguments that a mask mode asks of a layer (generator / +Linear)."""
+def layer_mask_kwargs(mask: MaskConfig, dim: int, n_max: int, num_heads: int = 1) -> dict:
+    """Per-layer keyword arguments that a mask mode asks of a layer (generator / +Linear). The
+    +Linear control matches the generator form that ``mask`` describes (mlp / lowrank, heads)."""
     if mask.type is MaskType.multilayer:
         return {"own_generator": True}
     if mask.type is MaskType.extra_linear:
-        return {"extra_linear": matched_linear_count(dim, n_max, mask.depth, mask.hidden)}
+        reference = generator_parameters(mask, dim, n_max, num_heads)
+        return {"extra_linear": matched_linear_count(dim, n_max, mask.depth, reference=reference)}
     return {}
 
 
@@ -329,7 +332,7 @@ class StampEncoder(nn.Module):
             norm_first=norm_first,
             norm_eps=norm_eps,
         )
-        per_layer = layer_mask_kwargs(mask, dim, n_max)
+        per_layer = layer_mask_kwargs(mask, dim, n_max, num_heads)
 
         def make_layer(i: int, total: int, **extra) -> StampEncoderLayer:
             dp = drop_path * i / max(1, total - 1)
@@ -341,7 +344,7 @@ class StampEncoder(nn.Module):
                 raise ValueError(f"num_extra_layers must be >= 1, got {num_extra_layers}")
             self.num_extra_layers = num_extra_layers
         elif mask.type is MaskType.extra_layers:
-            reference = MaskGenerator.num_parameters(dim, n_max, mask.depth, mask.hidden)
+            reference = generator_parameters(mask, dim, n_max, num_heads)
             probe = make_layer(0, 1)
             layer_params = sum(p.numel() for p in probe.parameters())
             self.num_extra_layers = matched_layer_count(num_layers * reference, layer_params)

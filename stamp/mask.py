@@ -430,10 +430,28 @@ def mlp_stack(dim: int, num_linear: int) -> ResidualMLP:
     return ResidualMLP(dim, num_linear)
 
 
-def matched_linear_count(dim: int, n_max: int, depth: int, hidden: int | None = None) -> int:
-    """How many Linear(D, D) after one attention module match one generator's parameters."""
+def generator_parameters(mask: MaskConfig, dim: int, n_max: int | None, num_heads: int = 1) -> int:
+    """Parameters of the generator that ``mask`` describes (its form, depth, width, heads)."""
+    heads = num_heads if mask.per_head else 1
+    if GeneratorKind(mask.generator) is GeneratorKind.lowrank:
+        return LowRankMaskGenerator.lowrank_parameters(
+            dim, mask.depth, mask.rank, mask.hidden, heads
+        )
+    if n_max is None:
+        raise ValueError("the MLP generator's parameter count needs n_max")
+    return MaskGenerator.num_parameters(dim, n_max, mask.depth, mask.hidden, heads)
+
+
+def matched_linear_count(
+    dim: int, n_max: int, depth: int, hidden: int | None = None, *, reference: int | None = None
+) -> int:
+    """How many Linear(D, D) after one attention module match one generator's parameters
+    (``reference``: that count, e.g. ``generator_parameters`` of another form; default: the
+    MLP generator of this depth)."""
     per_linear = dim * dim + dim
-    return max(1, round(MaskGenerator.num_parameters(dim, n_max, depth, hidden) / per_linear))
+    if reference is None:
+        reference = MaskGenerator.num_parameters(dim, n_max, depth, hidden)
+    return max(1, round(reference / per_linear))
 
 
 def matched_layer_count(stamp_params: int, layer_params: int) -> int:

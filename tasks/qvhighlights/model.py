@@ -450,7 +450,7 @@ class QDDETR(nn.Module):
             self.t2v_mask_generator = MaskGenerator.from_config(
                 t2v_mask, d, max_q_l, num_heads=num_heads, context_dim=d
             )
-        per_layer = layer_mask_kwargs(t2v_mask, d, max_q_l)
+        per_layer = layer_mask_kwargs(t2v_mask, d, max_q_l, num_heads)
         self.t2v_layers = nn.ModuleList(
             QDDETRT2VLayer(
                 d,

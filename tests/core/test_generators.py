@@ -17,6 +17,7 @@ from stamp import (
 from stamp.attention import eager_attention, flex_attention_backend, sdpa_attention
 from stamp.diagnostics import token_dependence
 from stamp.fused import fused_attention
+from stamp.mask import generator_parameters
 
 B, N, D, H, R = 2, 7, 16, 4, 3
 
@@ -179,3 +180,26 @@ def test_cross_attention_lowrank_reads_the_context():
     # the mask (not only the values) changes with the keys' content
     assert not torch.allclose(layer.mask_generator(x, context=ctx2), m)
     assert out1.shape == (B, N, D)
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+@pytest.mark.parametrize("generator", ["mlp", "lowrank"])
+def test_generator_parameters_is_the_built_count(generator, per_head):
+    cfg = _cfg(generator=generator, per_head=per_head, rank=R, depth=3)
+    gen = MaskGenerator.from_config(cfg, D, 40, num_heads=H)
+    assert generator_parameters(cfg, D, 40, H) == sum(p.numel() for p in gen.parameters())
+
+
+def test_controls_match_the_chosen_generator_form():
+    """The +Linear / +layers controls are sized to the generator form that mask describes."""
+    dim, n, depth = 32, 400, 2
+    counts = {}
+    for generator in ("mlp", "lowrank"):
+        cfg = _cfg(type="extra_linear", generator=generator, depth=depth, rank=4)
+        enc = StampEncoder(1, dim, 4, n_max=n, mask=cfg)
+        extra = sum(p.numel() for p in enc.layers[0].extra.parameters())
+        counts[generator] = extra
+        reference = generator_parameters(cfg, dim, n)
+        assert abs(extra - reference) <= (dim * dim + dim) / 2  # the nearest count of Linears
+    # at N=400 the MLP generator has ~12x the low-rank one's parameters: so do the controls
+    assert counts["mlp"] > 5 * counts["lowrank"]
