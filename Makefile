@@ -3,11 +3,11 @@
 #   make test   - the fast test suite (pytest -m "not slow")
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# extra train.py overrides for demo / demo-seeds / qvhighlights-proxy, e.g. make demo ARGS="seed=1"
+# extra train.py overrides for demo / demo-seeds / demo-generators / qvhighlights-proxy, e.g. make demo ARGS="seed=1"
 ARGS ?=
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install lock check-lock demo demo-seeds qvhighlights-proxy test test-all bench lint
+.PHONY: install lock check-lock demo demo-seeds demo-generators qvhighlights-proxy test test-all bench lint
 
 LOCK := requirements.lock
 EXTRAS := dev,audio,cluster
@@ -40,6 +40,11 @@ demo: $(INSTALLED)
 # the evidence of README "Does STAMP do anything?" (3 seeds each; tables via make_tables.py)
 demo-seeds: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PY) train.py -m experiment=demo_seeds logger=many \
+		callbacks.progress_bar.refresh_rate=0 $(ARGS)
+
+# the generator forms (mask.generator=mlp/lowrank x mask.per_head), 3 seeds (docs/stamp_diagnostics.md)
+demo-generators: $(INSTALLED)
+	HF_HUB_OFFLINE=1 $(PY) train.py -m experiment=demo_generators logger=many \
 		callbacks.progress_bar.refresh_rate=0 $(ARGS)
 
 QVH_PROXY_DATA := data/qvhighlights_synthetic
