@@ -5,6 +5,7 @@ Pure PyTorch; the Lightning/Hydra pipeline lives in ``tasks``.
 
 from stamp.attention import (
     ATTENTION_BACKENDS,
+    RecordsAttention,
     StampAttention,
     eager_attention,
     flex_attention_backend,
@@ -73,6 +74,7 @@ __all__ = [
     "MaskGenerator",
     "MaskInit",
     "MaskType",
+    "RecordsAttention",
     "SparseMask",
     "StampAttention",
     "StampCrossAttentionLayer",

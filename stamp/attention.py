@@ -225,7 +225,26 @@ def _warn_once(key: str, msg: str) -> None:
         log.warning(msg)
 
 
-class StampAttention(nn.Module):
+class RecordsAttention:
+    """The recording protocol of an attention module (``StampAttention``, ``stamp.inject``'s
+    ``InjectedStamp``): while ``record`` > 0 (a count, so that several recorders can listen to
+    the same forward: ``stamp.record_attention``, ``stamp.diagnostics``) the forward runs the
+    eager path and leaves its probabilities and mask in ``recorded``."""
+
+    record: int = 0
+    recorded: dict[str, Tensor | None] | None = None
+    cross: bool = False  # a cross-attention (its queries are not its keys)
+
+    def start_recording(self) -> None:
+        self.record += 1
+
+    def stop_recording(self) -> None:
+        self.record = max(0, self.record - 1)
+        if not self.record:
+            self.recorded = None
+
+
+class StampAttention(RecordsAttention, nn.Module):
     """Multi-head self- or cross-attention whose logits take a soft mask M before the softmax.
 
     Self-attention keeps timm's parameter names (``qkv``, ``proj``) so timm ViT weights load
@@ -270,18 +289,7 @@ class StampAttention(nn.Module):
                 f"attention=flex has no attention-probability dropout; attn_drop={attn_drop} "
                 "is not applied by flex (eager/sdpa apply it).",
             )
-        # > 0 while a recorder listens (stamp.record_attention, stamp.diagnostics): the forward
-        # then runs the eager path and leaves its probabilities and mask in ``recorded``
-        self.record = 0
-        self.recorded: dict[str, Tensor | None] | None = None
-
-    def start_recording(self) -> None:
-        self.record += 1
-
-    def stop_recording(self) -> None:
-        self.record = max(0, self.record - 1)
-        if not self.record:
-            self.recorded = None
+        self.record, self.recorded = 0, None  # RecordsAttention
 
     def _heads(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape

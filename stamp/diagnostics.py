@@ -24,8 +24,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor, nn
 
-from stamp.attention import StampAttention
-from stamp.injection.adapter import InjectedStamp
+from stamp.attention import RecordsAttention
 from stamp.mask import MaskGenerator
 
 STAT_NAMES = (
@@ -141,7 +140,7 @@ class MaskStatistics:
         self._attention = [
             (n, m)
             for n, m in model.named_modules()
-            if isinstance(m, (StampAttention, InjectedStamp))  # InjectedStamp: stamp.inject
+            if isinstance(m, RecordsAttention)  # StampAttention, stamp.inject's InjectedStamp
         ]
 
     @property
@@ -172,7 +171,7 @@ class MaskStatistics:
         return hook
 
     def _attention_hook(self, name: str):
-        def hook(module: StampAttention, args, output):
+        def hook(module: RecordsAttention, args, output):
             rec = module.recorded
             if rec is None or rec.get("mask") is None:
                 return

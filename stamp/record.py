@@ -1,4 +1,4 @@
-"""Collect attention probabilities and masks from every ``StampAttention`` of a model.
+"""Collect attention probabilities and masks from every STAMP attention module of a model.
 
     with record_attention(model) as records:
         model(batch)
@@ -15,14 +15,13 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from stamp.attention import StampAttention
-from stamp.injection.adapter import InjectedStamp
+from stamp.attention import RecordsAttention
 
 
 @contextmanager
 def record_attention(model: nn.Module) -> Iterator[list[dict]]:
-    recordable = (StampAttention, InjectedStamp)  # InjectedStamp: stamp.inject's attention
-    modules = [(name, m) for name, m in model.named_modules() if isinstance(m, recordable)]
+    # StampAttention and stamp.inject's InjectedStamp
+    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, RecordsAttention)]
     records: list[dict] = []
     hooks = []
 

@@ -18,6 +18,7 @@ from stamp.attention import (
     ATTENTION_BACKENDS,
     FLEX_CPU_BACKWARD_ERROR,
     SDPA_MUL_ERROR,
+    RecordsAttention,
     _warn_once,
     eager_attention,
     resolve_backend,
@@ -48,7 +49,7 @@ def auto_backend(source: str, mask: MaskConfig) -> Backend:
     raise ValueError(unsupported_source(source))
 
 
-class InjectedStamp(nn.Module):
+class InjectedStamp(RecordsAttention, nn.Module):
     """STAMP attached to an existing attention module (``<attention module>.stamp``).
 
     ``forward(q, k, v, hidden=X, attn_bias=...)`` computes M = F(X) and the masked attention
@@ -57,7 +58,7 @@ class InjectedStamp(nn.Module):
     ``attention`` None follows the model's implementation (``source``), see ``auto_backend``.
     """
 
-    cross = False  # self-attention only (MaskStatistics reads this)
+    cross = False  # self-attention only
 
     def __init__(
         self,
@@ -85,9 +86,7 @@ class InjectedStamp(nn.Module):
             if attention is not None
             else ATTENTION_BACKENDS[self.backend]
         )
-        # > 0 while a recorder listens (stamp.record_attention, stamp.diagnostics)
-        self.record = 0
-        self.recorded: dict[str, Tensor | None] | None = None
+        self.record, self.recorded = 0, None  # RecordsAttention
         # per-call state set by the model-specific hook: the module's input tokens, the past
         # length of a KV cache; and the key factors of a low-rank generator for cached decoding
         self._transient: dict[str, Any] = {}
@@ -100,14 +99,6 @@ class InjectedStamp(nn.Module):
 
     def extra_repr(self) -> str:
         return f"backend={self.backend.value}, source={self.source}, fusion={self.mask_cfg.fusion}"
-
-    def start_recording(self) -> None:
-        self.record += 1
-
-    def stop_recording(self) -> None:
-        self.record = max(0, self.record - 1)
-        if not self.record:
-            self.recorded = None
 
     # ----------------------------------------------------------------------------- the mask
     def capture(self, hidden: Tensor, *, cache: object | None = None, n_past: int = 0) -> None:
