@@ -1,15 +1,19 @@
-"""The rules that turn documentation into commands (tests/docs/doccommands.py), on small texts
-written for each rule, and the docs page that states them (docs/testing_docs.md)."""
+"""The rules that turn documentation into commands (tests/docs/doccommands.py) and decide whether
+one passed (test_documented_commands.py), on small texts and commands written for each rule, and
+the docs page that states them (docs/testing_docs.md)."""
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.docs.doccommands import (
     SHRINK,
+    Command,
     DirectiveError,
     code_blocks,
     doc_commands,
@@ -163,3 +167,47 @@ def test_every_doc_parses_and_the_docs_page_lists_the_shrink_table():
     page = (ROOT / "docs" / "testing_docs.md").read_text()
     rows = dict(re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|$", page, flags=re.M))
     assert rows == {kind: " ".join(words) for kind, words in SHRINK.items()}
+
+
+def _runner():
+    from tests.docs import test_documented_commands as runner
+
+    return runner
+
+
+def test_placeholders_resolve_to_the_newest_match(tmp_path):
+    runner = _runner()
+    for name in ("a", "b"):
+        run = tmp_path / "outputs" / "demo" / "multiruns" / name / "0_none"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "results.json").write_text("{}")
+        (run.parent / "summary.json").write_text("{}")
+        os.utime(run / "results.json", (0, 1000 if name == "a" else 2000))
+        os.utime(run.parent, (0, 1000 if name == "a" else 2000))
+    assert runner.resolve("x <run dir or .ckpt>", tmp_path) == "x outputs/demo/multiruns/b/0_none"
+    assert runner.resolve("<sweep dir>", tmp_path) == "outputs/demo/multiruns/b"
+    assert runner.resolve("m outputs/demo/multiruns/<t7 sweep> --x", tmp_path) == (
+        "m outputs/demo/multiruns/b --x"
+    )
+    for text in ("m <entity>/<project>", "m <imagenet>", "m outputs/qvh/<date>"):
+        with pytest.raises(LookupError):
+            runner.resolve(text, tmp_path)
+
+
+def test_a_command_fails_on_exit_code_missing_output_and_time_limit(tmp_path, monkeypatch):
+    runner = _runner()
+    clone = runner.Clone(tmp_path)
+
+    def run(text: str, writes: tuple[str, ...] = ()) -> str | None:
+        return runner.execute(Command("doc.md", 1, text, 0, writes=list(writes)), clone)
+
+    assert run("bash -c true") is None
+    assert "exit 3" in run("bash -c 'exit 3'")
+    assert "did not write ['out/x.json']" in run("bash -c true", writes=("out/x.json",))
+    assert "did not write ['nowhere']" in run("bash -c true --out nowhere")
+    assert run("mkdir -p out && touch out/x.json", writes=("out/*.json",)) is None
+    assert "skip=template" in run("python train.py ... seed=1")
+    monkeypatch.setattr(runner, "FAST_TIMEOUT_S", 1)
+    start = time.monotonic()
+    assert "still running after 1s" in run("bash -c 'sleep 30'")
+    assert time.monotonic() - start < 10

@@ -18,6 +18,7 @@ import re
 import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -51,6 +52,8 @@ def _collect() -> tuple[list[Command], list[str]]:
 COMMANDS, DIRECTIVE_ERRORS = _collect()
 OUTPUT_FLAGS = ("--out", "--md", "--plot", "--json", "--save")
 FAST_LIMIT_S = 60  # a fast command slower than this warns: mark it slow (the default run's budget)
+FAST_TIMEOUT_S = 300  # ... and one still running after this fails (an unmarked long command)
+SLOW_TIMEOUT_S = 3000
 
 
 def _params():
@@ -234,17 +237,26 @@ def execute(cmd: Command, clone: Clone) -> str | None:
     extra = shrink(clone.path, code)
     line = code + "".join(" " + shlex.quote(w) for w in extra)
     start, cpu0 = time.monotonic(), _child_cpu()
-    proc = subprocess.run(
+    limit = SLOW_TIMEOUT_S if cmd.slow else FAST_TIMEOUT_S
+    proc = subprocess.Popen(
         ["bash", "-c", line],
         cwd=clone.path,
         env=command_env(clone.path),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: a timeout ends every child too
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return f"{cmd.id}: still running after {limit}s: {line} (mark it slow, or skip=long)"
     took, cpu = time.monotonic() - start, _child_cpu() - cpu0
     print(f"[docs-test] {cmd.id} {took:.1f}s wall {cpu:.1f}s cpu: {line}")
     if proc.returncode != 0:
-        out = (proc.stdout + proc.stderr)[-6000:]
+        out = (stdout + stderr)[-6000:]
         return f"{cmd.id}: exit {proc.returncode} after {took:.0f}s: {line}\n{out}"
     missing = []
     for pattern in [*cmd.writes, *output_paths(code)]:
