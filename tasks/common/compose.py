@@ -23,7 +23,7 @@ def compose_config(
     config_dir: str | Path = CONFIG_DIR,
 ) -> DictConfig:
     """The composed config with the paths that Hydra would resolve at run time (the run
-    directory, the repository root) set to ``output_dir`` and ``$STAMP_ROOT`` / the repo root.
+    directory, the root) set to ``output_dir`` and ``$STAMP_ROOT`` / the current directory.
     Without ``output_dir``, the run directory is ``./outputs/scratch`` and ``paths.log_dir`` stays
     as configured (scripts write their outputs under it, where the docs say).
     ``config_dir``: another copy of ``configs/`` (tests: one holding a ``local/default.yaml``)."""
@@ -34,7 +34,9 @@ def compose_config(
     GlobalHydra.instance().clear()
     out = Path(output_dir or Path.cwd() / "outputs" / "scratch")
     out.mkdir(parents=True, exist_ok=True)
-    root = os.environ.get("STAMP_ROOT", str(ROOT))
+    # as train.py (the ``stamp_root`` resolver): $STAMP_ROOT, else the current directory, so a
+    # script run from another directory writes and reads where train.py would
+    root = os.environ.get("STAMP_ROOT") or os.getcwd()
     with open_dict(cfg):
         cfg.paths.root_dir = root
         cfg.paths.output_dir = str(out)
