@@ -125,10 +125,10 @@ class MaskGenerator(nn.Module):
             bound=mask.bound,
             init=mask.init,
             fusion=mask.fusion,
-            checkpoint=getattr(mask, "checkpoint", False),
-            heads=num_heads if getattr(mask, "per_head", False) else None,
+            checkpoint=mask.checkpoint,
+            heads=num_heads if mask.per_head else None,
         )
-        if GeneratorKind(getattr(mask, "generator", GeneratorKind.mlp)) is GeneratorKind.lowrank:
+        if mask.generator is GeneratorKind.lowrank:
             return LowRankMaskGenerator(
                 dim, n_max, rank=mask.rank, context_dim=context_dim, **common
             )
@@ -433,7 +433,7 @@ def mlp_stack(dim: int, num_linear: int) -> ResidualMLP:
 def generator_parameters(mask: MaskConfig, dim: int, n_max: int | None, num_heads: int = 1) -> int:
     """Parameters of the generator that ``mask`` describes (its form, depth, width, heads)."""
     heads = num_heads if mask.per_head else 1
-    if GeneratorKind(mask.generator) is GeneratorKind.lowrank:
+    if mask.generator is GeneratorKind.lowrank:
         return LowRankMaskGenerator.lowrank_parameters(
             dim, mask.depth, mask.rank, mask.hidden, heads
         )

@@ -75,12 +75,26 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def mask_setting(record: dict[str, Any], name: str) -> Any:
+    """A ``mask.<name>`` setting of a run: a top-level field of the record, else the
+    resolved config saved in results.json (``config.mask``); None when neither has it."""
+    if record.get(name) is not None:
+        return record[name]
+    config = record.get("config") or {}
+    return (config.get("mask") or {}).get(name) if isinstance(config, dict) else None
+
+
+def is_true(value: Any) -> bool:
+    """A flag read from a record, a config or a W&B export (bool or its text)."""
+    return value is True or str(value).lower() in ("true", "1", "yes")
+
+
 def generator_label(record: dict[str, Any]) -> str:
     """The generator form of a run: ``mlp``, ``lowrank(r=16)``, with ``+per-head``."""
-    form = str(record.get("generator") or "mlp")
+    form = str(mask_setting(record, "generator") or "mlp")
     if form == "lowrank":
-        form += f"(r={record.get('rank')})"
-    return form + ("+per-head" if record.get("per_head") else "")
+        form += f"(r={mask_setting(record, 'rank')})"
+    return form + ("+per-head" if is_true(mask_setting(record, "per_head")) else "")
 
 
 def format_summary(records: list[dict[str, Any]], max_metrics: int = 8) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from tasks.common.results import load_results
+from tasks.common.results import is_true, load_results, mask_setting
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_FILE = ROOT / "paper" / "results.yaml"
@@ -188,19 +188,6 @@ def load_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 GENERATOR_MASKS = ("global", "multilayer")  # mask types whose M comes from a generator
 
 
-def mask_setting(record: dict[str, Any], name: str) -> Any:
-    """A ``mask.<name>`` setting of a run: a top-level field of the record, else the
-    resolved config saved in results.json (``config.mask``); None when neither has it."""
-    if record.get(name) is not None:
-        return record[name]
-    config = record.get("config") or {}
-    return (config.get("mask") or {}).get(name) if isinstance(config, dict) else None
-
-
-def _true(value: Any) -> bool:
-    return value is True or str(value).lower() in ("true", "1", "yes")
-
-
 DEFAULT_RANK = 16  # MaskConfig.rank
 
 
@@ -221,7 +208,7 @@ def generator_tag(record: dict[str, Any], row: str = "") -> str:
             tags.append("lowrank" + rank_text)
         elif rank is not None and int(rank) != DEFAULT_RANK:
             tags.append(rank_text.strip("()"))
-    if _true(mask_setting(record, "per_head")) and "perhead" not in named:
+    if is_true(mask_setting(record, "per_head")) and "perhead" not in named:
         tags.append("per-head")
     return "".join(f" +{t}" for t in tags)
 
