@@ -412,7 +412,7 @@ def test_pretrain_experiment_is_the_papers(tmp_path: Path) -> None:
     assert (cfg.module.blr, cfg.module.warmup_epochs, cfg.trainer.max_epochs) == (1.5e-4, 40, 800)
     assert list(cfg.module.optimizer.betas) == [0.9, 0.95]
     assert list(cfg.data.crop_scale) == [0.2, 1.0]
-    assert (cfg.mask.type, cfg.mask.depth, cfg.table) == ("multilayer", 1, "T5")
+    assert (cfg.mask.type, cfg.mask.depth, cfg.table) == ("multilayer", 1, None)  # not a T5 row
 
 
 def test_pretrain_resume_mid_epoch_is_exact(tmp_path: Path) -> None:
