@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import pickle
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -215,8 +216,17 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     checkpoints (``state_dict`` with the LightningModule's ``net.`` prefix, e.g. the MAE
     pre-training run's ``last.ckpt``).
     """
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        state = load_state_dict(str(path), use_ema=False, weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = load_state_dict(str(path), use_ema=False, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as err:  # timm re-raises as RuntimeError
+        if "weights_only" not in str(err) and "Weights only" not in str(err):
+            raise
+        raise ValueError(
+            f"{path} (model.pretrained) holds objects other than tensors, which are not loaded "
+            "(torch.load weights_only=True); save its state dict alone. "
+            f"{str(err).splitlines()[0]}"
+        ) from err
     if state and all(key.startswith(LIGHTNING_PREFIX) for key in state):
         state = {key.removeprefix(LIGHTNING_PREFIX): value for key, value in state.items()}
     return state
