@@ -430,3 +430,37 @@ def test_pretrain_resume_mid_epoch_is_exact(tmp_path: Path) -> None:
     overrides = [*TINY_PRETRAIN, f"data.root={root}", "trainer.max_epochs=3"]
     full, resumed = interrupted_then_resumed(overrides, tmp_path, random_step("mae", 4, 3))
     assert_same_metrics(full, resumed)
+
+
+@pytest.mark.parametrize(("backend", "fusion"), [("fused", "mul"), ("sdpa", "add")])
+def test_attention_backends_match_eager_with_stamp(backend: str, fusion: str) -> None:
+    """The encoder's STAMP attention on the visible tokens: loss and gradients of the fused /
+    SDPA paths equal the eager reference (kaiming init: a mask that is not the identity)."""
+    from stamp import AttentionConfig
+
+    def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        mask = MaskConfig(type="multilayer", depth=1, init="kaiming", fusion=fusion)
+        model = MaskedAutoencoderViT(**SMALL, mask=mask, attention=AttentionConfig(backend=name))
+        images, noise = inputs()
+        loss = model(images, noise=noise)[0]
+        loss.backward()
+        return loss.detach(), model.blocks[0].mask_generator.out.weight.grad
+
+    (loss, grad), (ref_loss, ref_grad) = run(backend), run("eager")
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert ref_grad.abs().sum() > 0
+
+
+def test_vit_b_parameter_count_is_maes() -> None:
+    """mae_vit_base_patch16 (ViT-B encoder + 512-d 8-block decoder) has transformers'
+    ViTMAEForPreTraining count (111,907,840, frozen position embeddings included); multi-layer
+    STAMP adds 12 x Linear(768 -> 50) generators."""
+    with torch.device("meta"):
+        plain = MaskedAutoencoderViT(mask=MaskConfig(type="none"))
+        stamp = MaskedAutoencoderViT(mask=MaskConfig(type="multilayer", depth=1))
+        reference = ViTMAEForPreTraining(ViTMAEConfig(layer_norm_eps=1e-6))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(plain) == count(reference) == 111_907_840
+    assert count(stamp) - count(plain) == 12 * (768 * 50 + 50)
