@@ -26,6 +26,7 @@ position embedding resampled per batch) such a model runs on images of other siz
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import pickle
@@ -33,6 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import torch
 from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import load_state_dict
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -113,7 +115,9 @@ class StampViT(VisionTransformer):
 
     ``pretrained`` is a local checkpoint path (MAE ``mae_pretrain_vit_base.pth`` layout or a timm
     state dict, ``.pth``/``.bin``/``.safetensors``); ``head_init_std`` re-initialises a head the
-    checkpoint does not provide (MAE fine-tune: 2e-5).
+    checkpoint does not provide (MAE fine-tune: 2e-5). ``generator_tokens`` is the MLP
+    generators' ``n_max`` when the blocks see fewer tokens than the image has (the MAE encoder
+    during pre-training: the visible patches + cls, ``tasks.imagenet.mae``); default all tokens.
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class StampViT(VisionTransformer):
         head_init_std: float | None = 2e-5,
         mask_input: MaskInput = "block",
         pretrained: str | None = None,
+        generator_tokens: int | None = None,
         **vit_kwargs,
     ) -> None:
         mask = as_mask_config(mask)
@@ -145,7 +150,8 @@ class StampViT(VisionTransformer):
                 f"got mask.type={mask.type}"
             )
         check_mask_backend(mask, attention)
-        n_max = _token_count(img_size, patch_size)
+        n_tokens = _token_count(img_size, patch_size)
+        n_max = generator_tokens or n_tokens
         block_fn = partial(
             StampBlock,
             mask=mask,
@@ -169,7 +175,7 @@ class StampViT(VisionTransformer):
             block_fn=block_fn,
             **vit_kwargs,
         )
-        if self.patch_embed.num_patches + self.num_prefix_tokens != n_max:
+        if self.patch_embed.num_patches + self.num_prefix_tokens != n_tokens:
             raise ValueError("StampViT expects exactly one class token and no register tokens")
         self.mask_cfg = mask
         self.n_max = n_max
@@ -202,14 +208,31 @@ class StampViT(VisionTransformer):
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The weights of a local file, always through ``torch.load(weights_only=True)``.
+
+    Accepted: MAE's files (``{"model": ...}``; its training checkpoints also pickle the
+    ``argparse.Namespace`` of their arguments, the one non-tensor type allowed here), timm /
+    plain state dicts (``.pth``, ``.bin``, ``.safetensors``) and this project's Lightning
+    checkpoints (``state_dict`` with the LightningModule's ``net.`` prefix, e.g. the MAE
+    pre-training run's ``last.ckpt``).
+    """
     try:
-        return load_state_dict(str(path), use_ema=False, weights_only=True)
-    except pickle.UnpicklingError:
-        # training checkpoints (MAE's misc.save_model) also pickle argparse args
-        log.warning("%s holds non-tensor objects; loading it with weights_only=False", path)
-        return load_state_dict(str(path), use_ema=False, weights_only=False)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = load_state_dict(str(path), use_ema=False, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as err:  # timm re-raises as RuntimeError
+        if "weights_only" not in str(err) and "Weights only" not in str(err):
+            raise
+        raise ValueError(
+            f"{path} (model.pretrained) holds objects other than tensors, which are not loaded "
+            "(torch.load weights_only=True); save its state dict alone. "
+            f"{str(err).splitlines()[0]}"
+        ) from err
+    if state and all(key.startswith(LIGHTNING_PREFIX) for key in state):
+        state = {key.removeprefix(LIGHTNING_PREFIX): value for key, value in state.items()}
+    return state
 
 
+LIGHTNING_PREFIX = "net."
 MAE_DECODER_PREFIXES = ("decoder_", "mask_token")
 
 
@@ -219,6 +242,10 @@ def load_pretrained(model: StampViT, path: str | Path) -> dict[str, list[str]]:
     As MAE's ``main_finetune.py``: drops the MAE decoder, drops a head of another class count,
     resamples the position embedding (bicubic) when the grid differs, loads non-strictly and
     reports missing / unexpected keys; a head the file lacks gets ``trunc_normal(std=2e-5)``.
+    STAMP generator tensors whose shape differs from the model's (an MLP generator's ``n_max``:
+    50 in MAE pre-training, 197 in fine-tuning) are not loaded: the model keeps its own
+    initialisation for them (``mask.init``) and the report lists them under ``skipped``. Any
+    other shape difference is an error naming the key.
     """
     path = Path(path)
     if not path.is_file():
@@ -256,14 +283,30 @@ def load_pretrained(model: StampViT, path: str | Path) -> dict[str, list[str]]:
             old_grid,
             tuple(model.patch_embed.grid_size),
         )
+    skipped = []
+    for key in [k for k in state if k in own and state[k].shape != own[k].shape]:
+        shapes = f"{tuple(state[key].shape)} in the file, {tuple(own[key].shape)} in the model"
+        if "mask_generator." not in key:
+            raise ValueError(
+                f"{path}: {key} has shape {shapes}; the model settings (model.embed_dim, "
+                "patch_size, depth, num_heads) must match the checkpoint's"
+            )
+        log.warning("%s: STAMP generator tensor %s not loaded (%s)", path, key, shapes)
+        skipped.append(key)
+        del state[key]
     result = model.load_state_dict(state, strict=False)
-    report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+    report = {
+        "missing": list(result.missing_keys),
+        "unexpected": list(result.unexpected_keys),
+        "skipped": skipped,
+    }
     log.info(
-        "loaded %s: %d tensors; missing %s; unexpected %s",
+        "loaded %s: %d tensors; missing %s; unexpected %s; skipped (shape) %s",
         path,
         len(state) - len(report["unexpected"]),
         report["missing"],
         report["unexpected"],
+        skipped,
     )
     if "head.weight" in report["missing"] and model.head_init_std is not None:
         trunc_normal_(model.head.weight, std=model.head_init_std)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -70,7 +71,7 @@ def test_timm_weights_give_timm_logits(tmp_path: Path, images: torch.Tensor) -> 
     path = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
     model = StampViT(**TINY, mask=MaskConfig(type="none"), pretrained=str(path)).eval()
-    assert model.load_report == {"missing": [], "unexpected": []}
+    assert model.load_report == {"missing": [], "unexpected": [], "skipped": []}
     with torch.no_grad():
         torch.testing.assert_close(model(images), reference(images), rtol=1e-5, atol=1e-5)
 
@@ -86,3 +87,11 @@ def test_head_of_another_class_count_is_dropped(tmp_path: Path) -> None:
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="model.pretrained"):
         StampViT(**TINY, mask=MaskConfig(type="none"), pretrained=str(tmp_path / "nope.pth"))
+
+
+def test_files_with_other_objects_are_refused(tmp_path: Path) -> None:
+    """Weights only: a pickled object of any type but MAE's argparse.Namespace is not loaded."""
+    path = tmp_path / "odd.pth"
+    torch.save({"model": timm_vit().state_dict(), "extra": SimpleNamespace(run=1)}, path)
+    with pytest.raises(ValueError, match="odd.pth .model.pretrained. holds objects other than"):
+        StampViT(**TINY, mask=MaskConfig(type="none"), pretrained=str(path))
