@@ -160,9 +160,8 @@ def test_module_lr_blr_scaling_and_schedule(model: StampViT) -> None:
     head = next(g for g in optimizer.param_groups if g["name"] == "layer_3_decay")
     block0 = next(g for g in optimizer.param_groups if g["name"] == "layer_1_decay")
     for step in range(steps_per_epoch * epochs):
-        # the shared schedule warms up with (step + 1) / warmup: one step ahead of MAE's
-        at = step + 1 if step < 2 * steps_per_epoch else step
-        expected = mae_lr(at / steps_per_epoch, peak, 1e-6, 2, epochs)
+        # MAE's curve at every step, warm-up included (lr 0 at the first step, as MAE)
+        expected = mae_lr(step / steps_per_epoch, peak, 1e-6, 2, epochs)
         assert head["lr"] == pytest.approx(expected, rel=1e-9)
         assert block0["lr"] == pytest.approx(head["lr"] * DECAY**2)
         optimizer.step()
