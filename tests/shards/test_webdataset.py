@@ -75,3 +75,21 @@ def test_webdataset_deals_whole_shards_to_ranks(tmp_path, monkeypatch):
         ours.append([s["__key__"] for s in mine])
     assert [len(keys) for keys in theirs] == [7, 4]
     assert ours == [[f"{i:08d}" for i in range(6)], [f"{i:08d}" for i in (6, 7, 8, 9, 10, 0)]]
+
+
+def test_webdataset_shard_shuffle_follows_iterations_not_epochs(tmp_path):
+    """Its deterministic shard shuffle counts the iterations of one dataset object: a fresh
+    object (a resumed process, or the copy each epoch's new workers receive) replays epoch 0's
+    order, whatever the epoch; there is no ``set_epoch`` to give it."""
+    with ShardWriter(tmp_path, "train", samples_per_shard=1) as writer:
+        for sample in SAMPLES:
+            writer.write(sample)
+    urls = ShardIndex.load(tmp_path).urls
+
+    def fresh():
+        return wds.WebDataset(urls, shardshuffle=100, detshuffle=True, seed=5, empty_check=False)
+
+    dataset = fresh()
+    first, second = ([s["__key__"] for s in dataset] for _ in range(2))
+    assert first != second and sorted(first) == sorted(second)
+    assert [s["__key__"] for s in fresh()] == first
