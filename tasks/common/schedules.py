@@ -13,17 +13,9 @@ def warmup_cosine(
     warmup_ratio: float = 0.0,
     min_lr_ratio: float = 0.0,
 ) -> LambdaLR:
-    """Linear warm-up from 0 then half-cosine decay to ``min_lr_ratio`` x each group's base lr:
-    transformers' ``get_cosine_with_min_lr_schedule_with_warmup``, which is MAE's per-step
-    ``adjust_learning_rate`` (tests/common_libs/test_schedules.py).
-
-    Args:
-        optimizer: its groups' ``lr`` are the peaks (layer-wise decay included).
-        num_training_steps: optimiser steps of the whole run.
-        warmup_steps: warm-up steps; ``warmup_ratio x num_training_steps`` when None.
-        warmup_ratio: see ``warmup_steps``.
-        min_lr_ratio: the floor over the peak (MAE's ``min_lr / lr``).
-    """
+    """Linear warm-up from 0 over ``warmup_steps`` (else ``warmup_ratio`` x the steps), then
+    half-cosine decay to ``min_lr_ratio`` x each group's peak lr: transformers'
+    ``get_cosine_with_min_lr_schedule_with_warmup``, MAE's per-step ``adjust_learning_rate``."""
     from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
     warmup = warmup_steps if warmup_steps is not None else int(warmup_ratio * num_training_steps)

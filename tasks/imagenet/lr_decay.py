@@ -13,7 +13,8 @@ No weight decay on 1-d parameters (norms, biases) and on ``no_weight_decay`` nam
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from types import SimpleNamespace
 
 from timm.models import group_parameters
 from timm.optim import param_groups_layer_decay
@@ -32,19 +33,6 @@ def mae_layer_matcher(mask_layer_decay: bool = True) -> dict[str, str]:
     return {"embeddings": rf"^(?:{embeddings})$|^patch_embed\.", "blocks": block}
 
 
-class _MatchedBy:
-    """``model`` as timm's grouping sees it, with ``matcher`` as its ``group_matcher``."""
-
-    def __init__(self, model: nn.Module, matcher: dict[str, str]) -> None:
-        self.model, self.matcher = model, matcher
-
-    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return self.model.named_parameters()
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
-        return self.matcher
-
-
 def layer_decay_param_groups(
     model: nn.Module,
     *,
@@ -54,29 +42,19 @@ def layer_decay_param_groups(
     no_weight_decay: Iterable[str] = EMBEDDING_NAMES,
     mask_layer_decay: bool = True,
 ) -> list[dict]:
-    """AdamW parameter groups with ``lr = lr * lr_scale`` per layer (``lr_scale`` kept in each
-    group so a schedule can rescale), ``weight_decay`` 0 for 1-d and ``no_weight_decay`` names.
-
-    Args:
-        model: a ViT with ``blocks`` (timm's parameter names).
-        lr: the peak lr of the top layer.
-        weight_decay: AdamW's weight decay of the decayed groups.
-        layer_decay: the lr factor per layer below the top.
-        no_weight_decay: exact parameter names without weight decay.
-        mask_layer_decay: whether the blocks' STAMP generators follow their block's decay.
-
-    Returns:
-        One group per (layer, decay or not), named ``layer_<id>_<decay|no_decay>``.
-    """
-    no_weight_decay = tuple(no_weight_decay)
-    grouped = _MatchedBy(model, mae_layer_matcher(mask_layer_decay))
-    groups = param_groups_layer_decay(
-        grouped,  # type: ignore[arg-type]
-        weight_decay=weight_decay,
-        no_weight_decay_list=no_weight_decay,
-        layer_decay=layer_decay,
+    """AdamW parameter groups of a timm ViT (``model.blocks``), one per (layer, decay or not),
+    named ``layer_<id>_<decay|no_decay>``: ``lr = lr * lr_scale`` (``lr_scale`` kept so a schedule
+    can rescale), ``weight_decay`` 0 for 1-d and ``no_weight_decay`` names (exact names);
+    ``mask_layer_decay`` False puts the blocks' STAMP generators at the top layer."""
+    no_weight_decay, matcher = tuple(no_weight_decay), mae_layer_matcher(mask_layer_decay)
+    # the model as timm's grouping sees it, with MAE's layer ids as its group matcher
+    grouped = SimpleNamespace(
+        named_parameters=model.named_parameters, group_matcher=lambda coarse=False: matcher
     )
-    layer_of = group_parameters(grouped, grouped.matcher, reverse=True)  # type: ignore[arg-type]
+    groups = param_groups_layer_decay(
+        grouped, weight_decay, no_weight_decay_list=no_weight_decay, layer_decay=layer_decay
+    )
+    layer_of = group_parameters(grouped, matcher, reverse=True)
     name_of = {id(p): n for n, p in model.named_parameters()}
     for group in groups:  # timm's groups are unnamed: name them as its keys (LR monitor)
         first = group["params"][0]

@@ -27,18 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def topk_accuracy(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
-    """Top-k accuracies in percent (torchmetrics' micro accuracy; k capped at the class count).
-
-    Args:
-        logits: ``(batch, classes)`` scores.
-        targets: ``(batch,)`` class indices.
-        ks: the k of each returned accuracy.
-    """
-    classes = logits.shape[-1]
-    return [
-        multiclass_accuracy(logits, targets, classes, average="micro", top_k=min(k, classes)) * 100
-        for k in ks
-    ]
+    """Top-k accuracies in percent of ``logits`` (batch, classes) for ``targets`` (batch,), one
+    per k in ``ks`` (capped at the class count): torchmetrics' micro-averaged accuracy."""
+    n = logits.shape[-1]
+    return [multiclass_accuracy(logits, targets, n, "micro", min(k, n)) * 100 for k in ks]
 
 
 class ImageNetModule(TaskModule):
