@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 INDEX_FILE = "index.json"
 FORMAT = "webdataset-tar+offsets/1"
@@ -57,8 +59,6 @@ class ShardWriter:
         samples_per_shard: int = 1000,
         meta: dict[str, Any] | None = None,
     ) -> None:
-        import webdataset as wds
-
         if samples_per_shard < 1:
             raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
         self.out_dir = Path(out_dir)
@@ -87,7 +87,7 @@ class ShardWriter:
             self.shards.append({"url": url, "samples": samples, "offsets": self._offsets})
         self._offsets = [0]
 
-    def write(self, sample: dict[str, bytes], key: str | None = None) -> None:
+    def write(self, sample: dict[str, Any], key: str | None = None) -> None:
         key = key or f"{self.count:08d}"
         if "." in key:
             raise ValueError(f"sample key {key!r} must not contain '.' (WebDataset's separator)")
@@ -226,7 +226,6 @@ def read_segment(url: str, offsets: list[int], first: int, end: int) -> Iterator
     ``__url__``, ``ext: bytes``): one sequential read from the first sample's byte offset
     (works on object storage too), parsed by webdataset."""
     import fsspec
-    from webdataset.tariterators import group_by_keys, tar_file_expander
 
     if end <= first:
         return
@@ -317,8 +316,6 @@ class ShardedDataset(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         samples: Iterable[dict[str, Any]] = self.raw(worker, num_workers)
         if self.shuffle:
-            import webdataset as wds
-
             rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
             samples = wds.shuffle(self.buffer_size, self.buffer_size, rng=rng)(samples)
         for sample in samples:
