@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
+import webdataset as wds
 
 from tasks.common.shards import ShardedDataset, ShardIndex, ShardWriter, read_segment
-
-wds = pytest.importorskip("webdataset")
 
 SAMPLES = [
     {
