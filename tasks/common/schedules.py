@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -15,17 +13,15 @@ def warmup_cosine(
     warmup_ratio: float = 0.0,
     min_lr_ratio: float = 0.0,
 ) -> LambdaLR:
-    """Linear warm-up then half-cosine decay to ``min_lr_ratio`` x the base lr."""
+    """Linear warm-up from 0 over ``warmup_steps`` (else ``warmup_ratio`` x the steps), then
+    half-cosine decay to ``min_lr_ratio`` x each group's peak lr: transformers'
+    ``get_cosine_with_min_lr_schedule_with_warmup``, MAE's per-step ``adjust_learning_rate``."""
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
     warmup = warmup_steps if warmup_steps is not None else int(warmup_ratio * num_training_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, num_training_steps - warmup)
-        cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
-
-    return LambdaLR(optimizer, factor)
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, warmup, num_training_steps, min_lr_rate=min_lr_ratio
+    )
 
 
 def warmup_linear(

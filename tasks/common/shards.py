@@ -7,12 +7,15 @@ plain POSIX tars that ``tar``, the ``webdataset`` package or any object store ha
 what lets a worker start reading in the middle of a shard, so that every rank gets exactly the
 same number of samples (DDP needs equal batch counts) without reading anything twice.
 
-Why tar shards (WebDataset) and not LitData's optimized chunks: the files stay standard tars
-(inspectable with ``tar tf``, written with the standard library, readable without this code),
-the shuffling / splitting below is ours and deterministic in ``(seed, epoch)`` (the pipeline's
-exact resume needs that; EpochShuffleSampler does the same for map-style data), and no extra
-runtime dependency is needed (``fsspec``, which Lightning already installs, opens ``s3://``,
-``gs://``, ``http(s)://`` or local paths).
+The tar files are written and parsed by the ``webdataset`` package (``ShardWriter`` /
+``tar_file_expander`` + ``group_by_keys``), and its seeded ``shuffle`` buffer mixes each worker's
+stream. What stays here is what webdataset cannot do (tests/shards/test_webdataset.py measures
+it): its ``split_by_node`` / ``split_by_worker`` deal whole shards, so ranks get unequal sample
+counts (DDP needs equal batch counts) and nobody starts inside a shard; and its shard shuffle is
+not a function of the epoch that Lightning sets, so a resumed run could not replay an epoch.
+The offset index and the epoch plan below give both. Why not LitData's optimized chunks: the
+files stay standard tars (``tar tf``, any object store, the ``webdataset`` package), and
+``fsspec`` (installed with Lightning) opens ``s3://``, ``gs://``, ``http(s)://`` or local paths.
 
 Each epoch: the shard order is a permutation fixed by ``(seed, epoch)``; the concatenated sample
 stream is cut into ``world_size`` equal contiguous ranges (padded by wrapping around, as
@@ -25,32 +28,29 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import math
 import random
-import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 INDEX_FILE = "index.json"
 FORMAT = "webdataset-tar+offsets/1"
 
 
-def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644  # reproducible bytes
-    info.uname = info.gname = ""
-    return info, io.BytesIO(data)
-
-
 class ShardWriter:
-    """Write samples (``{extension: bytes}``) into tar shards of ``samples_per_shard`` samples
-    and, on close, the ``index.json`` that the streaming dataset reads."""
+    """Write samples (``{extension: value}``) into tar shards of ``samples_per_shard`` samples
+    (webdataset's ``ShardWriter``, reproducible bytes) and, on close, the ``index.json`` with
+    every sample's byte offset that the streaming dataset reads. Values are bytes, or what
+    webdataset encodes by extension (``str``; ``cls`` int; ``.npy`` array; ``json`` object)."""
 
     def __init__(
         self,
@@ -63,40 +63,40 @@ class ShardWriter:
             raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.prefix, self.samples_per_shard = prefix, samples_per_shard
         self.meta = dict(meta or {})
         self.shards: list[dict[str, Any]] = []
-        self._tar: tarfile.TarFile | None = None
-        self._offsets: list[int] = []
         self.count = 0
+        self._offsets = [0]  # of the shard being written: sample starts, then the end
+        self._writer = wds.ShardWriter(
+            str(self.out_dir / f"{prefix}-%06d.tar"),
+            maxcount=samples_per_shard,
+            maxsize=float("inf"),
+            post=self._shard_written,
+            verbose=0,
+            user="",
+            group="",
+            mode=0o644,
+            mtime=0,
+        )
 
-    def _open(self) -> None:
-        name = f"{self.prefix}-{len(self.shards):06d}.tar"
-        self._tar = tarfile.open(self.out_dir / name, mode="w", format=tarfile.USTAR_FORMAT)
-        self._offsets = []
-        self.shards.append({"url": name, "samples": 0, "offsets": self._offsets})
+    def _shard_written(self, path: str) -> None:
+        if len(self._offsets) == 1:  # nothing written: the writer's empty first file
+            Path(path).unlink()
+        else:
+            url, samples = Path(path).name, len(self._offsets) - 1
+            self.shards.append({"url": url, "samples": samples, "offsets": self._offsets})
+        self._offsets = [0]
 
-    def _close_shard(self) -> None:
-        if self._tar is not None:
-            self._offsets.append(self._tar.offset)  # end of the last sample
-            self.shards[-1]["samples"] = len(self._offsets) - 1
-            self._tar.close()
-            self._tar = None
-
-    def write(self, sample: dict[str, bytes], key: str | None = None) -> None:
-        if self._tar is None or len(self._offsets) >= self.samples_per_shard:
-            self._close_shard()
-            self._open()
+    def write(self, sample: dict[str, Any], key: str | None = None) -> None:
         key = key or f"{self.count:08d}"
         if "." in key:
             raise ValueError(f"sample key {key!r} must not contain '.' (WebDataset's separator)")
-        self._offsets.append(self._tar.offset)
-        for ext, data in sorted(sample.items()):
-            self._tar.addfile(*_tar_member(f"{key}.{ext}", data))
+        self._writer.write({"__key__": key, **sample})
+        self._offsets.append(self._writer.tarstream.tarstream.offset)  # this sample's end
         self.count += 1
 
     def close(self) -> Path:
-        self._close_shard()
+        self._writer.close()
         index = {"format": FORMAT, "meta": self.meta, "shards": self.shards}
         path = self.out_dir / INDEX_FILE
         path.write_text(json.dumps(index))
@@ -222,8 +222,9 @@ def plan_epoch(
 
 
 def read_segment(url: str, offsets: list[int], first: int, end: int) -> Iterator[dict[str, Any]]:
-    """Samples ``first`` .. ``end - 1`` of one shard as ``{"__key__": key, ext: bytes}``: one
-    sequential read from the first sample's byte offset (works on object storage too)."""
+    """Samples ``first`` .. ``end - 1`` of one shard as webdataset yields them (``__key__``,
+    ``__url__``, ``ext: bytes``): one sequential read from the first sample's byte offset
+    (works on object storage too), parsed by webdataset."""
     import fsspec
 
     if end <= first:
@@ -232,37 +233,8 @@ def read_segment(url: str, offsets: list[int], first: int, end: int) -> Iterator
         f.seek(offsets[first])
         length = offsets[end] - offsets[first]
         stream = io.BytesIO(f.read(length)) if length < (64 << 20) else f
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            sample: dict[str, Any] = {}
-            remaining = end - first
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = member.name.split("/")[-1].split(".", 1)
-                if sample and key != sample["__key__"]:
-                    yield sample
-                    remaining -= 1
-                    sample = {}
-                    if remaining == 0:
-                        return
-                sample.setdefault("__key__", key)
-                sample[ext] = tar.extractfile(member).read()
-            if sample and remaining > 0:
-                yield sample
-
-
-def shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """Yield every item once, in an order mixed within a window of ``size`` items."""
-    buffer: list[Any] = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        i = rng.randrange(len(buffer))
-        buffer[i], item = item, buffer[i]
-        yield item
-    rng.shuffle(buffer)
-    yield from buffer
+        files = tar_file_expander([{"url": url, "stream": stream}])
+        yield from itertools.islice(group_by_keys(files), end - first)
 
 
 def distributed_rank(trainer: Any = None) -> tuple[int, int]:
@@ -345,7 +317,7 @@ class ShardedDataset(IterableDataset):
         samples: Iterable[dict[str, Any]] = self.raw(worker, num_workers)
         if self.shuffle:
             rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
-            samples = shuffle_buffer(samples, self.buffer_size, rng)
+            samples = wds.shuffle(self.buffer_size, self.buffer_size, rng=rng)(samples)
         for sample in samples:
             yield self._decode(sample)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics.functional.classification import multiclass_accuracy
 
 from tasks.common.module import TaskModule
 from tasks.imagenet.lr_decay import layer_decay_param_groups
@@ -26,10 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def topk_accuracy(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
-    """Top-k accuracies in percent (k capped at the number of classes)."""
-    top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices
-    hits = top == targets[:, None]
-    return [hits[:, : min(k, logits.shape[-1])].any(-1).float().mean() * 100 for k in ks]
+    """Top-k accuracies in percent of ``logits`` (batch, classes) for ``targets`` (batch,), one
+    per k in ``ks`` (capped at the class count): torchmetrics' micro-averaged accuracy."""
+    n = logits.shape[-1]
+    return [multiclass_accuracy(logits, targets, n, "micro", min(k, n)) * 100 for k in ks]
 
 
 class ImageNetModule(TaskModule):

@@ -14,11 +14,11 @@ at every epoch. Decoding and the transforms are those of the folder loader (PIL 
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 from typing import Any
 
+import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets
@@ -54,23 +54,25 @@ def convert_image_folder(
             for path, label in samples:
                 ext = Path(path).suffix.lstrip(".").lower() or "jpeg"
                 rel = str(Path(path).relative_to(Path(root) / split))
-                writer.write(
-                    {ext: Path(path).read_bytes(), "cls": str(label).encode(), "path": rel.encode()}
-                )
+                writer.write({ext: Path(path).read_bytes(), "cls": label, "path": rel})
         written[split] = Path(out) / split
     return written
 
 
 IMAGE_EXTS = ("jpeg", "jpg", "png", "webp", "bmp")
+# webdataset's decoders: PIL ``RGB`` (as ImageFolder's loader opens a file), ``cls`` -> int
+DECODE = wds.autodecode.Decoder(
+    [wds.autodecode.imagehandler("pilrgb", IMAGE_EXTS), wds.autodecode.basichandlers]
+)
 
 
 def decode_image(sample: dict[str, Any]) -> tuple[Image.Image, int]:
-    """(RGB image, class index) of a raw shard sample, as ImageFolder's loader opens it."""
+    """(RGB image, class index) of a raw shard sample."""
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None:
         raise KeyError(f"shard sample {sample.get('__key__')} has no image ({sorted(sample)})")
-    with Image.open(io.BytesIO(sample[ext])) as img:
-        return img.convert("RGB"), int(sample["cls"])
+    decoded = DECODE(sample)
+    return decoded[ext], decoded["cls"]
 
 
 class _Transformed:

@@ -16,8 +16,6 @@ the config.
 
 from __future__ import annotations
 
-import io
-import json
 import random
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -25,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader
 
 from tasks.common.shards import (
@@ -49,16 +47,7 @@ from tasks.mad_ad.data import (
 )
 
 SPLITS = ("train", "val", "test")
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _array(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+DECODE = wds.autodecode.Decoder([wds.autodecode.basichandlers])
 
 
 def convert_mad(
@@ -105,13 +94,13 @@ def convert_mad(
                 v, v_pad = visual.window(m.movie, center, tokens_per_modality, fps)
                 a, a_pad = audio.window(m.movie, center, tokens_per_modality, fps)
                 fields = {"movie": m.movie, "start": m.start, "end": m.end, "text": m.text}
-                writer.write(
+                writer.write(  # encoded by webdataset: .npy files, json
                     {
-                        "visual.npy": _npy(v.numpy()),
-                        "audio.npy": _npy(a.numpy()),
-                        "visual_pad.npy": _npy(v_pad.numpy()),
-                        "audio_pad.npy": _npy(a_pad.numpy()),
-                        "json": json.dumps({**fields, "index": m.index}).encode(),
+                        "visual.npy": v.numpy(),
+                        "audio.npy": a.numpy(),
+                        "visual_pad.npy": v_pad.numpy(),
+                        "audio_pad.npy": a_pad.numpy(),
+                        "json": {**fields, "index": m.index},
                     }
                 )
         written[split] = Path(out) / split
@@ -121,13 +110,15 @@ def convert_mad(
 def decode_ad(
     sample: dict[str, Any], tokenizer: Any, prompt: str, max_text_tokens: int
 ) -> dict[str, Any]:
-    """A raw shard sample as ``MadADDataset`` returns the same AD."""
-    info = json.loads(sample["json"])
+    """A raw shard sample (decoded by webdataset: .npy without pickles, json) as
+    ``MadADDataset`` returns the same AD."""
+    sample = DECODE(sample)
+    info = sample["json"]
     ids, labels = encode_example(tokenizer, info["text"], prompt, max_text_tokens)
-    pads = [torch.from_numpy(_array(sample[f"{k}_pad.npy"])) for k in ("visual", "audio")]
+    pads = [torch.from_numpy(sample[f"{k}_pad.npy"]) for k in ("visual", "audio")]
     return {
-        "visual": torch.from_numpy(_array(sample["visual.npy"])),
-        "audio": torch.from_numpy(_array(sample["audio.npy"])),
+        "visual": torch.from_numpy(sample["visual.npy"]),
+        "audio": torch.from_numpy(sample["audio.npy"]),
         "padding_mask": torch.cat(pads),
         "input_ids": torch.tensor(ids),
         "labels": torch.tensor(labels),

@@ -160,7 +160,7 @@ def test_shards_are_plain_webdataset_tars(imagenet):
     assert len(ours) == len(theirs) == 36
     for a, b in zip(ours, theirs, strict=True):
         assert a["__key__"] == b["__key__"]
-        assert {k: v for k, v in a.items() if k != "__key__"} == {
+        assert {k: v for k, v in a.items() if not k.startswith("__")} == {
             k: v for k, v in b.items() if not k.startswith("__")
         }
     # reading from the middle of a shard (a worker's segment) gives the same samples
@@ -277,3 +277,24 @@ def test_make_shards_cli_then_train(tmp_path):
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_from_shards_is_exact(imagenet, tmp_path):
+    """A run from the shards interrupted inside an epoch and resumed from last.ckpt ends with the
+    metrics of an uninterrupted run: the epoch plan, the webdataset shuffle buffer (seeded by
+    seed / epoch / rank / worker) and the per-sample augmentation seeds replay the epoch."""
+    from tests.robustness.test_resume import assert_same_metrics, interrupted_then_resumed
+
+    root, out = imagenet
+    overrides = [
+        "experiment=imagenet_shards_tiny",
+        f"data.shards={out}",
+        f"data.root={root}",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        "trainer.max_epochs=3",
+        "data.num_workers=2",
+    ]
+    full, resumed = interrupted_then_resumed(overrides, tmp_path, step=4 + 2)  # 4 steps an epoch
+    assert_same_metrics(full, resumed)

@@ -4,6 +4,7 @@ curves and the tables, read back by make_tables.py --wandb."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -55,6 +56,10 @@ def test_reader_returns_what_wandb_wrote(tmp_path):
     from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), image)
+    # why the log is read here: wandb keeps no summary / config / history file beside an offline
+    # run, and its Python reader of the log (sdk/internal/datastore.py) is gone
+    assert not list(folder.rglob("wandb-summary.json")) and not list(folder.rglob("config.yaml"))
+    assert importlib.util.find_spec("wandb.sdk.internal.datastore") is None
     # as a results.json-like record (make_tables.py --wandb <folder>)
     (record,) = load_wandb_runs(folder)
     assert record["status"] == "ok" and record["mask"] == "global" and record["seed"] == 3
