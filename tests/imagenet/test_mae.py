@@ -288,8 +288,7 @@ def test_optimizer_groups_and_schedule_are_maes() -> None:
     assert optimizer.defaults["betas"] == (0.9, 0.95)
     peak = 1.5e-4 * 512 / 256
     for step in range(steps_per_epoch * epochs):
-        at = step + 1 if step < 40 * steps_per_epoch else step  # shared warm-up: one step ahead
-        expected = mae_lr(at / steps_per_epoch, peak, 0.0, 40, epochs)
+        expected = mae_lr(step / steps_per_epoch, peak, 0.0, 40, epochs)  # MAE's, every step
         assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-15)
         optimizer.step()
         scheduler.step()
