@@ -484,14 +484,38 @@ class MadADDataset(Dataset):
     def __len__(self) -> int:
         return len(self.moments)
 
-    def __getitem__(self, i: int) -> dict:
+    def centers(self, i: int) -> tuple[float, float]:
+        """The centres (seconds) of AD ``i``'s visual and audio windows: the AD's centre, or for
+        the audio with ``audio_source=credits`` (Fig. S8) the movie's end."""
         m = self.moments[i]
         center = 0.5 * (m.start + m.end)
-        visual, visual_pad = self.visual.window(m.movie, center, self.tokens, self.fps)
         if self.audio_source == "credits":  # Fig. S8: the movie's last S audio tokens
-            audio_center = self.audio.length(m.movie) / self.fps
-        else:
-            audio_center = center
+            return center, self.audio.length(m.movie) / self.fps
+        return center, center
+
+    def media_window(self, i: int) -> dict:
+        """Where AD ``i``'s tokens come from in the movie: the visual and the audio window's first
+        second and their length (the frames and waveform of Figs. S6-S9 panel (a)), with the AD."""
+        m = self.moments[i]
+        visual_center, audio_center = self.centers(i)
+        visual = window_start(visual_center, self.visual.length(m.movie), self.tokens, self.fps)
+        audio = window_start(audio_center, self.audio.length(m.movie), self.tokens, self.fps)
+        return {
+            "movie": m.movie,
+            "start": m.start,
+            "end": m.end,
+            "text": m.text,
+            "visual_start_s": visual / self.fps,
+            "audio_start_s": audio / self.fps,
+            "seconds": self.tokens / self.fps,
+            "fps": self.fps,
+            "tokens_per_modality": self.tokens,
+        }
+
+    def __getitem__(self, i: int) -> dict:
+        m = self.moments[i]
+        center, audio_center = self.centers(i)
+        visual, visual_pad = self.visual.window(m.movie, center, self.tokens, self.fps)
         audio, audio_pad = self.audio.window(m.movie, audio_center, self.tokens, self.fps)
         ids, labels = encode_example(self.tokenizer, m.text, self.prompt, self.max_text_tokens)
         return {
@@ -615,6 +639,28 @@ class MadADDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> MadADDataset:
         audio = "original" if split == "train" else self.eval_audio
         return MadADDataset(self.splits[split], **self.dataset_kwargs, audio_source=audio)
+
+    def find_moment(self, split: str, movie: str, time: float) -> int:
+        """Index in ``split`` of ``movie``'s AD at ``time`` seconds (how Figs. S6-S9 name a
+        moment): the AD whose [start, end] holds it, else the one whose centre is nearest."""
+        moments = self.splits[split]
+        candidates = [i for i, m in enumerate(moments) if m.movie == str(movie)]
+        if not candidates:
+            movies = sorted({m.movie for m in moments})
+            raise ValueError(
+                f"movie {movie!r} has no AD in the {split} split; its movies: {movies[:20]}"
+                + (" ..." if len(movies) > 20 else "")
+            )
+        inside = [i for i in candidates if moments[i].start <= time <= moments[i].end]
+        pool = inside or candidates
+        return min(pool, key=lambda i: abs(0.5 * (moments[i].start + moments[i].end) - time))
+
+    def moment_batch(self, split: str, movie: str, time: float) -> tuple[dict, dict]:
+        """A batch of one AD chosen by movie and time, and where its tokens come from in the movie
+        (``MadADDataset.media_window``)."""
+        dataset = self.dataset(split)
+        i = self.find_moment(split, movie, time)
+        return collate([dataset[i]], self.pad_id), dataset.media_window(i)
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         if not self.splits[split]:
