@@ -118,6 +118,7 @@ TINY = [
         ("mad_ad_t1a", ["mask=none"]),
         ("mad_ad_t2", ["mask=sparse"]),
         ("mad_ad_t3", ["mask=extra_layers"]),
+        ("mad_ad_t3", ["mask=extra_linear_plain"]),
         ("mad_ad_t7", ["attention=flex", "attention.flex_cpu_training=eager"]),
         ("mad_ad_s8", ["callbacks.mask_plot.every_n_epochs=1"]),
         ("mad_ad_fig1c", ["model.encoder_sparsity=0.5"]),
@@ -140,3 +141,5 @@ def test_every_experiment_runs_a_step(tmp_path, monkeypatch, tiny_llama, mad_dir
     if name == "mad_ad_s8":  # the figure: the first layer's mask of a validation sample
         assert list((tmp_path / "run" / "plots").glob("mask_epoch*.png"))
         assert saved["row"] == "credits"
+    if "mask=extra_linear_plain" in extra:  # the paper's +Linear row, its plain stack trained
+        assert saved["row"] == "extra_linear" and saved["params"]["params/mask"] > 0
