@@ -9,6 +9,7 @@ Layout written (the names the task config expects under data.root):
     mad-v2-ad-named.csv              movie,start,end,text,movie_duration   (names)
     mad-v2-ad-unnamed.csv            the same ADs with pronouns
     test_movies.txt                  test movie ids; the two validation movies are the paper's
+    videos/<movie>.mp4               with --media: the validation movies' video + sound (panel (a))
 
 Like the released MAD-v2 csv files, the csv files carry rows that AutoAD-II adjusts or skips
 (3 negative starts, 2 empty texts, 3 ADs outside the movie's features, all in the first training
@@ -37,6 +38,12 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--media",
+        action="store_true",
+        help="also videos/<movie>.mp4 of the two validation movies (5 fps, with sound): the raw "
+        "media of plot_attention.py's panel (a)",
+    )
+    parser.add_argument(
         "--clean",
         action="store_true",
         help="no negative starts / empty texts / out-of-span rows in the csv files",
@@ -50,6 +57,7 @@ def main() -> None:
         dim=args.dim,
         seed=args.seed,
         quirks=not args.clean,
+        media=args.media,
     )
     for kind, path in paths.items():
         print(f"{kind:8s} {path}")

@@ -68,7 +68,6 @@ DURATION_COLUMN = "movie_duration"
 # 5 fps features (MAD's documentation renamed the files when it added the L/14 ones)
 MAD_VISUAL_FILE = "CLIP_B32_frames_features_5fps.h5"
 MAD_V1_VISUAL_FILE = "CLIP_frames_features_5fps.h5"
-MAD_TEXT_FILE = "CLIP_B32_language_tokens_features.h5"  # not read (the LLM encodes the text)
 FEATURE_ALIASES = {MAD_VISUAL_FILE: MAD_V1_VISUAL_FILE, MAD_V1_VISUAL_FILE: MAD_VISUAL_FILE}
 
 # how AutoAD-II reads the released csv files: rule -> what happens to such a row
@@ -178,14 +177,15 @@ class AnnotationReport:
         log.log(level, "%s", self.summary())
 
 
-def _number(row: Mapping[str, str | None], key: str, path: str | Path, line: int) -> float:
+def _number(
+    row: Mapping[str, str | None], key: str, path: str | Path, line: int, what: str
+) -> float:
+    """A csv field as a finite float; anything else -> DataValidationError naming file / line."""
     value = row.get(key)
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise DataValidationError(
-            path, f"start / end are not numbers ({key}={value!r})", line
-        ) from None
+        raise DataValidationError(path, f"{what} ({key}={value!r})", line) from None
     if not math.isfinite(number):
         raise DataValidationError(path, f"not a finite time ({key}={value!r})", line)
     return number
@@ -224,8 +224,8 @@ def read_ad_csv(
                     f"{sum(v is None for v in row.values())} of {len(header)} columns missing",
                     line,
                 )
-            start = _number(row, names["start"], path, line)
-            end = _number(row, names["end"], path, line)
+            start = _number(row, names["start"], path, line, "start / end are not numbers")
+            end = _number(row, names["end"], path, line, "start / end are not numbers")
             if start < 0:
                 report.count("negative_start", line)
                 start = 0.0
@@ -235,7 +235,11 @@ def read_ad_csv(
             if not text:
                 report.count("empty_text", line)
                 continue
-            duration = _number(row, DURATION_COLUMN, path, line) if has_duration else None
+            duration = (
+                _number(row, DURATION_COLUMN, path, line, "the movie's duration is not a number")
+                if has_duration
+                else None
+            )
             moments.append(
                 ADMoment(str(row[names["movie"]]), start, end, text, index=i, duration=duration)
             )

@@ -60,6 +60,7 @@ def write_synthetic_mad(
     dim: int = FEATURE_DIM,
     seed: int = 0,
     quirks: bool = False,
+    media: bool = False,
 ) -> dict[str, Path]:
     """Write the two feature h5 files and the named / unnamed AD csv files; return their paths.
 
@@ -67,7 +68,8 @@ def write_synthetic_mad(
     ``synthetic_test_XX`` (test). Each AD lasts 2-4 s inside its own ``seconds_per_ad`` slot.
     ``quirks``: add to the first training movie the rows of ``QUIRK_COUNTS`` (starts before 0 s,
     an empty and a blank text, ADs past the features' end and one ending before 0 s) and a
-    ``movie_duration`` column (the features' duration).
+    ``movie_duration`` column (the features' duration). ``media``: also the validation movies'
+    raw media, ``videos/<movie>.mp4`` (``write_synthetic_media``), for the plots' panel (a).
     """
     import h5py
 
@@ -127,9 +129,54 @@ def write_synthetic_mad(
             writer.writerow(["movie", "start", "end", "text"] + (["movie_duration"] * quirks))
             for row in rows:
                 writer.writerow(list(row) + ([durations[row[0]]] * quirks))
+    if media:
+        seconds = len(features["visual"][VAL_MOVIES[0]]) / FPS
+        write_synthetic_media(out / "videos", VAL_MOVIES, seconds)
+        paths["videos"] = out / "videos"
     (out / "test_movies.txt").write_text(
         "\n".join(m for m in movies if m.startswith("synthetic_test")) + "\n"
     )
+    return paths
+
+
+def write_synthetic_media(
+    out_dir: str | Path, movies: Iterable[str], seconds: float, size: int = 32, rate: int = 16000
+) -> list[Path]:
+    """One small video with sound per movie (``<movie>.mp4``: 5 fps, ``size`` px, AAC mono), the
+    raw media the plots' panel (a) reads: frame k's colour and the tone's pitch change every
+    second, so a window's frames and waveform can be told apart."""
+    import av
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, movie in enumerate(movies):
+        path = out / f"{movie}.mp4"
+        with av.open(str(path), "w") as container:
+            video = container.add_stream("mpeg4", rate=int(FPS))
+            video.width, video.height, video.pix_fmt = size, size, "yuv420p"
+            audio = container.add_stream("aac", rate=rate, layout="mono")
+            for k in range(int(seconds * FPS)):
+                second = int(k / FPS)
+                colour = [
+                    (40 * second + 80 * n) % 256,
+                    (25 * second) % 256,
+                    200 - 10 * (second % 20),
+                ]
+                image = np.broadcast_to(np.array(colour, np.uint8), (size, size, 3)).copy()
+                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(video.encode(None))
+            t = np.arange(int(seconds * rate)) / rate
+            pitch = 220.0 * (1.0 + (t.astype(int) % 4))  # 220 / 440 / 660 / 880 Hz, each 1 s
+            wave = (0.3 * np.sin(2 * np.pi * pitch * t)).astype(np.float32)
+            for start in range(0, len(wave), 1024):
+                frame = av.AudioFrame.from_ndarray(
+                    wave[start : start + 1024][None], format="flt", layout="mono"
+                )
+                frame.sample_rate = rate
+                container.mux(audio.encode(frame))
+            container.mux(audio.encode(None))
+        paths.append(path)
     return paths
 
 

@@ -121,3 +121,19 @@ def test_plot_attention_by_movie_and_time_with_panel_a(
     assert abs(float(seen["waveform"][0]) - window["audio_start_s"] / SECONDS) < 2e-3
     with pytest.raises(SystemExit):
         main([str(run), "--movie", MOVIE])  # --time missing
+
+
+def test_make_mad_data_media_are_readable_windows(tmp_path):
+    from tasks.mad_ad.synthetic import write_synthetic_media
+
+    (video,) = write_synthetic_media(tmp_path, ["m"], seconds=3.0)
+    frames = plots.read_frames(video, 1.0, 10, FPS)  # 1.0 .. 2.8 s: seconds 1 and 2
+    colours = [np.asarray(f, dtype=float).mean(axis=(0, 1)) for f in frames]
+    assert np.allclose(colours[0], colours[4], atol=8) and np.allclose(
+        colours[5], colours[9], atol=8
+    )
+    assert not np.allclose(colours[0], colours[5], atol=8)  # the colour changes every second
+    waveform, rate = plots.read_waveform(video, 1.0, 1.0)
+    assert abs(len(waveform) - rate) <= 1
+    spectrum = np.abs(np.fft.rfft(waveform.numpy()))
+    assert abs(np.argmax(spectrum) * rate / len(waveform) - 440.0) < 5  # second 1: 440 Hz
