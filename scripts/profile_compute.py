@@ -9,8 +9,9 @@ Every other argument is a Hydra override of configs/train.yaml (the same config 
 train.py); comma lists are swept (their product); without one, an experiment file's own sweep
 (``hydra.sweeper.params``) is run, and its ``table`` tag labels the rows (``--table`` wins).
 The model is built untrained from the config and run on one batch of the task's datamodule;
-see tasks/common/profiling.py for what is counted. Writes profile.json / profile.md / profile.csv to --out; make_tables.py reads
-profile.json too (Tables 4 and 7 beside the paper's numbers with --table T4 / T7).
+see tasks/common/profiling.py for what is counted. Writes profile.json / profile.md /
+profile.csv to --out; make_tables.py reads profile.json too (Tables 4 and 7 beside the paper's
+numbers with --table T4 / T7).
 """
 
 from __future__ import annotations
