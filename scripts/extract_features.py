@@ -5,11 +5,11 @@
   visual frames (same count: frame k covers time k / 5 s in both files).
 
 Output: one h5 per modality, one (T, D) float32 dataset per video, keyed by the video's file
-stem (the movie id), exactly the layout of MAD's ``CLIP_frames_features_5fps.h5``. Existing keys
+stem (the movie id), exactly the layout of MAD's ``CLIP_B32_frames_features_5fps.h5``. Existing keys
 are skipped, so an interrupted run resumes.
 
     python scripts/extract_features.py videos/*.mkv \\
-        --visual-out data/mad/CLIP_frames_features_5fps.h5 \\
+        --visual-out data/mad/CLIP_B32_frames_features_5fps.h5 \\
         --audio-out data/mad/openl3_audio_features_5hz.h5 \\
         --clip-model ViT-B-32 --clip-weights checkpoints/clip/ViT-B-32.pt \\
         --audio-backend torchopenl3 --openl3-weights checkpoints/torchopenl3_mel128_env_512.pth.tar

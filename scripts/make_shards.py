@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--samples-per-shard", type=int, default=1000)
         p.add_argument("--seed", type=int, default=0, help="order of the training samples")
     inet.add_argument("--splits", default="train,val")
-    mad.add_argument("--visual", default="CLIP_frames_features_5fps.h5")
+    mad.add_argument("--visual", default="CLIP_B32_frames_features_5fps.h5")
     mad.add_argument("--audio", default="openl3_audio_features_5hz.h5")
     mad.add_argument("--annotations", default="mad-v2-ad-named.csv")
     mad.add_argument("--val-movies", default="3034_IDES_OF_MARCH,3074_THE_ROOMMATE")

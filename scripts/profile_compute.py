@@ -3,14 +3,15 @@ r"""Compute profile of a task's model (paper Tables 4 / 7): params, FLOPs, MACs,
     python scripts/profile_compute.py task=demo mask=none,global,multilayer
     python scripts/profile_compute.py task=demo --masks none,multilayer --backends eager,flex \
         mask.fusion=add
-    python scripts/profile_compute.py experiment=mad_ad_tiny --table T4 \
-        --masks none,extra_linear,extra_layers,multilayer --device cuda
+    python scripts/profile_compute.py experiment=mad_ad_t4 --device cuda   # Table 4
 
 Every other argument is a Hydra override of configs/train.yaml (the same config path as
-train.py); comma lists are swept (their product). The model is built untrained from the config
-and run on one batch of the task's datamodule; see tasks/common/profiling.py for what is
-counted. Writes profile.json / profile.md / profile.csv to --out; make_tables.py reads
-profile.json too (Tables 4 and 7 beside the paper's numbers with --table T4 / T7).
+train.py); comma lists are swept (their product); without one, an experiment file's own sweep
+(``hydra.sweeper.params``) is run, and its ``table`` tag labels the rows (``--table`` wins).
+The model is built untrained from the config and run on one batch of the task's datamodule;
+see tasks/common/profiling.py for what is counted. Writes profile.json / profile.md /
+profile.csv to --out; make_tables.py reads profile.json too (Tables 4 and 7 beside the paper's
+numbers with --table T4 / T7).
 """
 
 from __future__ import annotations
@@ -25,12 +26,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from tasks.common.compose import compose_config, without_hydra  # noqa: E402
 from tasks.common.profiling import profile_config, split_overrides  # noqa: E402
 from tasks.common.tables import generic_spec, load_paper, render, to_csv  # noqa: E402
 
 log = logging.getLogger("profile_compute")
+
+
+def experiment_sweep(overrides: list[str], out: Path | None) -> list[str]:
+    """The ``hydra.sweeper.params`` of the composed config (an experiment file's sweep) as
+    overrides, less the keys the command line sets."""
+    cfg = compose_config(overrides, out)
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    given = {o.partition("=")[0] for o in overrides}
+    return [f"{key}={value}" for key, value in params.items() if key not in given]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     runs = split_overrides(overrides)
+    if len(runs) == 1:  # nothing swept here: an experiment's own sweep (e.g. mad_ad_t4's masks)
+        runs = split_overrides(overrides + experiment_sweep(overrides, args.out))
     records = []
     out = args.out
     for run in runs:
@@ -66,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         if out is None:
             stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
             out = Path(cfg.paths.log_dir) / str(cfg.task_name) / "profile" / stamp
-        table = args.table or f"{cfg.task_name}-compute"
-        row = str(cfg.attention.backend) if args.table == "T7" else str(cfg.mask.type)
+        table = args.table or cfg.get("table") or f"{cfg.task_name}-compute"
+        row = str(cfg.attention.backend) if table == "T7" else str(cfg.mask.type)
         log.info("profiling %s", " ".join(run) or "(defaults)")
         try:
             record = profile_config(cfg, args.device, args.warmup, args.repeats, args.split)

@@ -24,6 +24,7 @@ from stamp.config import (
     AttentionConfig,
     Backend,
     Fusion,
+    LinearControl,
     MaskConfig,
     MaskType,
     as_attention_config,
@@ -72,7 +73,8 @@ def layer_mask_modules(
         )
     extra = None
     if extra_linear > 0:
-        extra = mlp_stack(dim, extra_linear)
+        residual = mask.linear_control is LinearControl.residual
+        extra = mlp_stack(dim, extra_linear, residual=residual)
         extra.is_mask_control = True  # type: ignore[attr-defined]
     return generator, extra
 

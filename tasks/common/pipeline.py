@@ -332,6 +332,12 @@ def unavailable_metrics(module: L.LightningModule) -> dict[str, str]:
     return dict(getattr(module, "unavailable_metrics", None) or {})
 
 
+def data_report(datamodule: Any) -> dict[str, Any]:
+    """What a datamodule's readers changed in the files as distributed (e.g. MAD-v2 rows clamped
+    or dropped as AutoAD-II reads them), for results.json; empty when it reports nothing."""
+    return dict(getattr(datamodule, "data_report", None) or {})
+
+
 def _log_config(loggers: list, cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
@@ -362,6 +368,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule, net, module = build(cfg, mask, attention)
     record["params"] = parameter_counts(net)
+    record["data_report"] = data_report(datamodule)
     log.info("parameters: %s", record["params"])
     if training:
         check_mask_memory(cfg, net)
@@ -441,6 +448,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule, net, module = build(cfg, mask, attention)
     record["params"] = parameter_counts(net)
+    record["data_report"] = data_report(datamodule)
     loggers = build_loggers(cfg, out_dir)
     # mask statistics of the evaluated checkpoint (validation split) -> results.json mask_stats
     trainer: L.Trainer = instantiate(

@@ -1,6 +1,7 @@
 """The paper's figures: STAMP depth sweep (Fig. S4), attention-weight histograms at the first, a
 middle and the last layer, STAMP vs full attention (Figs. S5 / S7), and a sample's mask heatmap
-with the modality boundaries marked (Figs. S6 / S8 / S9).
+with the modality boundaries marked (Figs. S6 / S8 / S9), with, when the raw media are given,
+panel (a): the frames and the audio waveform the sample's tokens come from.
 
 Attention and masks are collected with ``stamp.record_attention`` over one batch (the paper's
 Fig. S5 uses 64 samples). Figures are written as PNG with matplotlib's Agg backend (no display
@@ -180,6 +181,31 @@ def plot_attention_histograms(
     return _save(fig, path)
 
 
+def _draw_mask(
+    ax: plt.Axes,
+    mask: Tensor,
+    boundaries: Sequence[int] | None = None,
+    key_padding: Tensor | None = None,
+):
+    """One sample's (Nq, Nk) mask on ``ax``: padded keys (and queries) blank, red lines where a
+    modality starts; returns the image (for a colour bar)."""
+    values = mask.detach().float().cpu().clone()
+    if key_padding is not None:
+        pad = key_padding.bool().cpu()
+        values[:, pad] = float("nan")
+        if values.shape[0] == values.shape[1]:  # self-attention: padded queries too
+            values[pad, :] = float("nan")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = ax.imshow(values.numpy(), cmap=cmap, aspect="auto", interpolation="nearest")
+    for b in boundaries or []:
+        ax.axvline(b - 0.5, color="red", linewidth=1.2)
+        if values.shape[0] == values.shape[1]:
+            ax.axhline(b - 0.5, color="red", linewidth=1.2)
+    ax.set_xlabel("key token")
+    ax.set_ylabel("query token")
+    return image
+
+
 def plot_mask_heatmap(
     mask: Tensor,
     path: str | Path,
@@ -189,21 +215,8 @@ def plot_mask_heatmap(
 ) -> Path:
     """Figs. S6 / S8 / S9: one sample's (Nq, Nk) mask; modality boundaries as lines, padded
     keys blank."""
-    values = mask.detach().float().cpu().clone()
-    if key_padding is not None:
-        pad = key_padding.bool().cpu()
-        values[:, pad] = float("nan")
-        if values.shape[0] == values.shape[1]:  # self-attention: padded queries too
-            values[pad, :] = float("nan")
     fig, ax = plt.subplots(figsize=(6.0, 5.0))
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
-    image = ax.imshow(values.numpy(), cmap=cmap, aspect="auto", interpolation="nearest")
-    for b in boundaries or []:
-        ax.axvline(b - 0.5, color="red", linewidth=1.2)
-        if values.shape[0] == values.shape[1]:
-            ax.axhline(b - 0.5, color="red", linewidth=1.2)
-    ax.set_xlabel("key token")
-    ax.set_ylabel("query token")
+    image = _draw_mask(ax, mask, boundaries, key_padding)
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, label="mask value M")
     return _save(fig, path)
@@ -221,9 +234,11 @@ def plot_run_mask(
     layer: int = 0,
     boundaries: Sequence[int] | None = None,
     label: str = "",
+    scene: dict | None = None,
 ) -> Path | None:
     """The mask heatmap of ``sample`` at the ``layer``-th masked attention call (None if the
-    run has no mask)."""
+    run has no mask). ``scene``: ``plot_scene``'s media and window (frames, waveform, rate,
+    window) for the figure with panel (a) and the moment's caption."""
     masked = mask_records(records)
     if not masked:
         return None
@@ -232,8 +247,135 @@ def plot_run_mask(
     mask = record["mask"]
     m = mask[sample] if mask.dim() == 3 else mask[sample].mean(0)  # per-head: head mean
     pad = record.get("key_padding_mask")
+    pad = None if pad is None else pad[sample]
     title = f"{label} mask, sample {sample}, {record['name']}".strip()
-    return plot_mask_heatmap(m, path, boundaries, None if pad is None else pad[sample], title)
+    if scene is not None:
+        return plot_scene(m, path, boundaries=boundaries, key_padding=pad, title=title, **scene)
+    return plot_mask_heatmap(m, path, boundaries, pad, title)
+
+
+# ----------------------------------------------------------------------------- panel (a)
+def read_frames(path: str | Path, start_s: float, count: int, fps: float) -> list:
+    """``count`` RGB frames (PIL images) of a video from ``start_s`` at ``fps``: frame k is the one
+    on screen at ``start_s + k / fps`` (as ``scripts/extract_features.py`` samples the features),
+    decoded from the keyframe before ``start_s`` only, not from the movie's start."""
+    import av
+
+    times = [start_s + k / fps for k in range(count)]
+    frames: list = []
+    previous = None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if start_s > 0 and stream.time_base is not None:
+            container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            t = float(frame.time or 0.0)
+            while previous is not None and len(frames) < count and t > times[len(frames)] + 1e-6:
+                frames.append(previous)
+            if len(frames) == count:
+                break
+            previous = frame.to_image()
+    if previous is None:
+        raise ValueError(f"{path}: no video frame at or after {start_s:.2f} s")
+    frames += [previous] * (count - len(frames))  # past the last frame: it stays on screen
+    return frames
+
+
+def read_waveform(
+    path: str | Path, start_s: float, seconds: float, rate: int = 16000
+) -> tuple[Tensor, int]:
+    """The mono waveform of a file's first audio stream (a wav, or a video's sound) from
+    ``start_s`` for ``seconds``, resampled to ``rate``; (samples,) float32 and the rate."""
+    import av
+    import numpy as np
+
+    chunks, first = [], None
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise ValueError(f"{path} has no audio stream")
+        stream = container.streams.audio[0]
+        if start_s > 0 and stream.time_base is not None:
+            container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        for frame in container.decode(stream):
+            if first is None:
+                first = float(frame.time or 0.0)
+            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            if first + sum(len(c) for c in chunks) / rate >= start_s + seconds:
+                break
+        chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    lo = max(0, int(round((start_s - (first or 0.0)) * rate)))
+    window = samples[lo : lo + int(round(seconds * rate))]
+    return torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)), rate
+
+
+def plot_scene(
+    mask: Tensor,
+    path: str | Path,
+    frames: Sequence | None = None,
+    waveform: Tensor | None = None,
+    rate: int = 16000,
+    window: dict | None = None,
+    boundaries: Sequence[int] | None = None,
+    key_padding: Tensor | None = None,
+    title: str = "",
+    max_frames: int = 10,
+) -> Path:
+    """Figs. S6 / S8 / S9: (a) the frames and the audio waveform the tokens come from (when
+    given), (b) the sample's (Nq, Nk) mask with the modality boundaries. ``window``: the
+    ``media_window`` of the sample (visual / audio start, seconds, fps, the AD)."""
+    window = window or {}
+    has_media = frames is not None or waveform is not None
+    fig = plt.figure(figsize=(11.0, 8.6 if has_media else 5.0))
+    grid = fig.add_gridspec(
+        3 if has_media else 1,
+        1,
+        height_ratios=[1.0, 0.8, 3.0][-(3 if has_media else 1) :],
+        hspace=0.5,
+    )
+    first_panel = None
+    if frames is not None:
+        step = max(1, -(-len(frames) // max_frames))  # ceil: at most max_frames thumbnails
+        shown = list(range(0, len(frames), step))
+        strip = grid[0].subgridspec(1, len(shown), wspace=0.04)
+        fps = float(window.get("fps", 5.0))
+        start = float(window.get("visual_start_s", 0.0))
+        for j, k in enumerate(shown):
+            ax = fig.add_subplot(strip[0, j])
+            first_panel = first_panel or ax
+            ax.imshow(frames[k])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"v{k}\n{start + k / fps:.1f} s", fontsize=7)
+    if waveform is not None:
+        ax = fig.add_subplot(grid[1])
+        first_panel = first_panel or ax
+        start = float(window.get("audio_start_s", 0.0))
+        t = start + torch.arange(len(waveform), dtype=torch.float64) / rate
+        ax.plot(t.numpy(), waveform.numpy(), linewidth=0.5, color="tab:blue")
+        tokens = int(window.get("tokens_per_modality", 0))
+        fps = float(window.get("fps", 5.0))
+        for k in range(tokens + 1):  # one audio token per 1 / fps seconds
+            ax.axvline(start + k / fps, color="grey", linewidth=0.3)
+        ax.set_xlabel("audio (s)")
+        ax.set_ylabel("amplitude")
+        ax.set_xlim(start, start + float(window.get("seconds", len(waveform) / rate)))
+    ax = fig.add_subplot(grid[-1])
+    image = _draw_mask(ax, mask, boundaries, key_padding)
+    fig.colorbar(image, ax=ax, label="mask value M")
+    if first_panel is not None:
+        top = first_panel.get_position().y1
+        fig.text(0.02, top + 0.02, "(a)", fontsize=11, weight="bold", va="bottom")
+        fig.text(0.02, ax.get_position().y1 + 0.01, "(b)", fontsize=11, weight="bold")
+    caption = title
+    if window.get("movie") is not None:
+        caption += (
+            f"\n{window['movie']}, AD {window['start']:.1f}-{window['end']:.1f} s: "
+            f'"{window.get("text", "")}"'
+        )
+    fig.suptitle(caption.strip(), fontsize=10)
+    return _save(fig, path)
 
 
 def plot_depth_sweep(

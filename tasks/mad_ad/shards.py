@@ -39,10 +39,11 @@ from tasks.mad_ad.data import (
     FeatureStore,
     collate,
     encode_example,
+    load_ads,
     load_tokenizer,
     movie_list,
-    read_ad_csv,
     resolve,
+    resolve_features,
     split_moments,
 )
 
@@ -66,13 +67,13 @@ def convert_mad(
     seed: int = 0,
 ) -> dict[str, Path]:
     """The MAD files (names relative to ``root`` unless absolute) -> ``<out>/<split>/`` shards."""
-    visual_features, audio_features, annotations = (
-        resolve(root, p) for p in (visual_features, audio_features, annotations)
-    )
+    visual_features, _ = resolve_features(root, visual_features, "visual_features")
+    audio_features, _ = resolve_features(root, audio_features, "audio_features")
+    annotations = resolve(root, annotations)
     if isinstance(test_movies, str):
         test_movies = resolve(root, test_movies)
     visual, audio = FeatureStore(visual_features), FeatureStore(audio_features)
-    moments = read_ad_csv(annotations, columns)
+    moments, report = load_ads(annotations, columns, visual, audio, fps)
     splits = split_moments(moments, movie_list(val_movies), movie_list(test_movies))
     written = {}
     for split in SPLITS:
@@ -87,6 +88,7 @@ def convert_mad(
             "tokens_per_modality": tokens_per_modality,
             "fps": fps,
             "annotations": Path(annotations).name,
+            "data_report": report.as_dict(),
         }
         with ShardWriter(Path(out) / split, split, samples_per_shard, meta) as writer:
             for m in rows:

@@ -1,8 +1,11 @@
 """Synthetic stand-ins for the NDA-gated MAD data and the LLaMA weights, in the official formats.
 
 * ``write_synthetic_mad`` writes MAD-layout feature files (h5, key = movie id, (T, 512) float32
-  at 5 fps; visual and audio) and a MAD-v2 AD csv (movie, start, end, text). Each AD's words
-  add fixed random directions to the frames it covers, so a model can learn the mapping.
+  at 5 fps; visual and audio; the current MAD release's file name) and a MAD-v2 AD csv (movie,
+  start, end, text). Each AD's words add fixed random directions to the frames it covers, so a
+  model can learn the mapping. With ``quirks=True`` the csv files also carry the rows the
+  released files have and AutoAD-II adjusts or skips (``QUIRK_COUNTS``: negative starts, empty
+  texts, descriptions outside the movie's features) and a ``movie_duration`` column.
 * ``build_tiny_llama`` writes a tiny random ``LlamaForCausalLM`` plus a BPE tokenizer trained
   offline with ``tokenizers`` to a local directory readable by ``from_pretrained``.
 
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.mad_ad.data import AD_PROMPT
+from tasks.mad_ad.data import AD_PROMPT, MAD_VISUAL_FILE
 
 NAMES = ["Tony", "Margo", "Mark", "Sarah", "Hubbard", "Rebecca", "Stephen", "Ida"]
 PRONOUNS = ["He", "She", "He", "She", "He", "She", "He", "She"]
@@ -28,10 +31,13 @@ ADVERBS = ["", "slowly", "quickly", "calmly"]
 VAL_MOVIES = ["3034_IDES_OF_MARCH", "3074_THE_ROOMMATE"]  # the paper's validation movies
 FPS = 5.0
 FEATURE_DIM = 512
-VISUAL_FILE = "CLIP_frames_features_5fps.h5"
+VISUAL_FILE = MAD_VISUAL_FILE  # CLIP_B32_frames_features_5fps.h5
 AUDIO_FILE = "openl3_audio_features_5hz.h5"
 NAMED_CSV = "mad-v2-ad-named.csv"
 UNNAMED_CSV = "mad-v2-ad-unnamed.csv"
+# rows of each AutoAD-II rule (tasks.mad_ad.data.QUIRK_RULES) that quirks=True adds to each csv,
+# all in the first training movie; the row ending before 0 s counts under two rules
+QUIRK_COUNTS = {"negative_start": 3, "empty_text": 2, "outside_features": 3}
 
 
 def caption_corpus() -> list[str]:
@@ -53,11 +59,17 @@ def write_synthetic_mad(
     seconds_per_ad: float = 6.0,
     dim: int = FEATURE_DIM,
     seed: int = 0,
+    quirks: bool = False,
+    media: bool = False,
 ) -> dict[str, Path]:
     """Write the two feature h5 files and the named / unnamed AD csv files; return their paths.
 
     Movies: ``synthetic_train_XX`` (train), the paper's two validation movie ids, and
     ``synthetic_test_XX`` (test). Each AD lasts 2-4 s inside its own ``seconds_per_ad`` slot.
+    ``quirks``: add to the first training movie the rows of ``QUIRK_COUNTS`` (starts before 0 s,
+    an empty and a blank text, ADs past the features' end and one ending before 0 s) and a
+    ``movie_duration`` column (the features' duration). ``media``: also the validation movies'
+    raw media, ``videos/<movie>.mp4`` (``write_synthetic_media``), for the plots' panel (a).
     """
     import h5py
 
@@ -92,6 +104,11 @@ def write_synthetic_mad(
             for kind, dirs in word_dirs.items():
                 signal = sum(dirs[w] for w in (NAMES[who], *verb.split(), *obj.split()))
                 features[kind][movie][a:b] += signal / 3.0
+        if quirks and movie == movies[0]:
+            span = n_frames / FPS
+            for named, unnamed in _quirk_rows(span):
+                rows_named.append((movie, *named))
+                rows_unnamed.append((movie, *unnamed))
     paths = {
         "visual": out / VISUAL_FILE,
         "audio": out / AUDIO_FILE,
@@ -102,15 +119,80 @@ def write_synthetic_mad(
         with h5py.File(paths[kind], "w") as f:
             for movie, array in features[kind].items():
                 f.create_dataset(movie, data=array)
+    durations = {movie: len(array) / FPS for movie, array in features["visual"].items()}
     for key, rows in (("named", rows_named), ("unnamed", rows_unnamed)):
+        if quirks:  # the quirk rows in their movie's time order
+            order = {movie: i for i, movie in enumerate(movies)}
+            rows = sorted(rows, key=lambda r: (order[r[0]], r[1]))
         with open(paths[key], "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["movie", "start", "end", "text"])
-            writer.writerows(rows)
+            writer.writerow(["movie", "start", "end", "text"] + (["movie_duration"] * quirks))
+            for row in rows:
+                writer.writerow(list(row) + ([durations[row[0]]] * quirks))
+    if media:
+        seconds = len(features["visual"][VAL_MOVIES[0]]) / FPS
+        write_synthetic_media(out / "videos", VAL_MOVIES, seconds)
+        paths["videos"] = out / "videos"
     (out / "test_movies.txt").write_text(
         "\n".join(m for m in movies if m.startswith("synthetic_test")) + "\n"
     )
     return paths
+
+
+def write_synthetic_media(
+    out_dir: str | Path, movies: Iterable[str], seconds: float, size: int = 32, rate: int = 16000
+) -> list[Path]:
+    """One small video with sound per movie (``<movie>.mp4``: 5 fps, ``size`` px, AAC mono), the
+    raw media the plots' panel (a) reads: frame k's colour and the tone's pitch change every
+    second, so a window's frames and waveform can be told apart."""
+    import av
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, movie in enumerate(movies):
+        path = out / f"{movie}.mp4"
+        with av.open(str(path), "w") as container:
+            video = container.add_stream("mpeg4", rate=int(FPS))
+            video.width, video.height, video.pix_fmt = size, size, "yuv420p"
+            audio = container.add_stream("aac", rate=rate, layout="mono")
+            for k in range(int(seconds * FPS)):
+                second = int(k / FPS)
+                colour = [
+                    (40 * second + 80 * n) % 256,
+                    (25 * second) % 256,
+                    200 - 10 * (second % 20),
+                ]
+                image = np.broadcast_to(np.array(colour, np.uint8), (size, size, 3)).copy()
+                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(video.encode(None))
+            t = np.arange(int(seconds * rate)) / rate
+            pitch = 220.0 * (1.0 + (t.astype(int) % 4))  # 220 / 440 / 660 / 880 Hz, each 1 s
+            wave = (0.3 * np.sin(2 * np.pi * pitch * t)).astype(np.float32)
+            for start in range(0, len(wave), 1024):
+                frame = av.AudioFrame.from_ndarray(
+                    wave[start : start + 1024][None], format="flt", layout="mono"
+                )
+                frame.sample_rate = rate
+                container.mux(audio.encode(frame))
+            container.mux(audio.encode(None))
+        paths.append(path)
+    return paths
+
+
+def _quirk_rows(span: float) -> list[tuple[tuple, tuple]]:
+    """(start, end, text) of the named and unnamed quirk rows for a movie of ``span`` seconds:
+    3 negative starts (one also ending before 0 s), 2 empty texts, 2 ADs past the end."""
+    rows = [
+        (-1.5, 2.0, "Tony opens the door.", "He opens the door."),  # clamped to 0
+        (-0.3, 1.2, "Margo looks at the letter.", "She looks at the letter."),  # clamped
+        (-5.0, -2.0, "Mark leaves the car.", "He leaves the car."),  # clamped, then outside
+        (10.0, 12.0, "", ""),  # empty
+        (20.0, 22.0, "   ", "   "),  # blank
+        (span + 5.0, span + 8.0, "Sarah picks up the phone.", "She picks up the phone."),
+        (span - 1.0, span + 2.0, "Ida closes the window.", "She closes the window."),
+    ]
+    return [((a, b, named), (a, b, unnamed)) for a, b, named, unnamed in rows]
 
 
 def _words() -> set[str]:

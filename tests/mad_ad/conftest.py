@@ -21,5 +21,6 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mad_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mad")
-    write_synthetic_mad(out, train_movies=1, test_movies=1, ads_per_movie=16, dim=16)
+    # with the rows AutoAD-II adjusts or skips, as in the released MAD-v2 csv files
+    write_synthetic_mad(out, train_movies=1, test_movies=1, ads_per_movie=16, dim=16, quirks=True)
     return out

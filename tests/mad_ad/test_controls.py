@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stamp import MaskConfig, MaskGenerator, StampEncoder, StampEncoderLayer, mask_parameter_count
-from stamp.mask import ResidualMLP, matched_linear_count
+from stamp.mask import ResidualMLP, matched_linear_count, mlp_stack
 
 D, N, HEADS = 32, 10, 4
 
@@ -24,6 +24,40 @@ def test_residual_mlp_is_the_identity_at_init_and_trains():
     # He init keeps the hidden activations at the input's scale through the 14 ReLU layers
     h = control.net[:-1](x)
     assert 0.1 < h.pow(2).mean().sqrt() / x.pow(2).mean().sqrt() < 10
+
+
+def test_plain_stack_is_the_papers_control_at_default_init():
+    """mask.linear_control=plain: W_15 ReLU(... W_1 a) replaces the attention output a, every
+    Linear at torch's default init: the same weights as a hand-built nn.Sequential drawn from
+    the same seed, and the same function (no residual)."""
+    torch.manual_seed(0)
+    plain = mlp_stack(D, 15, residual=False)
+    torch.manual_seed(0)
+    layers = []
+    for i in range(15):
+        layers += [torch.nn.Linear(D, D)] + ([torch.nn.ReLU()] if i < 14 else [])
+    reference = torch.nn.Sequential(*layers)
+    x = torch.randn(3, N, D)
+    assert torch.equal(plain(x), reference(x))
+    assert sum(p.numel() for p in plain.parameters()) == 15 * (D * D + D)
+    # what the reviewer suspected: through 14 ReLU layers at default init the output no longer
+    # depends on the token (it is the last biases' constant), unlike the residual form
+    out = plain(x)
+    assert out.std(dim=1).mean() < 1e-3 * x.std()
+    assert torch.equal(ResidualMLP(D, 15)(x), x)
+
+
+def test_both_control_forms_have_the_same_parameters_in_a_layer():
+    torch.manual_seed(0)
+    counts = {}
+    for form in ("residual", "plain"):
+        mask = MaskConfig(type="extra_linear", depth=4, linear_control=form)
+        layer = StampEncoderLayer(D, HEADS, 4 * D, mask=mask, extra_linear=15, dropout=0.0)
+        counts[form] = mask_parameter_count(layer)
+        assert layer.extra.residual is (form == "residual")
+    assert counts["residual"] == counts["plain"] == 15 * (D * D + D)
+    with pytest.raises(ValueError, match="mask.linear_control='skip' is not valid"):
+        MaskConfig(type="extra_linear", linear_control="skip")
 
 
 def _copy_shared(src: torch.nn.Module, dst: torch.nn.Module) -> None:

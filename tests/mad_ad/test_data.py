@@ -38,7 +38,7 @@ def test_read_csv_with_renamed_columns(tmp_path):
             [["imdbid", "t0", "t1", "sentence"], ["m1", "1.5", "3", " He runs. "]]
         )
     columns = {"movie": "imdbid", "start": "t0", "end": "t1", "text": "sentence"}
-    (ad,) = read_ad_csv(path, columns)
+    (ad,), report = read_ad_csv(path, columns)
     assert (ad.movie, ad.start, ad.end, ad.text, ad.index) == ("m1", 1.5, 3.0, "He runs.", 0)
     with pytest.raises(ValueError, match="data.columns"):
         read_ad_csv(path)
@@ -102,7 +102,7 @@ def test_collate_pads_right(tiny_llama):
 
 def test_datamodule_splits_by_movie(tiny_llama, mad_dir):
     dm = MadADDataModule(
-        "CLIP_frames_features_5fps.h5",
+        "CLIP_B32_frames_features_5fps.h5",
         "openl3_audio_features_5hz.h5",
         "mad-v2-ad-unnamed.csv",
         str(tiny_llama),

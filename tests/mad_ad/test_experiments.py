@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from mad_testing import minilm_dir
@@ -15,7 +16,7 @@ from tasks.common.pipeline import train
 EXPERIMENTS = {
     "mad_ad_t1a": ("T1a", "mad-v2-ad-named.csv", "mask: none,multilayer"),
     "mad_ad_t2": ("T2", "mad-v2-ad-unnamed.csv", "mask: none,sparse,global,multilayer"),
-    "mad_ad_t3": ("T3", "mad-v2-ad-unnamed.csv", "mask: none,extra_linear,extra_layers,multilayer"),
+    "mad_ad_t3": ("T3", "mad-v2-ad-unnamed.csv", "mask: none,extra_linear_plain,extra_linear"),
     "mad_ad_t7": ("T7", "mad-v2-ad-unnamed.csv", "attention: eager,flex"),
     "mad_ad_s8": ("S8", "mad-v2-ad-unnamed.csv", "data.eval_audio: original,credits"),
     "mad_ad_fig1c": ("Fig1c", "mad-v2-ad-unnamed.csv", "model.encoder_sparsity: 0.0,0.25"),
@@ -51,6 +52,32 @@ def test_s8_and_fig1c_rows(tmp_path):
     assert "mask_plot" in s8.callbacks
     fig = compose_train(tmp_path, ["experiment=mad_ad_fig1c", "model.encoder_sparsity=0.5"])
     assert fig.row == 0.5 and fig.mask.type == "none"
+
+
+def test_table3_has_both_linear_controls_as_separate_rows(tmp_path):
+    import yaml
+
+    experiment = Path(__file__).resolve().parents[2] / "configs/experiment/mad_ad_t3.yaml"
+    sweep = yaml.safe_load(experiment.read_text())["hydra"]["sweeper"]["params"]["mask"]
+    sweep = sweep.split(",")
+    assert sweep == ["none", "extra_linear_plain", "extra_linear", "extra_layers", "multilayer"]
+    rows = {}
+    for mask in sweep:
+        run = compose_train(tmp_path, ["experiment=mad_ad_t3", f"mask={mask}"])
+        rows[mask] = (run.row, str(run.mask.type), str(run.mask.linear_control))
+    assert rows["extra_linear_plain"] == ("extra_linear", "extra_linear", "plain")  # the paper's
+    assert rows["extra_linear"] == ("extra_linear-residual", "extra_linear", "residual")
+    assert [rows[m][0] for m in ("none", "extra_layers", "multilayer")] == [
+        "none",
+        "extra_layers",
+        "multilayer",
+    ]
+    # make_tables: the paper's numbers stand beside the plain form only
+    from tasks.common.tables import load_paper
+
+    paper = {r.id: r for r in load_paper()["T3"].rows}
+    assert paper["extra_linear"].paper["C"] == (12.87, None)
+    assert paper["extra_linear-residual"].paper == {}
 
 
 def test_table3_controls_at_the_papers_sizes(tmp_path):
@@ -91,6 +118,7 @@ TINY = [
         ("mad_ad_t1a", ["mask=none"]),
         ("mad_ad_t2", ["mask=sparse"]),
         ("mad_ad_t3", ["mask=extra_layers"]),
+        ("mad_ad_t3", ["mask=extra_linear_plain"]),
         ("mad_ad_t7", ["attention=flex", "attention.flex_cpu_training=eager"]),
         ("mad_ad_s8", ["callbacks.mask_plot.every_n_epochs=1"]),
         ("mad_ad_fig1c", ["model.encoder_sparsity=0.5"]),
@@ -113,3 +141,5 @@ def test_every_experiment_runs_a_step(tmp_path, monkeypatch, tiny_llama, mad_dir
     if name == "mad_ad_s8":  # the figure: the first layer's mask of a validation sample
         assert list((tmp_path / "run" / "plots").glob("mask_epoch*.png"))
         assert saved["row"] == "credits"
+    if "mask=extra_linear_plain" in extra:  # the paper's +Linear row, its plain stack trained
+        assert saved["row"] == "extra_linear" and saved["params"]["params/mask"] > 0

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from tasks.common.pipeline import train
 from tasks.common.schemas import register_schemas
 from tasks.mad_ad.module import MadADModule
+from tasks.mad_ad.synthetic import QUIRK_COUNTS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -76,6 +77,10 @@ def test_train_both_stages_and_evaluate(tmp_path, monkeypatch, tiny_llama, mad_d
             assert f"{split}/{name}" in record["metrics"], (split, name)
     assert 0.0 <= record["metrics"]["val/R@5_16"] <= 100.0
     assert saved["params"]["params/mask"] > 0
+    # the synthetic csv has the released files' quirks: counted per rule in results.json
+    rules = saved["data_report"]["annotations"]["rules"]
+    assert {rule: rules[rule]["count"] for rule in rules} == QUIRK_COUNTS
+    assert saved["data_report"]["annotations"]["file"].endswith("mad-v2-ad-named.csv")
     assert saved["params"]["params/trainable"] < saved["params"]["params/total"]
     lines = (tmp_path / "run" / "predictions" / "val_epoch001.jsonl").read_text().splitlines()
     assert len(lines) == 32 and "prediction" in json.loads(lines[0])
