@@ -193,8 +193,9 @@ DEFAULT_RANK = 16  # MaskConfig.rank
 
 def generator_tag(record: dict[str, Any], row: str = "") -> str:
     """The part of a run's row id that names a generator other than the paper's per-position
-    MLP shared by the heads: `` +lowrank(r=R)`` and / or `` +per-head`` (empty for the MLP
-    form and for masks without a generator). A ``row`` that already names the form (an
+    MLP shared by the heads: `` +lowrank(r=R)`` and / or `` +per-head``, and
+    `` +global_input=layer`` for the rebuttal's reading of ``mask=global`` (empty for the MLP
+    form, the ACL reading and masks without a generator). A ``row`` that already names the form (an
     experiment's variant such as ``multilayer-lowrank-perhead``) gets only what it does not
     say: the rank when it is not the default."""
     if str(record.get("mask")) not in GENERATOR_MASKS:
@@ -210,6 +211,8 @@ def generator_tag(record: dict[str, Any], row: str = "") -> str:
             tags.append(rank_text.strip("()"))
     if is_true(mask_setting(record, "per_head")) and "perhead" not in named:
         tags.append("per-head")
+    if str(mask_setting(record, "global_input") or "encoder") == "layer":
+        tags.append("global_input=layer")  # the rebuttal's reading of global (stamp.GlobalInput)
     return "".join(f" +{t}" for t in tags)
 
 
