@@ -127,6 +127,22 @@ class LinearControl(str, Enum):
         return self.value
 
 
+class GlobalInput(str, Enum):
+    """What the single generator of ``mask=global`` reads (``mask.global_input``).
+
+    ``encoder`` (default; the ACL paper's reading of "global"): M is computed once from the
+    encoder input and the same M is used by every layer. ``layer`` (the rebuttal's reading: one
+    shared generator "re-applied" at each layer): the same generator (one set of weights) is
+    applied to every layer's own input, so each layer gets its own M from shared parameters.
+    """
+
+    encoder = "encoder"
+    layer = "layer"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Backend(str, Enum):
     """Attention implementation (``attention=`` in the configs)."""
 
@@ -177,6 +193,9 @@ class MaskConfig:
     # recompute the generator's hidden activations in the backward (torch.utils.checkpoint):
     # the same function and gradients, ~1/depth of its activation memory, one more forward
     checkpoint: bool = False
+    # mask=global only: M once from the encoder input (encoder, ACL) or the shared generator
+    # re-applied to each layer's input (layer, rebuttal); see GlobalInput
+    global_input: GlobalInput = GlobalInput.encoder
 
     def __post_init__(self) -> None:
         self.type = _as_enum(MaskType, self.type, "mask.type")
@@ -186,6 +205,12 @@ class MaskConfig:
         self.fusion_order = _as_enum(FusionOrder, self.fusion_order, "mask.fusion_order")
         self.generator = _as_enum(GeneratorKind, self.generator, "mask.generator")
         self.linear_control = _as_enum(LinearControl, self.linear_control, "mask.linear_control")
+        self.global_input = _as_enum(GlobalInput, self.global_input, "mask.global_input")
+        if self.global_input is GlobalInput.layer and self.type is not MaskType.global_:
+            raise ValueError(
+                f"mask.global_input=layer re-applies the one generator of mask=global at every "
+                f"layer; mask.type={self.type} has no shared generator (use mask=global)"
+            )
         if not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"mask.rank must be an integer >= 1, got {self.rank!r}")
         if not isinstance(self.depth, int) or self.depth < 1:
@@ -198,6 +223,11 @@ class MaskConfig:
     @property
     def uses_generator(self) -> bool:
         return self.type in (MaskType.global_, MaskType.multilayer)
+
+    @property
+    def global_per_layer(self) -> bool:
+        """``mask=global`` with the generator re-applied to each layer's input (rebuttal)."""
+        return self.type is MaskType.global_ and self.global_input is GlobalInput.layer
 
 
 @dataclass

@@ -3,7 +3,9 @@
 ``StampEncoder`` implements every ``mask=`` mode of the paper:
 
 * ``none``         full attention;
-* ``global``       one generator computed once from the encoder input, M shared by all layers;
+* ``global``       one generator computed once from the encoder input, M shared by all layers
+                   (``mask.global_input=layer``: the same generator re-applied to each layer's
+                   input, the rebuttal's reading);
 * ``multilayer``   one generator per layer, computed from that layer's input (paper's model);
 * ``sparse``       SwinBERT's static learnable mask (additive bias) + its sparsity loss;
 * ``extra_linear`` control: extra Linear(D, D) layers after each attention module;
@@ -382,7 +384,9 @@ class StampEncoder(nn.Module):
         if self.sparse_mask is not None:
             sparse_bias = self.sparse_mask(x.shape[1]).to(x.dtype)
             attn_bias = sparse_bias if attn_bias is None else attn_bias + sparse_bias
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if i > 0 and self.mask_cfg.global_per_layer and self.mask_generator is not None:
+                shared_mask = self.mask_generator(x)  # the shared generator on this layer's input
             x = layer(
                 x, pos=pos, key_padding_mask=key_padding_mask, mask=shared_mask, attn_bias=attn_bias
             )

@@ -378,6 +378,16 @@ def plot_scene(
     return _save(fig, path)
 
 
+def stamp_groups_label(record: dict) -> str:
+    """``", t2v only"`` for a run whose ``model.stamp_layers`` (QVHighlights) is not the
+    default both groups; empty otherwise (and for tasks without the setting)."""
+    model = (record.get("config") or {}).get("model") or {}
+    groups = model.get("stamp_layers") if isinstance(model, dict) else None
+    if not groups or sorted(groups) == ["self", "t2v"]:
+        return ""
+    return f", {'+'.join(groups)} only"
+
+
 def plot_depth_sweep(
     records: list[dict],
     metric: str,
@@ -394,12 +404,17 @@ def plot_depth_sweep(
         raise ValueError(f"no finished run logged {metric}")
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     stamp = [r for r in ok if r.get("mask") not in ("none", None)]
-    # one line per fusion op and generator form (mlp / lowrank / per-head never share a line)
-    lines = sorted({(str(r.get("fusion")), generator_label(r)) for r in stamp})
-    for fusion, form in lines:
+
+    def line_of(r: dict) -> tuple[str, str, str]:
+        return str(r.get("fusion")), generator_label(r), stamp_groups_label(r)
+
+    # one line per fusion op, generator form (mlp / lowrank / per-head) and the layer groups
+    # with STAMP (QVHighlights: both groups or cross-attention only) - never sharing a line
+    lines = sorted({line_of(r) for r in stamp})
+    for fusion, form, groups in lines:
         by_depth: dict[int, list[float]] = {}
         for r in stamp:
-            if (str(r.get("fusion")), generator_label(r)) == (fusion, form):
+            if line_of(r) == (fusion, form, groups):
                 by_depth.setdefault(int(r["depth"]), []).append(r["metrics"][metric])
         depths = sorted(by_depth)
         stats = [Stat.of(by_depth[d]) for d in depths]
@@ -409,7 +424,7 @@ def plot_depth_sweep(
             yerr=[s.std or 0.0 for s in stats],
             marker="o",
             capsize=3,
-            label=f"STAMP, {fusion}" + ("" if form == "mlp" else f", {form}"),
+            label=f"STAMP, {fusion}" + ("" if form == "mlp" else f", {form}") + groups,
         )
     full = Stat.of([r["metrics"][metric] for r in ok if r.get("mask") == "none"])
     if full is not None:

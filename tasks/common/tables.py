@@ -104,7 +104,7 @@ class TableSpec:
     gain: bool = False
     note: str = ""
     paper_split: str | None = None
-    kind: str = "table"  # or max_gain (Table 8)
+    kind: str = "table"  # or max_gain (Table 8), mean_gain (ICLR section 4.4)
     refs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -193,8 +193,9 @@ DEFAULT_RANK = 16  # MaskConfig.rank
 
 def generator_tag(record: dict[str, Any], row: str = "") -> str:
     """The part of a run's row id that names a generator other than the paper's per-position
-    MLP shared by the heads: `` +lowrank(r=R)`` and / or `` +per-head`` (empty for the MLP
-    form and for masks without a generator). A ``row`` that already names the form (an
+    MLP shared by the heads: `` +lowrank(r=R)`` and / or `` +per-head``, and
+    `` +global_input=layer`` for the rebuttal's reading of ``mask=global`` (empty for the MLP
+    form, the ACL reading and masks without a generator). A ``row`` that already names the form (an
     experiment's variant such as ``multilayer-lowrank-perhead``) gets only what it does not
     say: the rank when it is not the default."""
     if str(record.get("mask")) not in GENERATOR_MASKS:
@@ -210,6 +211,8 @@ def generator_tag(record: dict[str, Any], row: str = "") -> str:
             tags.append(rank_text.strip("()"))
     if is_true(mask_setting(record, "per_head")) and "perhead" not in named:
         tags.append("per-head")
+    if str(mask_setting(record, "global_input") or "encoder") == "layer":
+        tags.append("global_input=layer")  # the rebuttal's reading of global (stamp.GlobalInput)
     return "".join(f" +{t}" for t in tags)
 
 
@@ -730,6 +733,90 @@ def render_max_gain(
     return RenderedTable(spec, "\n".join([*out, "", *lines]), long_rows)
 
 
+def _mean_max(gains: Sequence[float]) -> tuple[float | None, float | None]:
+    return (sum(gains) / len(gains), max(gains)) if gains else (None, None)
+
+
+def render_mean_gain(
+    spec: TableSpec,
+    paper: dict[str, TableSpec],
+    rendered: dict[str, RenderedTable],
+    sources: Sequence[str] = (DEFAULT_SOURCE,),
+) -> RenderedTable:
+    """The ICLR version's section 4.4 (kind ``mean_gain``): per source table (``from``), the
+    average and the largest Gain (Δ) over its metric columns, measured (from the runs' gain
+    row) and computed from each source's own table numbers, beside the values the text states
+    (the row's ``stated`` source). A stated value that its own table does not give is marked."""
+    stated_sources = [str(row.extra.get("stated", "iclr")) for row in spec.rows]
+    sources = list(dict.fromkeys([*sources, *stated_sources]))  # the stating source's table too
+    header = ["Table", "Avg. Gain", "Max. Gain", "split"]
+    for src in sources:
+        header += [f"Avg. ({source_label(src)} table)", f"Max. ({source_label(src)} table)"]
+    header += ["Avg. (stated)", "Max. (stated)", "stated in"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    long_rows: list[dict[str, Any]] = []
+    mismatches = []
+    for row in spec.rows:
+        table = paper[str(row.extra["from"])]
+        columns = [c for c in table.columns if not c.metric.startswith("params/")]
+        measured = (rendered.get(table.id).gains if table.id in rendered else {}) or {}
+        values = [
+            measured[c.name][0] for c in columns if measured.get(c.name, (None,))[0] is not None
+        ]
+        split = ", ".join(sorted({measured[c.name][1] for c in columns if c.name in measured}))
+        avg, best = _mean_max(values) if len(values) == len(columns) else (None, None)
+        cells = [row.label, _signed(avg), _signed(best), split if avg is not None else "—"]
+        stated_src = str(row.extra.get("stated", "iclr"))
+        stated = row.values(stated_src)
+        for src in sources:
+            gains = [paper_gain_of(table, c, src) for c in columns]
+            p_avg, p_max = _mean_max([g for g in gains if g is not None])
+            if None in gains:
+                p_avg = p_max = None
+            cells += [_signed(p_avg), _signed(p_max)]
+            if src != stated_src:
+                continue
+            for name, computed in (("Avg. Gain", p_avg), ("Max. Gain", p_max)):
+                value = stated.get(name)
+                if value and computed is not None and round(computed, 2) != value[0]:
+                    mismatches.append(
+                        f"{row.label} {name}: stated {value[0]:.2f}, its table gives {computed:.4f}"
+                    )
+        for name in ("Avg. Gain", "Max. Gain"):
+            value = stated.get(name)
+            cells.append("—" if value is None else f"{value[0]:+.2f}")
+        cells.append(f"{source_label(stated_src)}: {row.extra.get('where', '')}".strip())
+        lines.append("| " + " | ".join(cells) + " |")
+        for name, value in (("Avg. Gain", avg), ("Max. Gain", best)):
+            ref = stated.get(name)
+            long_rows.append(
+                {
+                    "table": spec.id,
+                    "row": row.id,
+                    "config": row.id,
+                    "label": row.label,
+                    "column": name,
+                    "split": split if value is not None else "",
+                    "mean": value,
+                    "source": stated_src,
+                    "paper": None if ref is None else ref[0],
+                }
+            )
+    out = [f"## {spec.id} — {spec.title}", ""]
+    out.append(
+        "measured: mean / max over the table's metric columns of the runs' Gain (Δ); "
+        "each source's table gives its own mean / max; stated: the text's numbers"
+    )
+    out += [f"stated value not given by its own table: {m}" for m in mismatches]
+    if spec.note:
+        out.append(f"note: {spec.note}")
+    return RenderedTable(spec, "\n".join([*out, "", *lines]), long_rows)
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.2f}"
+
+
 def make_tables(
     records: list[dict[str, Any]],
     paper: dict[str, TableSpec] | None = None,
@@ -759,7 +846,7 @@ def _make_kind(records, paper, tables, metrics, sources, paper_tables, kind):
     used = set()
     show_all = paper_tables and kind == "train"
     for spec in paper.values():
-        if spec.kind == "max_gain":
+        if spec.kind in COMPUTED_KINDS:
             continue
         runs = by_table.get(spec.runs_from)
         if (runs or show_all) and (not tables or spec.id in tables):
@@ -770,17 +857,25 @@ def _make_kind(records, paper, tables, metrics, sources, paper_tables, kind):
             rendered[spec.id].kind = "hidden"
     out = [t for t in rendered.values() if t.kind != "hidden"]
     for spec in paper.values():
-        if spec.kind != "max_gain" or (tables and spec.id not in tables):
+        if spec.kind not in COMPUTED_KINDS or (tables and spec.id not in tables):
             continue
-        froms = {str(t) for row in spec.rows for t in row.extra.get("from", [])}
+        froms = {str(t) for row in spec.rows for t in _as_list(row.extra.get("from", []))}
         if show_all or froms & set(rendered):
-            out.append(render_max_gain(spec, paper, rendered, sources))
+            out.append(COMPUTED_KINDS[spec.kind](spec, paper, rendered, sources))
             out[-1].kind = kind
     for name, runs in by_table.items():
         if name in used or name in paper or (tables and name not in tables):
             continue
         out.append(render(generic_spec(name, runs, metrics), runs, sources, kind))
     return out
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+# tables computed from other tables' gain rows (kind in results.yaml -> renderer)
+COMPUTED_KINDS = {"max_gain": render_max_gain, "mean_gain": render_mean_gain}
 
 
 CSV_FIELDS = [

@@ -202,7 +202,9 @@ class StampViT(VisionTransformer):
         x = self.patch_drop(x)
         x = self.norm_pre(x)
         shared_mask = self.mask_generator(x) if self.mask_generator is not None else None
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            if i > 0 and self.mask_cfg.global_per_layer and self.mask_generator is not None:
+                shared_mask = self.mask_generator(x)  # mask.global_input=layer (rebuttal)
             x = block(x, mask=shared_mask)
         return self.norm(x)
 

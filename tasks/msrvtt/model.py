@@ -509,6 +509,8 @@ class SwinBERT(nn.Module):
         for i, layer in enumerate(self.layers):
             if self.mask_generators:  # multilayer: M_l from the input of layer l
                 mask = self._soft_mask(self.mask_generators[i], x, n_text)
+            elif i > 0 and self.mask_generator is not None and self.mask_cfg.global_per_layer:
+                mask = self._soft_mask(self.mask_generator, x, n_text)  # global_input=layer
             x = layer(x, mask=mask, attn_bias=bias)
         return x
 

@@ -85,6 +85,15 @@ def load_npz_array(path: Path, key: str, config_key: str) -> np.ndarray:
 
 
 def _read_npz(path: Path, key: str) -> np.ndarray:
+    arr = read_npz_array(path, key).astype(np.float32)
+    check_finite(arr, path)
+    return arr
+
+
+def read_npz_array(path: Path, key: str) -> np.ndarray:
+    """The array under ``key`` of an npz file as stored (dtype kept), checked to be 2-d with at
+    least one row; ``DataValidationError`` naming the file otherwise. Shared by the reader and
+    ``scripts/check_qvhighlights_features.py``."""
     try:
         loaded = np.load(path)
     except SystemError:
@@ -110,8 +119,6 @@ def _read_npz(path: Path, key: str) -> np.ndarray:
         raise DataValidationError(
             path, f"expected a 2-d array (rows, dim) under {key!r}, got {arr.shape}"
         )
-    arr = arr.astype(np.float32)
-    check_finite(arr, path)
     return arr
 
 

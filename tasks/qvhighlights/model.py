@@ -46,6 +46,7 @@ from stamp import (
     FeedForward,
     Fusion,
     FusionOrder,
+    GlobalInput,
     MaskConfig,
     MaskGenerator,
     MaskType,
@@ -364,12 +365,12 @@ class QDDETRT2VLayer(nn.Module):
 def group_mask(mask: MaskConfig, group: str, stamp_layers: Sequence[str]) -> MaskConfig:
     """The mask config a layer group runs with (full attention when not in ``stamp_layers``)."""
     if group not in stamp_layers:
-        return replace(mask, type=MaskType.none)
+        return replace(mask, type=MaskType.none, global_input=GlobalInput.encoder)
     if group == "t2v" and mask.type not in CROSS_MASK_TYPES:
         log.warning(
             "mask=%s has no cross-attention form: the T2V layers use full attention", mask.type
         )
-        return replace(mask, type=MaskType.none)
+        return replace(mask, type=MaskType.none, global_input=GlobalInput.encoder)
     return mask
 
 
@@ -446,6 +447,7 @@ class QDDETR(nn.Module):
                 "mask.fusion_order=mask_first or model.official_padding_bug=false."
             )
         self.t2v_mask_generator = None
+        self.t2v_global_per_layer = t2v_mask.global_per_layer  # mask.global_input=layer
         if t2v_mask.type is MaskType.global_:
             self.t2v_mask_generator = MaskGenerator.from_config(
                 t2v_mask, d, max_q_l, num_heads=num_heads, context_dim=d
@@ -551,7 +553,9 @@ class QDDETR(nn.Module):
         if self.official_padding_bug and vid.shape[0] > 1:
             bias = official_t2v_padding_bias(vid_pad, txt_pad, self.num_heads, vid.dtype)
         x = vid
-        for layer in self.t2v_layers:
+        for i, layer in enumerate(self.t2v_layers):
+            if i > 0 and self.t2v_mask_generator is not None and self.t2v_global_per_layer:
+                shared = self.t2v_mask_generator(x, n_keys=txt.shape[1], context=txt)
             x = layer(
                 x,
                 txt,

@@ -131,6 +131,7 @@ def check_submission(run_dir: Path, val_mr_map: float) -> None:
         ("qvhighlights_t1", ["mask=none", "seed=2"], "T1b", "none"),
         ("qvhighlights_s4", ["variant=depth2-add"], "S4", "depth2-add"),
         ("qvhighlights_s4", ["variant=none", "seed=1"], "S4", "none"),
+        ("qvhighlights_s4", ["variant=depth2-mul", "layers=t2v"], "S4", "depth2-mul-t2v"),
     ],
 )
 def test_experiment_files_run_one_step(features, tmp_path, experiment, overrides, table, row):
@@ -164,3 +165,29 @@ def test_experiment_sweeps_cover_the_paper(tmp_path: Path) -> None:
     assert compose_cfg(["experiment=qvhighlights_s4", "mask.depth=8"], tmp_path).row == "depth8-mul"
     synth = compose_cfg(["experiment=qvhighlights_synthetic"], output_dir=tmp_path)
     assert synth.data.v_feat_dim == 96 and synth.model.vid_dim == 96
+
+
+def test_s4_cross_attention_only_variant_masks_the_t2v_layers_only(tmp_path: Path) -> None:
+    """Fig. S4's caption and the rebuttal's N table (75 x 32): STAMP in the cross-attention only
+    (`layers=t2v`), labelled apart from the default (both groups); the baseline row is shared."""
+    from hydra.utils import instantiate
+
+    from stamp.mask import mask_parameter_count
+    from tasks.common.pipeline import core_configs
+
+    counts = {}
+    for layers in ("both", "t2v"):
+        cfg = compose_cfg(
+            ["experiment=qvhighlights_s4", f"layers={layers}", "variant=depth2-mul"], tmp_path
+        )
+        assert list(cfg.model.stamp_layers) == {"both": ["t2v", "self"], "t2v": ["t2v"]}[layers]
+        assert cfg.row == {"both": "depth2-mul", "t2v": "depth2-mul-t2v"}[layers]
+        mask, attention = core_configs(cfg)
+        net = instantiate(cfg.model, mask=mask, attention=attention)
+        counts[layers] = mask_parameter_count(net)
+        if layers == "t2v":
+            assert mask_parameter_count(net.encoder) == 0  # the self-attention group runs full
+            assert mask_parameter_count(net.t2v_layers) == counts["t2v"] > 0
+    assert 0 < counts["t2v"] < counts["both"]
+    none = compose_cfg(["experiment=qvhighlights_s4", "layers=t2v", "variant=none"], tmp_path)
+    assert none.row == "none"
