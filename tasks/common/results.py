@@ -15,12 +15,41 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status`` on Linux; else the
+    ``os.umask`` set-and-restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def user_file_mode(fd: int) -> None:
+    """Give a file made by ``mkstemp`` (mode 0600) the mode an ordinary ``open`` would: 0666
+    less the user's umask, so colleagues on a shared cluster can read a run (0644 under the
+    usual umask 022)."""
+    os.fchmod(fd, 0o666 & ~current_umask())
+
+
+def atomic_temp(path: Path) -> tuple[int, str]:
+    """An open temporary file beside ``path`` (same directory, hence same file system: the
+    rename is atomic and nothing is left in /tmp), with the user's file mode."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    user_file_mode(fd)
+    return fd, tmp
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: a reader
     (or a kill) never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = atomic_temp(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

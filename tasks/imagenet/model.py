@@ -26,13 +26,14 @@ position embedding resampled per batch) such a model runs on images of other siz
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
-import pickle
 from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import torch
 from timm.layers import resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import load_state_dict
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -202,12 +203,11 @@ class StampViT(VisionTransformer):
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    try:
+    """Weights only (a crafted file runs no code); MAE's training checkpoints
+    (``misc.save_model``) also pickle their ``argparse.Namespace`` of arguments, which is
+    allowed as plain data."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
         return load_state_dict(str(path), use_ema=False, weights_only=True)
-    except pickle.UnpicklingError:
-        # training checkpoints (MAE's misc.save_model) also pickle argparse args
-        log.warning("%s holds non-tensor objects; loading it with weights_only=False", path)
-        return load_state_dict(str(path), use_ema=False, weights_only=False)
 
 
 MAE_DECODER_PREFIXES = ("decoder_", "mask_token")
