@@ -46,6 +46,7 @@ from tasks.common.mask_stats import MaskDiagnostics
 from tasks.common.module import parameter_counts
 from tasks.common.results import RESULTS_FILE, read_record, write_json
 from tasks.common.run_lock import RunDirLocked, run_dir_lock
+from tasks.common.schemas import check_known_keys
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,10 @@ def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def core_configs(cfg: DictConfig) -> tuple[MaskConfig, AttentionConfig]:
-    """Validate the mask / attention settings (runs the dataclasses' ``__post_init__``)."""
+    """Validate the mask / attention settings (runs the dataclasses' ``__post_init__``; keys
+    the schemas do not have, e.g. ``+mask.foo=1``, are refused)."""
+    check_known_keys(cfg.mask, MaskConfig, "mask")
+    check_known_keys(cfg.attention, AttentionConfig, "attention")
     mask = OmegaConf.to_object(cfg.mask)
     attention = OmegaConf.to_object(cfg.attention)
     if not isinstance(mask, MaskConfig):  # configs built without the schema (plain dicts)
