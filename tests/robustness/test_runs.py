@@ -64,7 +64,8 @@ def test_finished_run_trains_further_from_its_checkpoint_in_a_new_directory(demo
     before = _snapshot(run)
     last = run / "checkpoints" / "last.ckpt"
     record = run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path))
-    assert record["status"] == "ok" and record["epochs"] == 3 and record["resumed_from"] == str(last)
+    assert record["status"] == "ok" and record["epochs"] == 3
+    assert record["resumed_from"] == str(last)
     assert _snapshot(run) == before
 
 
