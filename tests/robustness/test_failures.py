@@ -41,7 +41,8 @@ def test_huge_learning_rate_ends_as_diverged_at_its_step(tmp_path):
     assert diverged["step"] == info.value.step and diverged["step"] >= 1
     assert "loss" in diverged["quantity"] and diverged["value"] in ("nan", "inf", "-inf")
     # the first step's loss was finite: it is among the last finite values
-    assert diverged["last_finite"] and all(math.isfinite(v) for v in diverged["last_finite"].values())
+    last = diverged["last_finite"]
+    assert last and all(math.isfinite(v) for v in last.values())
     assert "train/step_loss" in diverged["last_finite"]
 
 
@@ -143,6 +144,6 @@ def test_results_with_wrong_field_types_are_skipped_naming_the_file(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         records = load_results([tmp_path])
     assert [r["run_dir"] for r in records] == [str(tmp_path / "good")]
-    assert f"{tmp_path / 'bad' / 'results.json'}: metrics is \"0.9\", not object" in caplog.text
-    assert "metrics.val/acc is \"high\", not a number" in caplog.text
+    assert f'{tmp_path / "bad" / "results.json"}: metrics is "0.9", not object' in caplog.text
+    assert 'metrics.val/acc is "high", not a number' in caplog.text
     make_tables(load_records([tmp_path]))  # no crash
