@@ -98,12 +98,25 @@ def _is_own_requeue(holder: dict[str, Any]) -> bool:
         return False
 
 
+def is_first_process() -> bool:
+    """Global rank 0 of a distributed run, or a plain process. The other ranks (Lightning's DDP
+    children re-run the command with ``LOCAL_RANK``; torchrun sets ``RANK``; ``srun`` tasks have
+    ``SLURM_PROCID``) belong to the run whose rank 0 holds the lock."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        try:
+            if int(os.environ.get(key, 0) or 0) != 0:
+                return False
+        except ValueError:
+            continue
+    return True
+
+
 def acquire(run_dir: str | Path) -> bool:
     """Take ``run_dir``'s lock for this process (creating the directory). Returns False when this
-    process holds it already. Raises ``RunDirLocked`` naming the holder, or, for a stale lock,
-    saying how to remove it."""
+    process holds it already, or is not the run's first process (``is_first_process``). Raises
+    ``RunDirLocked`` naming the holder, or, for a stale lock, saying how to remove it."""
     run_dir = Path(run_dir).resolve()
-    if run_dir in _held:
+    if run_dir in _held or not is_first_process():
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
     file = run_dir / LOCK_FILE

@@ -108,33 +108,45 @@ def test_a_slurm_requeue_of_the_same_job_takes_its_lock_over(tmp_path, monkeypat
 def test_two_concurrent_runs_into_one_directory_exactly_one_runs(tmp_path):
     """Two train.py started into one hydra.run.dir: the first runs to the end, the second exits
     non-zero at start-up naming it and changes nothing in the directory."""
-    run = tmp_path / "run"
+    run, go = tmp_path / "run", tmp_path / "go"
     args = [
         "train.py",
         *DEMO,
-        "trainer.max_epochs=2",
-        "+callbacks.slow._target_=tests.robustness.faults.SlowSteps",
-        "+callbacks.slow.seconds=0.2",
+        "trainer.max_epochs=1",
         f"hydra.run.dir={run}",
+    ]
+    hold = [  # the first run waits in training until the second one has been refused
+        "+callbacks.hold._target_=tests.robustness.faults.WaitForFile",
+        f"+callbacks.hold.path={go}",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     first = subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, *args, *hold],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
-    deadline = time.time() + 120
-    while not (run / "checkpoints").exists() and time.time() < deadline:  # training started
-        time.sleep(0.2)
-    before = _snapshot(run)
-    second = run_script(args, timeout=300)
-    still_running = first.poll() is None
-    out, _ = first.communicate(timeout=600)
+    try:
+        deadline = time.time() + 300
+        while not Path(f"{go}.waiting").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert first.poll() is None, "the first run did not reach training"
+        before = _snapshot(run)
+        second = run_script(args, timeout=300)
+        go.touch()
+        out, _ = first.communicate(timeout=600)
+    finally:
+        go.touch()
+        if first.poll() is None:
+            first.kill()
     assert first.returncode == 0, out.decode()[-3000:]
-    assert still_running, "the first run ended before the second started: nothing was tested"
     assert second.returncode != 0
     text = second.stdout + second.stderr
     assert f"is in use by another run: pid {first.pid} on host {socket.gethostname()}" in text
-    assert json.loads((run / "results.json").read_text())["status"] == "ok"
     assert before[".hydra/overrides.yaml"] == (run / ".hydra" / "overrides.yaml").read_bytes()
+    assert before[".hydra/config.yaml"] == (run / ".hydra" / "config.yaml").read_bytes()
+    assert json.loads((run / "results.json").read_text())["status"] == "ok"
     assert not (run / "results.failed.json").exists() and not (run / LOCK_FILE).exists()
 
 
@@ -147,8 +159,26 @@ def test_train_py_refused_on_a_finished_run_changes_nothing(demo_run, tmp_path, 
     shutil.copytree(demo_run[0], run)
     (run / ".hydra").mkdir(exist_ok=True)
     (run / ".hydra" / "overrides.yaml").write_text("- trainer.max_epochs=2\n")
-    before = _snapshot(run)
+    before, mtime = _snapshot(run), os.stat(run).st_mtime_ns
     proc = run_script(["train.py", *DEMO, "trainer.max_epochs=2", *resume, f"hydra.run.dir={run}"])
     assert proc.returncode != 0
     assert "holds a finished run" in proc.stdout + proc.stderr
     assert _snapshot(run) == before
+    assert os.stat(run).st_mtime_ns == mtime  # not even a file created and removed
+
+
+@pytest.mark.parametrize("rank", ["LOCAL_RANK", "RANK", "SLURM_PROCID"])
+def test_other_ranks_of_a_distributed_run_do_not_lock(tmp_path, monkeypatch, rank):
+    """Lightning's DDP children re-run the command into the same directory: rank 0 holds the
+    lock for the whole run."""
+    with run_dir_lock(tmp_path):
+        monkeypatch.setenv(rank, "1")
+        assert acquire(tmp_path) is False
+        monkeypatch.delenv(rank)
+    holder = _holder(tmp_path / "other")
+    try:
+        monkeypatch.setenv(rank, "1")
+        assert acquire(tmp_path / "other") is False  # no RunDirLocked for rank 1
+    finally:
+        holder.kill()
+        holder.wait()
