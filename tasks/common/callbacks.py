@@ -150,8 +150,12 @@ class StopOnDivergence(L.Callback):
             self.last_finite[name] = value
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # one value a step (one device sync); the logged metrics at epoch / validation ends
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        self._check(trainer, {"train/step_loss": loss, **trainer.callback_metrics})
+        self._check(trainer, {"train/step_loss": loss})
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer, dict(trainer.callback_metrics))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:

@@ -147,3 +147,46 @@ def test_results_with_wrong_field_types_are_skipped_naming_the_file(tmp_path, ca
     assert f'{tmp_path / "bad" / "results.json"}: metrics is "0.9", not object' in caplog.text
     assert 'metrics.val/acc is "high", not a number' in caplog.text
     make_tables(load_records([tmp_path]))  # no crash
+
+
+def test_checkpoint_is_written_beside_its_final_name(tmp_path, monkeypatch):
+    """A kill -9 during a checkpoint write used to leave ~1 MB temporary files in /tmp
+    (fsspec's transaction); the temporary file is now in the checkpoint's own directory, under a
+    hidden name, and becomes the final file by an atomic rename."""
+    import tasks.common.results as results
+
+    seen = []
+    real = results.atomic_temp
+
+    def spy(path):
+        fd, tmp = real(path)
+        seen.append(tmp)
+        return fd, tmp
+
+    monkeypatch.setattr(results, "atomic_temp", spy)
+    run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=1", "data.num_train=16"], tmp_path))
+    folder = tmp_path / "checkpoints"
+    ckpts = [name for name in seen if ".ckpt." in name]
+    assert ckpts and all(os.path.dirname(name) == str(folder) for name in ckpts)
+    assert all(os.path.basename(name).startswith(".") and name.endswith(".tmp") for name in ckpts)
+    assert sorted(p.name for p in folder.iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+
+
+def test_a_non_finite_monitored_metric_is_a_divergence_other_metrics_are_not():
+    from types import SimpleNamespace
+
+    import torch
+
+    from tasks.common.callbacks import StopOnDivergence
+
+    guard = StopOnDivergence(monitor="val/acc")
+    trainer = SimpleNamespace(global_step=7, sanity_checking=False, callback_metrics={})
+    guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(0.5)}, None, 0)
+    trainer.callback_metrics = {"val/acc": torch.tensor(0.25), "val/cider": torch.tensor(math.nan)}
+    guard.on_validation_end(trainer, None)  # an undefined other metric is not a divergence
+    trainer.callback_metrics = {"val/acc": torch.tensor(math.inf)}
+    with pytest.raises(RunDiverged, match="diverged at step 7: val/acc = inf") as info:
+        guard.on_validation_end(trainer, None)
+    assert info.value.last_finite == {"train/step_loss": 0.5, "val/acc": 0.25}
+    trainer.sanity_checking = True  # the sanity check's metrics are not the run's
+    StopOnDivergence(monitor="val/acc").on_validation_end(trainer, None)
