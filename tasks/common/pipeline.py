@@ -174,18 +174,14 @@ def holds_run_dir_lock(fn):
     return locked
 
 
-def check_training_items(datamodule: L.LightningDataModule) -> None:
-    """Zero training items is a start-up error (the run would end ``ok`` with an untrained
-    model's metrics). Datasets without a length (streams) are not checked."""
-    dataset = getattr(datamodule.train_dataloader(), "dataset", None)
-    try:
-        count = len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        return
-    if count == 0:
+def check_training_batches(trainer: L.Trainer, datamodule: Any) -> None:
+    """Zero training batches is an error: Lightning skips training ("No training batches") and
+    the run would end ``ok`` with an untrained model's metrics. Raised before any validation or
+    result is written; streams without a length count as infinite and pass."""
+    if trainer.num_training_batches == 0:
         raise ValueError(
-            f"the training split has no items ({type(datamodule).__name__}: 0 in "
-            f"{type(dataset).__name__}); check the data paths and sizes (e.g. data.num_train)"
+            f"the training split has no items (0 training batches from "
+            f"{type(datamodule).__name__}); check the data paths and sizes (e.g. data.num_train)"
         )
 
 
@@ -439,9 +435,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # validation file must not cost an epoch)
         datamodule.prepare_data()
         datamodule.setup("fit")
-        check_training_items(datamodule)
         with safe_loading():
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        check_training_batches(trainer, datamodule)
     metrics = _clean(trainer.callback_metrics)
 
     # the best checkpoint on the monitored metric (none under fast_dev_run: current weights)
