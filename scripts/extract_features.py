@@ -148,7 +148,7 @@ class TorchOpenL3Embedder:
         if weights is not None:
             if not Path(weights).is_file():
                 raise FileNotFoundError(f"--openl3-weights {weights}: no such file")
-            state = torch.load(weights, map_location="cpu")
+            state = torch.load(weights, map_location="cpu", weights_only=True)
             self.model.load_state_dict(state.get("state_dict", state))
         elif not allow_random:
             raise FileNotFoundError(

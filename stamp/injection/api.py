@@ -242,6 +242,9 @@ def injection_config(model: nn.Module) -> dict:
         "attention": _as_dict(first.attention_cfg),
         "targets": list(stamps),
         "n_max": {name: s.n_max for name, s in stamps.items()},
+        # every supported attention module of the model (injected or not): load refuses a model
+        # with another layer set (a 3-layer model would keep its third layer without STAMP)
+        "attention_modules": sorted(attention_modules(model)),
     }
 
 
@@ -270,7 +273,7 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(directory / WEIGHTS_SAFETENSORS))
     if (directory / WEIGHTS_TORCH).exists():
-        return torch.load(directory / WEIGHTS_TORCH, map_location="cpu", weights_only=True)
+        return _read_weights_safely(directory / WEIGHTS_TORCH)
     raise FileNotFoundError(
         f"stamp.load: no {WEIGHTS_SAFETENSORS} or {WEIGHTS_TORCH} in {directory}"
     )
@@ -299,6 +302,7 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
                 "stamp.load: the model has no supported attention module named "
                 f"{', '.join(missing[:4])} (saved targets); is it the same architecture?"
             )
+        _check_layer_set(saved, model, config_path)
         inject(
             model,
             mask=MaskConfig(**saved["mask"]),
@@ -307,6 +311,7 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
             n_max=saved["n_max"],
         )
     else:
+        _check_layer_set(saved, model, config_path)
         problems = _config_differences(saved, injection_config(model))
         if problems:
             raise ValueError(
@@ -328,6 +333,34 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
         )
     model.load_state_dict(weights, strict=False)
     return model
+
+
+def _check_layer_set(saved: dict, model: nn.Module, config_path: Path) -> None:
+    """The model has the attention layers of the model the STAMP weights were saved from
+    (files written before this was recorded carry no list and are not checked)."""
+    if saved.get("attention_modules") is None:
+        return
+    before, now = set(saved["attention_modules"]), set(attention_modules(model))
+    if before == now:
+        return
+    lines = [f"only in the model: {', '.join(sorted(now - before))}"] if now - before else []
+    if before - now:
+        lines.append(f"only in the saved model: {', '.join(sorted(before - now))}")
+    raise ValueError(
+        f"stamp.load: {config_path} was saved from a model with another set of attention "
+        f"layers ({len(before)} saved, {len(now)} here):\n  " + "\n  ".join(lines)
+    )
+
+
+def _read_weights_safely(file: Path) -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)``: tensors only; a file that pickles code is refused."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a weights-only refusal or a corrupt file
+        raise ValueError(
+            f"stamp.load: {file} cannot be read as tensors only ({type(err).__name__}); a file "
+            "that pickles Python objects is refused, since unpickling them could run code"
+        ) from err
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:

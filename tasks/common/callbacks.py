@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import lightning as L
+import torch
 from lightning.fabric.utilities.seed import seed_everything
 
 
@@ -98,3 +102,61 @@ class FailAtStep(L.Callback):
         seen = trainer.fit_loop.epoch_loop.total_batch_idx
         if seen >= self.step:
             raise SimulatedInterruption(f"simulated interruption at training batch {seen}")
+
+
+class RunDiverged(RuntimeError):
+    """A loss or metric became NaN / inf: the run is recorded as ``status: diverged``.
+
+    ``step`` is the global training step (optimizer steps done), ``name`` / ``value`` the
+    non-finite quantity and ``last_finite`` the last finite value of every watched quantity.
+    """
+
+    def __init__(self, step: int, name: str, value: float, last_finite: dict[str, float]):
+        self.step, self.name, self.value = step, name, value
+        self.last_finite = dict(last_finite)
+        last = ", ".join(f"{k}={v:.6g}" for k, v in sorted(last_finite.items())) or "none"
+        super().__init__(
+            f"the run diverged at step {step}: {name} = {value} (last finite values: {last}). "
+            "Lower the learning rate (module.optimizer.lr) or check the data."
+        )
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().item()) if value.numel() == 1 else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class StopOnDivergence(L.Callback):
+    """End the run at the step where the training loss, a logged loss or the monitored metric
+    is NaN or infinite (Lightning would train on, and the run would end ``ok`` with NaN
+    metrics): raises ``RunDiverged`` with the step and the last finite values. Other metrics
+    may be undefined (NaN) on a healthy run and are not watched."""
+
+    def __init__(self, monitor: str | None = None) -> None:
+        self.monitor = monitor
+        self.last_finite: dict[str, float] = {}
+
+    def _watched(self, name: str) -> bool:
+        return name == self.monitor or "loss" in name
+
+    def _check(self, trainer: L.Trainer, values: dict[str, Any]) -> None:
+        for name, raw in values.items():
+            value = _scalar(raw) if self._watched(name) else None
+            if value is None:
+                continue
+            if not math.isfinite(value):
+                raise RunDiverged(trainer.global_step, name, value, self.last_finite)
+            self.last_finite[name] = value
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # one value a step (one device sync); the logged metrics at epoch / validation ends
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self._check(trainer, {"train/step_loss": loss})
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer, dict(trainer.callback_metrics))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer, dict(trainer.callback_metrics))

@@ -3,12 +3,19 @@ litgpt's ``model_config.yaml`` or HF's ``config.json``) and is compared key by k
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
+import pathlib
 import re
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -114,24 +121,93 @@ def training_overrides(path: str | Path) -> tuple[Path, list[str]] | None:
     return file, [str(o) for o in overrides or []]
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict (memory-mapped: tensors are not read), or a clear error naming the
-    file when it is empty, truncated or not a checkpoint."""
+class UnsafeCheckpointError(ValueError):
+    """The file holds pickled Python objects other than weights: loading them would run code."""
+
+
+def checkpoint_safe_globals() -> list[Any]:
+    """The classes besides tensors and plain containers that a Lightning checkpoint of this
+    project may hold, and nothing else: paths (``ModelCheckpoint`` state written with a
+    ``Path`` dirpath) and Lightning's ``AttributeDict`` (``save_hyperparameters``)."""
+    from lightning.fabric.utilities.data import AttributeDict
+
+    return [pathlib.PosixPath, pathlib.PurePosixPath, AttributeDict]
+
+
+@contextlib.contextmanager
+def safe_loading() -> Iterator[None]:
+    """Every ``torch.load`` inside (ours and Lightning's ``Trainer.fit / validate / test``
+    with ``weights_only=True``) accepts the allow-list of ``checkpoint_safe_globals`` on top of
+    torch's weights-only set."""
+    with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        yield
+
+
+def _unsafe_global(err: BaseException) -> str | None:
+    """The refused global's name from torch's weights-only error, or None for other errors."""
+    text = str(err)
+    if "Weights only load failed" not in text and "weights_only" not in text:
+        return None
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return found.group(1)
+    found = re.search(r"Unsupported operand (\d+)", text)
+    if found:
+        return f"pickle opcode {found.group(1)}, outside torch.save's format"
+    return "an object that is not a tensor"
+
+
+def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with the project's allow-list: the one way a
+    user-supplied checkpoint is read. A file that pickles code (any class or function outside
+    the allow-list) is refused with ``UnsafeCheckpointError`` before anything of it runs; an
+    empty, truncated or foreign file gives a ``ValueError`` naming it."""
     path = Path(path)
     size = path.stat().st_size
     if size == 0:
-        raise ValueError(f"checkpoint {path} is empty (0 bytes): the run that wrote it was killed")
+        raise ValueError(f"{what} {path} is empty (0 bytes): the run that wrote it was killed")
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        with safe_loading():
+            # memory-mapped (tensors are not read) where the format allows it
+            return torch.load(
+                path, map_location="cpu", mmap=zipfile.is_zipfile(path), weights_only=True
+            )
     except Exception as err:  # noqa: BLE001 - any unpickling / zip error means the same here
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001
-            pass
+        name = _unsafe_global(err)
+        if name is not None:
+            raise UnsafeCheckpointError(
+                f"{what} {path} refused: it holds a pickled Python object ({name}) that is "
+                "not a tensor or a plain container, and unpickling it could run code from "
+                "the file (a crafted checkpoint runs a shell command this way). Only weights "
+                f"and {', '.join(c.__name__ for c in checkpoint_safe_globals())} are read; "
+                "re-save it as a state dict of tensors if you trust where it comes from."
+            ) from err
         raise ValueError(
-            f"checkpoint {path} ({size} bytes) cannot be read: truncated or not a PyTorch "
+            f"{what} {path} ({size} bytes) cannot be read: truncated or not a PyTorch "
             f"Lightning checkpoint ({type(err).__name__}: {err})"
         ) from err
+
+
+LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint's dict, read by ``safe_load``, or a clear error naming the file
+    when it is not one (a ``torch.save``d dict without Lightning's keys)."""
+    checkpoint = safe_load(path)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(
+            f"checkpoint {path} holds a {type(checkpoint).__name__}, not a PyTorch Lightning "
+            "checkpoint (a dict with a state_dict)"
+        )
+    missing = [key for key in LIGHTNING_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(
+            f"checkpoint {path} is not a PyTorch Lightning checkpoint: no {' / '.join(missing)} "
+            f"(its keys: {', '.join(map(str, list(checkpoint)[:8])) or 'none'}). Pass a .ckpt "
+            "written by train.py (<run>/checkpoints/)."
+        )
+    return checkpoint
 
 
 def check_checkpoint_config(
@@ -180,3 +256,56 @@ def check_checkpoint_config(
     if diffs:
         log.warning("allow_config_mismatch=true: %s differs in %s", path, sorted(diffs))
     return report
+
+
+def write_checkpoint_file(checkpoint: dict[str, Any], file: Any) -> None:
+    """Serialize ``checkpoint`` into the open binary ``file`` (the one place that writes a
+    checkpoint's bytes; the disk-full tests replace it)."""
+    torch.save(checkpoint, file)
+
+
+def atomic_save(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Write ``checkpoint`` to a temporary file in ``path``'s directory and rename it over
+    ``path``: a kill or a full disk never leaves a partial file under a final name, and no
+    temporary file is written elsewhere (Lightning's own save goes through fsspec, whose
+    transaction writes into /tmp and copies across file systems). On failure the temporary
+    file is removed and the error (e.g. ``OSError(ENOSPC)``) propagates, naming ``path``."""
+    from tasks.common.results import atomic_temp
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = atomic_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_checkpoint_file(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC, f"no space left on the device writing checkpoint {path}"
+            ) from err
+        raise
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O for this project's runs: saves are atomic (``atomic_save``)
+    and loads go through ``safe_load`` (weights only, the project's allow-list), whatever
+    ``weights_only`` Lightning passes. Remote paths (``s3://``...) keep Lightning's own I/O."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return safe_load(path)

@@ -7,6 +7,8 @@ experiment / table / row tags, parameter counts, final and best metrics, the res
 
 from __future__ import annotations
 
+import errno
+import functools
 import glob
 import json
 import logging
@@ -28,11 +30,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from stamp import check_mask_backend
 from stamp.config import AttentionConfig, Backend, MaskConfig
-from tasks.common.callbacks import EpochSeed, ModelConfigInCheckpoint
-from tasks.common.checkpoints import check_checkpoint_config, model_config
+from tasks.common.callbacks import (
+    EpochSeed,
+    ModelConfigInCheckpoint,
+    RunDiverged,
+    StopOnDivergence,
+)
+from tasks.common.checkpoints import (
+    SafeCheckpointIO,
+    check_checkpoint_config,
+    model_config,
+    safe_loading,
+)
 from tasks.common.mask_stats import MaskDiagnostics
 from tasks.common.module import parameter_counts
 from tasks.common.results import RESULTS_FILE, read_record, write_json
+from tasks.common.run_lock import RunDirLocked, run_dir_lock
+from tasks.common.schemas import check_known_keys
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +66,10 @@ def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def core_configs(cfg: DictConfig) -> tuple[MaskConfig, AttentionConfig]:
-    """Validate the mask / attention settings (runs the dataclasses' ``__post_init__``)."""
+    """Validate the mask / attention settings (runs the dataclasses' ``__post_init__``; keys
+    the schemas do not have, e.g. ``+mask.foo=1``, are refused)."""
+    check_known_keys(cfg.mask, MaskConfig, "mask")
+    check_known_keys(cfg.attention, AttentionConfig, "attention")
     mask = OmegaConf.to_object(cfg.mask)
     attention = OmegaConf.to_object(cfg.attention)
     if not isinstance(mask, MaskConfig):  # configs built without the schema (plain dicts)
@@ -107,21 +124,24 @@ def guard_run_dir(cfg: DictConfig, out_dir: Path, resuming: bool) -> dict[str, A
 
     In a multirun (a sweep re-run into its directory, with or without ``ckpt_path=last``) a job
     that finished with the same config is skipped and its record returned. Otherwise a directory
-    whose results.json says ``ok`` is resumed only with ``ckpt_path=last`` and anything else stops
-    with a message. A directory holding an interrupted run's ``last.ckpt`` is not restarted from
-    scratch either.
+    whose results.json says ``ok`` is refused, ``ckpt_path=last`` included (a finished run has
+    nothing to resume; training it further starts a new directory from its checkpoint), before
+    anything is written into it. A directory holding an interrupted run's ``last.ckpt`` is not
+    restarted from scratch either.
     """
     finished = read_record(out_dir / RESULTS_FILE) if (out_dir / RESULTS_FILE).exists() else None
     done = finished is not None and finished.get("status") == "ok"
     if done and is_multirun() and _same_config(finished, cfg, out_dir):
         log.info("job %s finished before (results.json status ok): skipped", out_dir)
         return finished
-    if done and not resuming:
+    if done:
         raise RunExistsError(
             f"{out_dir} holds a finished run (results.json status ok"
             + ("" if _same_config(finished, cfg, out_dir) else ", with another config")
-            + "); it is not overwritten. Choose another directory (hydra.run.dir=... / "
-            "hydra.sweep.dir=...), or resume it with ckpt_path=last."
+            + "); it is not overwritten and has nothing to resume. Choose another directory "
+            "(hydra.run.dir=... / hydra.sweep.dir=...); to train it further, start a new "
+            f"directory from its checkpoint: hydra.run.dir=<new dir> "
+            f"ckpt_path={out_dir / 'checkpoints' / 'last.ckpt'}"
         )
     last = out_dir / "checkpoints" / "last.ckpt"
     if not resuming and last.exists():
@@ -130,6 +150,39 @@ def guard_run_dir(cfg: DictConfig, out_dir: Path, resuming: bool) -> dict[str, A
             "Resume it with ckpt_path=last, or choose another directory (hydra.run.dir=...)."
         )
     return None
+
+
+def refuse_finished_eval(out_dir: Path) -> None:
+    """eval.py never writes over a finished run's (or evaluation's) results.json."""
+    finished = read_record(out_dir / RESULTS_FILE) if (out_dir / RESULTS_FILE).exists() else None
+    if finished is not None and finished.get("status") == "ok":
+        raise RunExistsError(
+            f"{out_dir} holds a finished run's results.json; it is not overwritten. Choose "
+            "another directory (hydra.run.dir=...)."
+        )
+
+
+def holds_run_dir_lock(fn):
+    """Run ``fn(cfg)`` holding the run directory's lock (``tasks.common.run_lock``): a second
+    run into the directory stops at start-up naming this one."""
+
+    @functools.wraps(fn)
+    def locked(cfg: DictConfig, *args: Any, **kwargs: Any) -> Any:
+        with run_dir_lock(run_dir()):
+            return fn(cfg, *args, **kwargs)
+
+    return locked
+
+
+def check_training_batches(trainer: L.Trainer, datamodule: Any) -> None:
+    """Zero training batches is an error: Lightning skips training ("No training batches") and
+    the run would end ``ok`` with an untrained model's metrics. Raised before any validation or
+    result is written; streams without a length count as infinite and pass."""
+    if trainer.num_training_batches == 0:
+        raise ValueError(
+            f"the training split has no items (0 training batches from "
+            f"{type(datamodule).__name__}); check the data paths and sizes (e.g. data.num_train)"
+        )
 
 
 def run_dir() -> Path:
@@ -344,6 +397,7 @@ def _log_config(loggers: list, cfg: DictConfig) -> None:
         logger.log_hyperparams(resolved)
 
 
+@holds_run_dir_lock
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then validate (and optionally test) the best checkpoint; return the results record."""
     start = time.time()
@@ -377,7 +431,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks.append(ModelConfigInCheckpoint(model_config(cfg)))
     if not any(isinstance(cb, EpochSeed) for cb in callbacks):  # exact resume needs it
         callbacks.append(EpochSeed(cfg.seed))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks.append(StopOnDivergence(cfg.monitor.metric))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[SafeCheckpointIO()]
+    )
     record["precision"] = str(trainer.precision)  # e.g. 16-mixed on CPU runs as bf16-mixed
     _log_config(loggers, cfg)
     if training:
@@ -385,7 +442,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # validation file must not cost an epoch)
         datamodule.prepare_data()
         datamodule.setup("fit")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with safe_loading():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        check_training_batches(trainer, datamodule)
     metrics = _clean(trainer.callback_metrics)
 
     # the best checkpoint on the monitored metric (none under fast_dev_run: current weights)
@@ -393,10 +452,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_path = None if trainer.fast_dev_run else getattr(best_cb, "best_model_path", "") or None
     best_score = getattr(best_cb, "best_model_score", None)
     if training and not trainer.fast_dev_run:
-        trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+        with safe_loading():
+            trainer.validate(
+                module, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True
+            )
         metrics.update(_clean(trainer.callback_metrics))
     if cfg.get("test", False):
-        trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+        with safe_loading():
+            trainer.test(
+                module, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True
+            )
         metrics.update(_clean(trainer.callback_metrics))
 
     record.update(
@@ -422,6 +487,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+@holds_run_dir_lock
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Validate or test a checkpoint with the model the config describes."""
     start = time.time()
@@ -439,12 +505,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ckpt, cfg, evaluation=True, allow_mismatch=allow
     )
     record["allow_config_mismatch"] = allow
-    finished = read_record(out_dir / RESULTS_FILE) if (out_dir / RESULTS_FILE).exists() else None
-    if finished is not None and finished.get("status") == "ok":
-        raise RunExistsError(
-            f"{out_dir} holds a finished run's results.json; it is not overwritten. Choose "
-            "another directory (hydra.run.dir=...)."
-        )
+    refuse_finished_eval(out_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, net, module = build(cfg, mask, attention)
     record["params"] = parameter_counts(net)
@@ -452,11 +513,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg, out_dir)
     # mask statistics of the evaluated checkpoint (validation split) -> results.json mask_stats
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=[MaskDiagnostics()], logger=loggers or False
+        cfg.trainer,
+        callbacks=[MaskDiagnostics()],
+        logger=loggers or False,
+        plugins=[SafeCheckpointIO()],
     )
     record["precision"] = str(trainer.precision)
     run = trainer.validate if split == "val" else trainer.test
-    run(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    with safe_loading():
+        run(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
     record.update(
         status="ok",
         metrics=_clean(trainer.callback_metrics),
@@ -502,11 +567,27 @@ def run_job(cfg: DictConfig, fn=train) -> float | None:
     A single run re-raises (non-zero exit). Inside a multirun the error is logged and the sweep
     goes on; the multirun summary lists the failed jobs and the sweep exits non-zero at the end.
     The W&B run of the job is finished either way (failed: exit code 1). A failure never
-    replaces a finished run's results.json: it goes to ``results.failed.json`` beside it.
+    replaces a finished run's results.json: it goes to ``results.failed.json`` beside it. A run
+    refused at start-up (directory locked by another run, or holding a finished run) writes
+    nothing. A run whose loss or monitored metric became NaN / inf is recorded as
+    ``status: diverged`` with the step and the last finite values.
     """
     out_dir = run_dir()
     try:
+        with run_dir_lock(out_dir):
+            return _run_locked(cfg, fn, out_dir)
+    except (RunDirLocked, RunExistsError) as refused:
+        if not is_multirun():
+            raise
+        log.error("job refused (%s): %s", out_dir, refused)
+        return None
+
+
+def _run_locked(cfg: DictConfig, fn, out_dir: Path) -> float | None:
+    try:
         record = fn(cfg)
+    except (RunDirLocked, RunExistsError):
+        raise  # refused before anything ran: nothing to record, nothing written
     except Exception as error:  # noqa: BLE001 - recorded, then re-raised or reported
         finish_wandb(1)
         kind = "eval" if fn is evaluate else "train"
@@ -516,20 +597,55 @@ def run_job(cfg: DictConfig, fn=train) -> float | None:
             error=f"{type(error).__name__}: {error}",
             traceback=traceback.format_exc(),
         )
+        if isinstance(error, RunDiverged):
+            record.update(
+                status="diverged",
+                diverged={
+                    "step": error.step,
+                    "quantity": error.name,
+                    "value": str(error.value),
+                    "last_finite": error.last_finite,
+                },
+            )
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-            previous = out_dir / RESULTS_FILE
-            old = read_record(previous) if previous.exists() else None
-            if old is not None and old.get("status") == "ok":
-                path = write_json(out_dir / "results.failed.json", record)
-                log.error("%s keeps the finished run's results; this failure -> %s", previous, path)
-            else:
-                write_results(record, out_dir)
+            write_failure_record(record, out_dir)
         if not is_multirun():
             raise
-        log.error("job failed (%s): %s", out_dir, record["error"])
+        log.error("job %s (%s): %s", record["status"], out_dir, record["error"])
         return None
     value = record.get("metrics", {}).get(cfg.monitor.metric)
     return None if value is None or math.isnan(value) else value
+
+
+def write_failure_record(record: dict[str, Any], out_dir: Path) -> Path | None:
+    """results.json of a failed (or diverged) run, or ``results.failed.json`` when a finished
+    run's results.json is there (never replaced). When even that cannot be written (disk full)
+    the failure is logged with what to free, and None returned."""
+    previous = out_dir / RESULTS_FILE
+    old = read_record(previous) if previous.exists() else None
+    keep = old is not None and old.get("status") == "ok"
+    target = out_dir / ("results.failed.json" if keep else RESULTS_FILE)
+    try:
+        path = write_json(target, record)
+    except OSError as err:
+        full = err.errno == errno.ENOSPC
+        log.error(
+            "could not write the failure record %s (%s)%s; the run %s: %s",
+            target,
+            err,
+            ": the disk is full, free space on it" if full else "",
+            record.get("status"),
+            record.get("error"),
+        )
+        print(
+            f"ERROR: run {out_dir} {record.get('status')} ({record.get('error')}) and its "
+            f"failure record could not be written: {err}",
+            file=sys.stderr,
+        )
+        return None
+    if keep:
+        log.error("%s keeps the finished run's results; this failure -> %s", previous, path)
+    return path
 
 
 def _config_ok(cfg: DictConfig) -> bool:

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf, open_dict  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from stamp import record_attention  # noqa: E402
+from tasks.common.checkpoints import read_checkpoint  # noqa: E402
 from tasks.common.profiling import first_batch, forward_fn  # noqa: E402
 from tasks.common.results import RESULTS_FILE, load_results  # noqa: E402
 
@@ -51,7 +52,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", batch_size: int | No
     datamodule, _, module = build(cfg, mask, attention)
     ckpt = _checkpoint_path(record, run_dir, checkpoint)
     if ckpt is not None:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = read_checkpoint(ckpt)  # weights only: a crafted file runs no code
         # as Lightning loads it: modules that keep frozen weights out of their checkpoints (the
         # MAD task's LLaMA) set strict_loading = False
         module.load_state_dict(state["state_dict"], strict=getattr(module, "strict_loading", True))

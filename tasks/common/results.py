@@ -15,12 +15,41 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status`` on Linux; else the
+    ``os.umask`` set-and-restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def user_file_mode(fd: int) -> None:
+    """Give a file made by ``mkstemp`` (mode 0600) the mode an ordinary ``open`` would: 0666
+    less the user's umask, so colleagues on a shared cluster can read a run (0644 under the
+    usual umask 022)."""
+    os.fchmod(fd, 0o666 & ~current_umask())
+
+
+def atomic_temp(path: Path) -> tuple[int, str]:
+    """An open temporary file beside ``path`` (same directory, hence same file system: the
+    rename is atomic and nothing is left in /tmp), with the user's file mode."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    user_file_mode(fd)
+    return fd, tmp
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: a reader
     (or a kill) never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = atomic_temp(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -38,9 +67,42 @@ def write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
+# the fields that tables and summaries compute with, and the JSON types they must have
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,),
+    "kind": (str,),
+    "task": (str, type(None)),
+    "seed": (int, type(None)),
+    "metrics": (dict,),
+    "params": (dict, type(None)),
+    "best": (dict, type(None)),
+    "config": (dict, type(None)),
+    "tags": (list, type(None)),
+    "wall_time_s": (int, float, type(None)),
+}
+
+
+def record_problems(record: dict[str, Any]) -> list[str]:
+    """Fields of a results record whose type is not the one the tables compute with (a
+    results.json edited or written by another tool), e.g. ``metrics is a str, not an object``."""
+    names = {dict: "object", list: "list", str: "string", int: "integer", float: "number"}
+    problems = []
+    for key, types in FIELD_TYPES.items():
+        value = record.get(key)
+        if key in record and (isinstance(value, bool) or not isinstance(value, types)):
+            wanted = " or ".join(names.get(t, "null") for t in types)
+            problems.append(f"{key} is {json.dumps(value, default=str)[:40]}, not {wanted}")
+    metrics = record.get("metrics")
+    for name, value in metrics.items() if isinstance(metrics, dict) else []:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            shown = json.dumps(value, default=str)[:40]
+            problems.append(f"metrics.{name} is {shown}, not a number")
+    return problems
+
+
 def read_record(file: str | Path) -> dict[str, Any] | None:
-    """One results.json, or None (with a warning naming the file) when it is empty, truncated or
-    not a JSON object."""
+    """One results.json, or None (with a warning naming the file) when it is empty, truncated,
+    not a JSON object, or has a field of the wrong type (``record_problems``)."""
     file = Path(file)
     try:
         record = json.loads(file.read_text())
@@ -49,6 +111,10 @@ def read_record(file: str | Path) -> dict[str, Any] | None:
         return None
     if not isinstance(record, dict):
         log.warning("skipping results file %s: not a JSON object", file)
+        return None
+    problems = record_problems(record)
+    if problems:
+        log.warning("skipping results file %s: %s", file, "; ".join(problems))
         return None
     return record
 

@@ -5,6 +5,7 @@ resolver of ``configs/paths/default.yaml``.
 choice (``mask.fusion=foo``) fails while the config is composed, with the valid values listed.
 """
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -75,3 +76,21 @@ def register_schemas() -> None:
     OmegaConf.register_new_resolver("device_count", device_count, replace=True)
     OmegaConf.register_new_resolver("effective_accumulation", effective_accumulation, replace=True)
     _registered = True
+
+
+def check_known_keys(node: object, schema: type, prefix: str) -> None:
+    """Refuse settings the typed schema does not have. Hydra's ``+mask.foo=1`` adds a key even
+    to a structured config, and ``OmegaConf.to_object`` then drops it silently: the run would
+    go on without the setting the user asked for.
+
+    Raises:
+        ValueError: naming each unknown key and listing the valid ones.
+    """
+    known = {f.name for f in dataclasses.fields(schema)}
+    unknown = [str(k) for k in (node or {}) if str(k) not in known]  # type: ignore[union-attr]
+    if unknown:
+        raise ValueError(
+            f"unknown setting{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(f'{prefix}.{k}' for k in unknown)}: {schema.__name__} has "
+            f"{', '.join(sorted(known))}"
+        )

@@ -573,9 +573,10 @@ def render(
         out.append(f"note: {spec.note}")
     for key, why in sorted(unavailable.items()):
         out.append(f"n/a: {key} could not be computed: {why}")
-    if failed:
-        dirs = ", ".join(Path(str(r.get("run_dir", "?"))).name for r in failed)
-        out.append(f"failed runs left out: {len(failed)} ({dirs})")
+    for status in sorted({str(r.get("status")) for r in failed}):  # failed, diverged, running
+        skipped = [r for r in failed if str(r.get("status")) == status]
+        dirs = ", ".join(Path(str(r.get("run_dir", "?"))).name for r in skipped)
+        out.append(f"{status} runs left out: {len(skipped)} ({dirs})")
     return RenderedTable(spec, "\n".join([*out, "", *lines]), long_rows, kind, gains)
 
 

@@ -52,6 +52,16 @@ class DemoClassifier(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
     def tokens(self, visual: Tensor, audio: Tensor) -> Tensor:
+        for name, x, most in (
+            ("visual", visual, self.max_visual),
+            ("audio", audio, self.max_audio),
+        ):
+            if x.shape[1] > most:
+                raise ValueError(
+                    f"demo: a batch's {name} stream has {x.shape[1]} tokens, more than the "
+                    f"model's {most} positions (model.max_{name}); make data.{name}_len[1] at "
+                    f"most model.max_{name} (by default model.max_{name} follows it)"
+                )
         B = visual.shape[0]
         x = torch.cat(
             [

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import pickle
 from functools import partial
 from pathlib import Path
 from typing import Literal

@@ -16,6 +16,7 @@ features are cut to ``max_q_l`` and L2-normalised.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -144,6 +145,7 @@ class FeatureStore:
         self.cache = cache
         self._video: dict[str, np.ndarray] = {}
         self._text: dict[Any, np.ndarray] = {}
+        self.lengths: dict[str, list[int]] = {}  # vid -> clips of each feature type (<= max_v_l)
 
     def video(self, vid: str) -> np.ndarray:
         """(n_clips <= max_v_l, sum of dims), without the tef."""
@@ -155,6 +157,7 @@ class FeatureStore:
                 d / f"{vid}.npz", "features", "data.feature_dir / data.v_feat_types"
             )[: self.max_v_l]
             parts.append(l2_normalize(feat) if self.normalize_v else feat)
+        self.lengths[vid] = [len(p) for p in parts]
         n = min(len(p) for p in parts)  # some feature types are a clip longer than the others
         out = np.concatenate([p[:n] for p in parts], axis=1)
         if self.cache:
@@ -318,8 +321,10 @@ class QVHighlightsDataModule(L.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = True,
         cache_features: bool = True,
+        clip_tolerance: int = 2,
     ) -> None:
         super().__init__()
+        self.clip_tolerance, self.clip_len, self.max_v_l = clip_tolerance, clip_len, max_v_l
         ann, feat = Path(annotation_dir), Path(feature_dir)
         self.paths = {
             "train": ann / train_file,
@@ -363,6 +368,7 @@ class QVHighlightsDataModule(L.LightningDataModule):
         self.store.preload(rows)
         for i, row in enumerate(rows):  # every row, not only the first: dims of every file
             self._check_dims(row, path, i + 1)
+            self._check_lengths(row, path, i + 1, labels)
         self.datasets[name] = QVHighlightsDataset(
             rows, self.store, load_labels=labels, **self.item_kwargs
         )
@@ -379,6 +385,50 @@ class QVHighlightsDataModule(L.LightningDataModule):
                 f"and data.t_feat_dim={self.t_feat_dim}",
                 row=line,
             )
+
+    def _check_lengths(self, row: dict, path: Path, line: int, labels: bool) -> None:
+        """Cross-file checks of one query: every video feature type covers the same clips, the
+        features cover the annotation's duration, and the ground-truth windows lie inside it.
+
+        The tolerance is ``data.clip_tolerance`` clips (default 2): QD-DETR cuts the types to
+        the shortest, since extractors round a video's last partial clip differently (the
+        SlowFast and CLIP files of one video may differ by a clip); a larger gap is a feature
+        extraction that stopped early, and training on it would put targets past the end of
+        the features. Windows get no tolerance: none of the 8,768 train / val rows of the
+        official annotations has one outside ``[0, duration]``.
+        """
+        vid, tol = row["vid"], self.clip_tolerance
+        lengths = self.store.lengths[vid]
+        files = [str(d / f"{vid}.npz") for d in self.store.v_feat_dirs]
+        if max(lengths) - min(lengths) > tol:
+            listed = ", ".join(f"{f}: {n} clips" for f, n in zip(files, lengths, strict=True))
+            raise DataValidationError(
+                path,
+                f"vid {vid} (qid {row['qid']}): the video feature types cover different numbers "
+                f"of clips ({listed}), more than data.clip_tolerance={tol} apart; was a feature "
+                "extraction stopped early?",
+                row=line,
+            )
+        duration = float(row["duration"])
+        expected = min(math.ceil(duration / self.clip_len), self.max_v_l)
+        if min(lengths) < expected - tol:
+            raise DataValidationError(
+                path,
+                f"vid {vid} (qid {row['qid']}): the features ({', '.join(files)}) have "
+                f"{min(lengths)} clips of {self.clip_len:g} s, but the video lasts {duration:g} s "
+                f"({expected} clips, data.max_v_l={self.max_v_l}); more than "
+                f"data.clip_tolerance={tol} clips short",
+                row=line,
+            )
+        for window in row.get("relevant_windows") or [] if labels else []:
+            start, end = window[0], window[1]
+            if not 0 <= start < end <= duration:
+                raise DataValidationError(
+                    path,
+                    f"qid {row['qid']} (vid {vid}): relevant window {list(window)} is not inside "
+                    f"the video [0, {duration:g}] s (duration)",
+                    row=line,
+                )
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):

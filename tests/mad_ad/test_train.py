@@ -85,7 +85,7 @@ def test_train_both_stages_and_evaluate(tmp_path, monkeypatch, tiny_llama, mad_d
     lines = (tmp_path / "run" / "predictions" / "val_epoch001.jsonl").read_text().splitlines()
     assert len(lines) == 32 and "prediction" in json.loads(lines[0])
     # checkpoints keep the tuned weights and leave out the frozen LLaMA
-    ckpt = torch.load(saved["best"]["ckpt"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(saved["best"]["ckpt"], map_location="cpu", weights_only=True)
     keys = set(ckpt["state_dict"])
     assert "net.adapter_prompts" in keys and "net.llm.model.layers.0.self_attn.gate" in keys
     assert not any(k.endswith("base.weight") or "embed_tokens" in k for k in keys)

@@ -246,3 +246,59 @@ def test_spurious_ast_error_of_threaded_npz_reads_is_retried(qvh, monkeypatch):
     monkeypatch.setattr(qdata, "_read_npz", flaky)
     arr = qdata.load_npz_array(path, "features", "data.feature_dir")
     assert len(calls) == 3 and arr.shape == (arr.shape[0], 8)
+
+
+def test_feature_family_cut_short_names_the_files_and_lengths(qvh):
+    """One feature type cut to 10 of the video's clips (an extraction that stopped early) used
+    to train silently with targets past the end of the features."""
+    rows = _rows(qvh, "train")
+    vid = rows[3]["vid"]
+    short = qvh / "clip_features" / f"{vid}.npz"
+    with np.load(short) as f:
+        full = f["features"]
+    np.savez(short, features=full[:10])
+    with pytest.raises(DataValidationError) as info:
+        _datamodule(qvh).setup("fit")
+    message = str(info.value)
+    ann = qvh / "annotations" / "highlight_train_release.jsonl"
+    assert message.startswith(f"{ann}, row {[r['vid'] for r in rows].index(vid) + 1}: vid {vid}")
+    assert f"{short}: 10 clips" in message and "data.clip_tolerance=2" in message
+    assert f"{qvh / 'slowfast_features' / vid}.npz: " in message
+
+
+def test_features_shorter_than_the_duration_are_refused(qvh):
+    rows = _rows(qvh, "val")
+    vid = rows[0]["vid"]
+    for family in ("slowfast_features", "clip_features"):
+        path = qvh / family / f"{vid}.npz"
+        with np.load(path) as f:
+            full = f["features"]
+        np.savez(path, features=full[:20])  # both types agree, but cover 40 s of the video
+    with pytest.raises(DataValidationError, match=r"have 20 clips of 2 s, but the video lasts"):
+        _datamodule(qvh).setup("fit")
+
+
+def test_one_clip_of_difference_between_families_is_the_stated_tolerance(qvh):
+    """SlowFast and CLIP files of one video may differ by a clip (rounding of the last partial
+    clip); within data.clip_tolerance the types are cut to the shortest, as in QD-DETR."""
+    vid = _rows(qvh, "train")[1]["vid"]
+    path = qvh / "clip_features" / f"{vid}.npz"
+    with np.load(path) as f:
+        full = f["features"]
+    np.savez(path, features=full[:-1])
+    dm = _datamodule(qvh)
+    dm.setup("fit")
+    lengths = dm.store.lengths[vid]
+    assert 1 <= max(lengths) - min(lengths) <= 2  # accepted, not refused
+    assert len(dm.store.video(vid)) == min(lengths)
+
+
+def test_window_past_the_duration_is_refused(qvh):
+    ann = qvh / "annotations" / "highlight_val_release.jsonl"
+    rows = _rows(qvh, "val")
+    rows[2]["relevant_windows"] = [[10, rows[2]["duration"] + 4]]
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataValidationError) as info:
+        _datamodule(qvh).setup("fit")
+    assert str(info.value).startswith(f"{ann}, row 3: qid {rows[2]['qid']}")
+    assert "is not inside the video [0, " in str(info.value)

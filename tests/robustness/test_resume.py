@@ -193,6 +193,11 @@ def test_kill_9_mid_epoch_then_resume_is_exact(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed_dir / "results.json").exists()  # killed before it finished
+    # the killed run's lock is reported, not taken over; removed as the message says
+    stale = run([f"hydra.run.dir={killed_dir}", "ckpt_path=last"])
+    lock = killed_dir / ".run.lock"
+    assert stale.returncode != 0 and f"rm {lock}" in stale.stderr + stale.stdout
+    lock.unlink()
     again = run([f"hydra.run.dir={killed_dir}"])  # without ckpt_path=last: refused
     assert again.returncode != 0 and "ckpt_path=last" in again.stderr + again.stdout
     resumed = run([f"hydra.run.dir={killed_dir}", "ckpt_path=last"])

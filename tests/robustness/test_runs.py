@@ -24,27 +24,28 @@ def _copy_run(demo_run, dest):
     return dest
 
 
-def test_rerun_into_a_finished_run_stops_and_keeps_its_results(demo_run, tmp_path):
-    run = _copy_run(demo_run, tmp_path / "run")
-    before = (run / "results.json").read_bytes()
-    last = (run / "checkpoints" / "last.ckpt").read_bytes()
-    cfg = compose_cfg([*DEMO, "trainer.max_epochs=2"], run)
-    with pytest.raises(RunExistsError, match="holds a finished run .*ckpt_path=last"):
-        run_cfg(cfg, fn=lambda c: run_job(c, train))
-    assert (run / "results.json").read_bytes() == before  # the failure did not replace it
-    assert (run / "checkpoints" / "last.ckpt").read_bytes() == last
-    failed = json.loads((run / "results.failed.json").read_text())
-    assert failed["status"] == "failed" and "RunExistsError" in failed["error"]
+def _snapshot(run) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
 
 
-def test_startup_failure_does_not_replace_finished_results(demo_run, tmp_path):
-    """ckpt_path=last passes the guard; a start-up error (bad checkpoint) must not clobber."""
+@pytest.mark.parametrize("resume", [[], ["ckpt_path=last"]])
+def test_rerun_into_a_finished_run_stops_and_writes_nothing(demo_run, tmp_path, resume):
+    """A re-run (or ``ckpt_path=last``, which the refusal used to advise) into a finished run is
+    refused; nothing in the directory changes, not even a failure record."""
+    run = _copy_run(demo_run, tmp_path / "run")
+    before = _snapshot(run)
+    cfg = compose_cfg([*DEMO, "trainer.max_epochs=2", *resume], run)
+    with pytest.raises(RunExistsError, match="holds a finished run .*has nothing to resume") as e:
+        run_cfg(cfg, fn=lambda c: run_job(c, train))
+    assert f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}" in str(e.value)  # train further
+    assert _snapshot(run) == before
+
+
+def test_failure_record_does_not_replace_finished_results(demo_run, tmp_path):
     run = _copy_run(demo_run, tmp_path / "run")
     before = (run / "results.json").read_bytes()
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
-    cfg = compose_cfg([*DEMO, "trainer.max_epochs=2", "ckpt_path=last"], run)
-    with pytest.raises(ValueError, match="empty"):
-        run_cfg(cfg, fn=lambda c: run_job(c, train))
+    path = pipeline.write_failure_record({"status": "failed", "error": "X"}, run)
+    assert path == run / "results.failed.json"
     assert (run / "results.json").read_bytes() == before
 
 
@@ -56,11 +57,16 @@ def test_interrupted_run_is_not_restarted_from_scratch(demo_run, tmp_path):
         run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=2"], run))
 
 
-def test_resumed_finished_run_trains_no_further(demo_run, tmp_path):
+def test_finished_run_trains_further_from_its_checkpoint_in_a_new_directory(demo_run, tmp_path):
+    """What the refusal advises: a new directory started from the finished run's last.ckpt
+    continues at its epoch (2 -> 3) and leaves the finished run as it was."""
     run = _copy_run(demo_run, tmp_path / "run")
-    record = run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=2", "ckpt_path=last"], run))
-    assert record["epochs"] == 2
-    assert record["metrics"]["val/acc"] == pytest.approx(demo_run[1]["metrics"]["val/acc"])
+    before = _snapshot(run)
+    last = run / "checkpoints" / "last.ckpt"
+    record = run_cfg(compose_cfg([*DEMO, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path))
+    assert record["status"] == "ok" and record["epochs"] == 3
+    assert record["resumed_from"] == str(last)
+    assert _snapshot(run) == before
 
 
 def test_sweep_rerun_skips_finished_jobs(demo_run, tmp_path, monkeypatch):
