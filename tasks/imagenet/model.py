@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import pickle
 from functools import partial
 from pathlib import Path
 from typing import Literal
