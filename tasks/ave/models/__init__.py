@@ -67,7 +67,7 @@ def _settings(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     if name not in MODELS:
         raise ValueError(f"model.name={name!r}; choose one of: {', '.join(MODELS)}")
     own = {**DEFAULTS, **MODEL_DEFAULTS[name]}
-    return {k: cfg.get(k, v) if cfg.get(k, None) is not None else v for k, v in own.items()}
+    return {k: cfg[k] if k in cfg else v for k, v in own.items()}
 
 
 def build_model(
