@@ -430,3 +430,20 @@ def test_lavish_large_is_deeper():
     assert isinstance(large, LAVISH) and len(large.vis_adapter_blocks_p1[0].mid_samplers) == 1
     assert large.vis_adapter_blocks_p1[0].down_sampler.out_channels == 152
     assert large.parameter_report()["trainable"] > small.parameter_report()["trainable"]
+
+
+@pytest.mark.parametrize("name", ["ma_avt", "lavish", "mbt"])
+def test_official_state_dict_names_load(name):
+    """The official checkpoints' names (DDP prefix, MA-AVT's unused logit_scale) map 1:1."""
+    source, target = tiny(name), tiny(name)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    state = {f"module.{k}": v for k, v in source.state_dict().items()}
+    if name == "ma_avt":
+        state.update({f"module.logit_scale.{i}": torch.tensor(2.65) for i in range(2)})
+    target.load_official_state_dict(state)
+    audio, frames, _ = inputs()
+    torch.testing.assert_close(target(audio, frames).logits, source(audio, frames).logits)
+    with pytest.raises(ValueError, match="does not fit"):
+        target.load_official_state_dict({"module.extra.weight": torch.zeros(1), **state})

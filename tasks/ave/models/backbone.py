@@ -64,9 +64,10 @@ class FrozenViT(nn.Module):
 
     Args:
         size: tiny | small | base | large.
-        checkpoint: local weights (timm state dict as .safetensors / .pth / .bin / .pt, read with
-            ``weights_only=True``; or Google's in21k ``.npz`` through timm's own loader). None:
-            random init with a warning, or an error when ``require_weights``.
+        checkpoint: local weights, a timm state dict (.safetensors / .pth / .bin / .pt, read
+            with ``weights_only=True``; e.g. Hugging Face ``timm/vit_base_patch16_224.
+            augreg_in21k``). None: random init with a warning, or an error when
+            ``require_weights``.
         depth: keep only the first ``depth`` blocks (tiny CPU tests); None = all.
         img_size: input side (224 in the paper; smaller for tests).
         mask / attention: STAMP settings (``mask.type`` none | global | multilayer).
@@ -131,7 +132,7 @@ class FrozenViT(nn.Module):
             raise ValueError(
                 f"model.require_weights is true but model.vit_checkpoint is null: the paper "
                 f"configs need the pre-trained {self.name} weights (a local timm state dict "
-                "or Google's in21k .npz)"
+                "of the in21k weights)"
             )
         elif not _on_meta(self):
             warnings.warn(RANDOM_INIT_WARNING.format(name=self.name), stacklevel=2)
@@ -153,32 +154,31 @@ class FrozenViT(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(
                 f"ViT checkpoint not found: {path} (config key model.vit_checkpoint; a local "
-                f"{self.name} file: timm state dict .safetensors/.pth/.bin or Google's .npz)"
+                f"{self.name} timm state dict: .safetensors / .pth / .bin)"
+            )
+        if path.suffix == ".npz":
+            raise ValueError(
+                f"{path}: Google's .npz is not read here; use the timm state dict of the same "
+                f"weights (Hugging Face timm/{self.name.replace('_in21k', '.augreg_in21k')}, "
+                "model.safetensors), or convert the .npz once with timm.create_model(..., "
+                "pretrained=True, pretrained_cfg_overlay={'file': path}) and save its state_dict"
             )
         own = self.v.state_dict()
-        if path.suffix == ".npz":
-            before = {k: v.clone() for k, v in own.items()}
-            self.v.load_pretrained(str(path))  # timm's loader for the official JAX checkpoints
-            unchanged = [k for k, v in self.v.state_dict().items() if torch.equal(v, before[k])]
-            report = {"missing": [k for k in unchanged if "mask_generator" not in k]}
-            report["unexpected"] = []
-        else:
-            state = load_state_dict(str(path), use_ema=False, weights_only=True)
-            state = {k.removeprefix("v."): v for k, v in state.items()}  # my_vit's own prefix
-            state = checkpoint_filter_fn(state, self.v)  # resamples pos_embed to img_size
-            wrong = [
-                f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})"
-                for k, v in state.items()
-                if k in own and v.shape != own[k].shape
-            ]
-            if wrong:
-                raise ValueError(
-                    f"{path} does not fit {self.name}: shapes differ for {wrong[:4]} "
-                    "(is it a checkpoint of this ViT size?)"
-                )
-            result = self.v.load_state_dict(state, strict=False)
-            report = {"missing": list(result.missing_keys), "unexpected": []}
-            report["unexpected"] = list(result.unexpected_keys)
+        state = load_state_dict(str(path), use_ema=False, weights_only=True)
+        state = {k.removeprefix("v."): v for k, v in state.items()}  # my_vit's own prefix
+        state = checkpoint_filter_fn(state, self.v)  # resamples pos_embed to img_size
+        wrong = [
+            f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})"
+            for k, v in state.items()
+            if k in own and v.shape != own[k].shape
+        ]
+        if wrong:
+            raise ValueError(
+                f"{path} does not fit {self.name}: shapes differ for {wrong[:4]} "
+                "(is it a checkpoint of this ViT size?)"
+            )
+        result = self.v.load_state_dict(state, strict=False)
+        report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
         missing = [k for k in report["missing"] if "mask_generator" not in k]
         depth = len(self.v.blocks)
         unexpected = [k for k in report["unexpected"] if not _dropped_block(k, depth)]

@@ -74,6 +74,19 @@ class AVEModel(nn.Module):
             "stamp": stamp,
         }
 
+    def load_official_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load a state dict of the official class (``checkpoint['state_dict']`` of
+        ``train_avm_vit.py``): the parameter names are the same; DDP's ``module.`` prefix and
+        MA-AVT's never-used ``logit_scale`` are dropped, everything else must match exactly."""
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if not k.startswith("logit_scale")}
+        result = self.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"official state dict does not fit {type(self).__name__}: missing "
+                f"{result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}"
+            )
+
     def losses(self, out: AVEOutput, labels: Tensor) -> dict[str, Tensor]:  # pragma: no cover
         raise NotImplementedError
 
