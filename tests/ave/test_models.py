@@ -376,6 +376,14 @@ def test_stamp_at_identity_changes_nothing(name, kind):
     torch.testing.assert_close(
         stamped(audio, frames).logits, plain(audio, frames).logits, rtol=1e-5, atol=1e-5
     )
+    vits = [stamped.AViT, stamped.IViT] if name == "mbt" else [stamped.ViT]
+    generators = (
+        [vits[0].mask_generator]
+        if kind == "global"
+        else [b.mask_generator for b in vits[0].v.blocks]
+    )
+    tokens = {"ma_avt": 1 + 4 + 1 + 2 * 5, "lavish": 1 + 4, "mbt": 1 + 4 + 5}[name]
+    assert all(g.n_max == tokens for g in generators)  # the longest sequence, exactly
     report = stamped.parameter_report()
     stamp = sum(p.numel() for n, p in stamped.named_parameters() if "mask_generator" in n)
     assert report["stamp"] == stamp > 0
