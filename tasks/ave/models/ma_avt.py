@@ -1,6 +1,6 @@
-"""MA-AVT (Mahmud et al., CVPRW 2024) as ``MA_AVT`` in enyac-group/MA-AVT ``models/all_nets.py``
-runs with the README's flags (``--LSA --bg_cls --unimodal_token --multimodal_token
---contrastive blockwise_sep``, 5 tokens per group).
+"""MA-AVT (Mahmud et al., CVPRW 2024) as the ``MA_AVT`` class of enyac-group/MA-AVT
+``models/all_nets.py`` runs with the README's flags (``--LSA --bg_cls --unimodal_token
+--multimodal_token --contrastive blockwise_sep``, 5 tokens per group).
 
 One frozen ViT embeds both streams: the 1-channel fbank repeated to 3 channels, and the frames.
 A background class token is appended after the patches of both streams (before the position
@@ -164,7 +164,7 @@ class MAAVT(AVEModel):
                 aud = f_a[:, -self.n_shared :].mean(dim=1)
                 vis = f_v[:, -self.n_shared :].mean(dim=1)
                 shared.append((aud, vis))
-            if self.layerwise_token is not None and i != self.total_layers - 1:
+            if self.layerwise_token is not None and n_extra and i != self.total_layers - 1:
                 f_a, f_v = f_a[:, :-n_extra], f_v[:, :-n_extra]
         f_v, f_a = self.ViT.v.norm(f_v), self.ViT.v.norm(f_a)
         fg = self.fg_class(torch.cat((f_v[:, 0], f_a[:, 0]), dim=-1))
