@@ -13,6 +13,8 @@ STAMP (the extension of issue 26, item 5) enters the blocks through the project'
 mechanism, ``tasks.imagenet.model.StampBlock`` (timm's ``Block`` with ``StampAttention`` and
 its own generator for ``mask=multilayer``); ``mask=global`` is one generator on the encoder
 input shared by every block, as ``StampViT``. With ``mask=none`` the blocks are timm's own.
+(``stamp.inject`` is not used: it covers ``mask=multilayer`` only, and the models here call the
+blocks themselves, LAVISH even their attention and MLP halves separately.)
 """
 
 from __future__ import annotations
