@@ -22,6 +22,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, out: dict) -> None:
+    torch.set_num_threads(1)  # forked: keep clear of the parent's OpenMP pool
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     img, aud, is_bg = _batch()
