@@ -31,3 +31,13 @@ def test_every_row_within_3pct_or_explained(tmp_path, capsys):
         assert r["within_3pct"] or r["note"], r["row"]
     assert sum(not r["within_3pct"] for r in rows) == 2  # LAVISH ViT-T / ViT-S trainable
     assert "MA-AVT ViT-L" in capsys.readouterr().out
+
+
+def test_stamp_generators_are_listed_apart(tmp_path):
+    row = next(r for r in script.TABLE7 if r.label == "MA-AVT ViT-T")
+    plain = script.count_row(row, ["experiment=ave_t7"], tmp_path)
+    stamped = script.count_row(row, ["experiment=ave_t7", "mask=global"], tmp_path)
+    assert stamped["total"] == plain["total"] and stamped["trainable"] == plain["trainable"]
+    # one generator Linear(192, 192) -> ReLU -> Linear(192, 208 tokens), mask.depth 2
+    assert stamped["stamp"] == pytest.approx((192 * 192 + 192 + 192 * 208 + 208) / 1e6, abs=1e-3)
+    assert plain["stamp"] == 0
