@@ -143,10 +143,6 @@ class FrozenViT(nn.Module):
     def dim(self) -> int:
         return int(self.v.embed_dim)
 
-    @property
-    def num_patches(self) -> int:
-        return int(self.v.patch_embed.num_patches)
-
     def load_checkpoint(self, path: str | Path) -> dict[str, list[str]]:
         """Load timm ViT weights from a local file; returns the missing / unexpected keys.
 
@@ -228,15 +224,6 @@ class FrozenViT(nn.Module):
         if blk.mask_generator is not None:
             mask = blk.mask_generator(x if blk.mask_input == "block" else h)
         return blk.attn(h, mask=mask)
-
-    def stamp_parameters(self) -> list[nn.Parameter]:
-        """The STAMP generators' parameters (empty for ``mask=none``)."""
-        return [
-            p
-            for m in self.modules()
-            if isinstance(m, MaskGenerator)
-            for p in m.parameters(recurse=True)
-        ]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Embed, every block, final norm: timm's ``forward_features`` (the frozen path)."""
