@@ -14,11 +14,17 @@ from stamp import collect_aux_loss, mask_parameter_count
 
 
 def parameter_counts(net: nn.Module) -> dict[str, int]:
-    return {
+    """Total / trainable / mask parameters; a net with ``parameter_report()`` (the AVE models:
+    the supplement's counting rule) adds its entries as ``params/report_<name>``."""
+    counts = {
         "params/total": sum(p.numel() for p in net.parameters()),
         "params/trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
         "params/mask": mask_parameter_count(net),
     }
+    report = getattr(net, "parameter_report", None)
+    if callable(report):
+        counts.update({f"params/report_{k}": int(v) for k, v in report().items()})
+    return counts
 
 
 class TaskModule(L.LightningModule):

@@ -75,6 +75,7 @@ class Column:
     scale: float = 1.0
     unit: str = ""
     digits: int = 2
+    ratio: bool = False  # measured value / the value of the row's ``relative_to`` row (Table 9)
 
 
 @dataclass
@@ -329,6 +330,17 @@ class ConfigGroup:
         return sorted({r.get("seed") for r in self.records if r.get("seed") is not None})
 
 
+def ratio_stat(
+    stat: Stat | None, reference: ConfigGroup | None, column: Column, splits: Sequence[str]
+) -> Stat | None:
+    """A ``ratio`` column: the mean over the reference row's mean (runs on one device give
+    comparable ratios, e.g. AVE Table 9's throughput measured on another GPU than the paper's)."""
+    ref = reference.stat(column, splits)[0] if reference is not None else None
+    if stat is None or ref is None or not ref.mean:
+        return None
+    return Stat(stat.mean / ref.mean, None, stat.n)
+
+
 def _field(record: dict[str, Any], name: str) -> Any:
     """A config field of a run; fusion and depth mean nothing without a generated mask."""
     if name in ("fusion", "depth") and record.get("mask") in ("none", "sparse", None):
@@ -499,6 +511,7 @@ def render(
     unavailable: dict[str, str] = {}
 
     shown = set()
+    by_row = {g.row: g for g in groups}  # ratio columns' reference rows
     for g in groups:
         prow = paper_rows.get(g.row)
         label = (prow.label if prow else g.row) + "".join(f" [{k}={v}]" for k, v in g.extras)
@@ -507,6 +520,9 @@ def render(
         cells, group_keys = [], set()
         for c in spec.columns:
             stat, keys = g.stat(c, spec.splits)
+            if c.ratio:
+                reference = by_row.get(str(prow.extra.get("relative_to"))) if prow else None
+                stat = ratio_stat(stat, reference, c, spec.splits)
             keys_used |= keys
             group_keys |= keys
             means.setdefault(g.row, {}).setdefault(c.name, stat)

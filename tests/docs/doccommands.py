@@ -274,6 +274,7 @@ SHRINK: dict[str, list[str]] = {
     "train.py imagenet": ["trainer.max_epochs=1"],
     "train.py mad_ad": ["trainer.max_epochs=2"],  # stage 1 (1 epoch), then stage 2
     "train.py msrvtt": ["trainer.max_epochs=1"],
+    "train.py ave": ["model.vit_depth=1"],  # one ViT-Tiny block (ave_tiny: 1 epoch already)
     "train.py qvhighlights": [
         "trainer.max_epochs=1",
         "++trainer.limit_train_batches=2",
