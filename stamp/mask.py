@@ -223,7 +223,10 @@ class MaskGenerator(nn.Module):
         # only the first n_keys output columns (of each head) are computed: the values of M[..:n]
         weight = self.out.weight.view(self.num_masks, self.n_max, -1)[:, :n_keys]
         bias = self.out.bias.view(self.num_masks, self.n_max)[:, :n_keys]
-        m = F.linear(h, weight.reshape(-1, weight.shape[-1]), bias.reshape(-1))
+        # the bias (the identity of an identity-start mask) is added in the parameters' dtype:
+        # under bf16 autocast the product is bf16 but M is float32, as the low-rank form's, so
+        # M = 1 + 1e-4 is not rounded to 1 (BENCHMARKS.md "Reduced precision")
+        m = F.linear(h, weight.reshape(-1, weight.shape[-1])) + bias.reshape(-1)
         if self.heads is not None:  # (B, Nq, H * Nk) -> (B, H, Nq, Nk)
             m = m.view(*m.shape[:-1], self.heads, n_keys).movedim(-2, 1)
         return self._apply_bound(m)
