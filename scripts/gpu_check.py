@@ -4,7 +4,8 @@ report (markdown + JSON).
 Checks (``--checks``, in this order):
 
 * ``attention``: flex attention (and the fused kernel) forward and backward against the eager
-  path at the paper's shapes (``bench_attention.SHAPES``) in bf16 and fp32: the output and the
+  path at the paper's shapes (``bench_attention.SHAPES``) in bf16 (M bf16 as under
+  bf16-true, and M float32 as under bf16-mixed) and fp32: the output and the
   gradients of Q, K, V, M (or of the factors of a low-rank M) and the bias; both fusions, both
   orders, key padding, shared / per-head / low-rank masks, spread over the shapes (``CASES``).
   Reference: the eager path in float64 on the same inputs; a backend passes when its error is
@@ -94,14 +95,25 @@ class Result:
     detail: dict = field(default_factory=dict)
 
 
-def _leaves(case: Case, shape: Shape, device, dtype, seed: int = 0) -> dict[str, torch.Tensor]:
+# (label, dtype of q / k / v, dtype of M and the bias): "bf16, M fp32" is bf16-mixed training,
+# where the generators give a float32 M (and the bias stays float32)
+DTYPES = (
+    ("bf16", torch.bfloat16, torch.bfloat16),
+    ("bf16, M fp32", torch.bfloat16, torch.float32),
+    ("fp32", torch.float32, torch.float32),
+)
+
+
+def _leaves(
+    case: Case, shape: Shape, device, dtype, mask_dtype, seed: int = 0
+) -> dict[str, torch.Tensor]:
     g = torch.Generator(device="cpu").manual_seed(seed)
     B, H, d = shape.batch, shape.heads, shape.dim // shape.heads
 
-    def leaf(*size, scale: float = 1.0):
-        return (torch.randn(*size, generator=g) * scale).to(device, dtype)
+    def leaf(*size, scale: float = 1.0, mask: bool = True):
+        return (torch.randn(*size, generator=g) * scale).to(device, mask_dtype if mask else dtype)
 
-    out = {"q": leaf(B, H, shape.nq, d), "k": leaf(B, H, shape.nk, d), "v": leaf(B, H, shape.nk, d)}
+    out = {n: leaf(B, H, shape.nq if n == "q" else shape.nk, d, mask=False) for n in "qkv"}
     out["bias"] = leaf(shape.nq, shape.nk, scale=0.5)
     if case.mask == "shared":
         out["m"] = leaf(B, shape.nq, shape.nk, scale=0.5) + (1.0 if case.fusion == "mul" else 0.0)
@@ -144,7 +156,7 @@ def _error(got: torch.Tensor | None, ref: torch.Tensor) -> float:
 
 def check_attention(
     device: torch.device,
-    dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float32),
+    dtypes: tuple[tuple[str, torch.dtype, torch.dtype], ...] = DTYPES,
     cases: tuple[Case, ...] = CASES,
     backends: tuple[str, ...] = ("flex", "fused"),
     shapes: dict[str, Shape] | None = None,
@@ -154,12 +166,12 @@ def check_attention(
     results = []
     for case in cases:
         shape = shapes[case.shape]
-        for dtype in dtypes:
+        for label, dtype, mask_dtype in dtypes:
             start = time.perf_counter()
             padding = "pad" if case.padding else "no-pad"
             name = f"attention {case.shape} {case.fusion} {case.order} {case.mask} {padding} "
-            name += str(dtype).removeprefix("torch.")
-            named = _leaves(case, shape, device, dtype)
+            name += label
+            named = _leaves(case, shape, device, dtype, mask_dtype)
             pad = None
             if case.padding:
                 pad = torch.zeros(shape.batch, shape.nk, dtype=torch.bool, device=device)

@@ -3,9 +3,10 @@
 ``softmax((QKᵀ/√d) ◇ M + bias + padding) V`` computed one block of query rows at a time. Each
 block's logits (B, H, rows, Nk) come from one batched matmul, are fused with M, the bias and the
 key padding, normalised (every key of a row is in its block, so the row softmax is exact, no
-online rescaling is needed) and multiplied with V. Autograd keeps only the inputs, the output
-and the row log-sum-exp (B, H, Nq); the backward recomputes each block's logits, flash-attention
-style, so no B·H·Nq·Nk tensor is ever kept, and the B·H·N² arithmetic stays in large matmuls.
+online rescaling is needed) and multiplied with V. Autograd keeps only the inputs and the row
+log-sum-exp (B, H, Nq); the backward recomputes each block's logits, flash-attention style, so
+no B·H·Nq·Nk tensor is ever kept, and the B·H·N² arithmetic stays in large matmuls. Under bf16
+/ fp16 inputs each block's fusion, softmax and softmax backward run in float32.
 
 Gradients reach Q, K, V, M (shared by the heads, (B, Nq, Nk), or per head) and the bias when it
 requires one; broadcast dimensions are summed back. Attention-probability dropout is applied
@@ -130,7 +131,6 @@ def _backward_block(
     v: Tensor,
     do: Tensor,
     lse: Tensor,
-    delta: Tensor,
     m: Tensor | None,
     bias: Tensor | None,
     pad: Tensor | None,
@@ -153,6 +153,10 @@ def _backward_block(
         kept = p.masked_fill(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
         dp.masked_fill_(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
     dv = kept.to(v.dtype).transpose(-2, -1) @ do
+    # rowsum(P ∘ dP) from the block's own rows (each block holds every key of its rows), not
+    # flash attention's rowsum(dO ∘ O): O is stored in the inputs' dtype, and under bf16 its
+    # rounding made dQ, dK 2-3x less accurate than eager's (tests/pipeline/test_gpu_ready.py)
+    delta = (p * dp).sum(dim=-1, keepdim=True)
     ds = p.mul_(dp.sub_(delta))  # dL/d(fused logits), before padding
     if pad is not None:
         ds.masked_fill_(pad, 0.0)
@@ -230,14 +234,14 @@ class _FusedStampAttention(torch.autograd.Function):
                 dropout_p,
                 acc,
             )
-        ctx.save_for_backward(q, k, v, out, lse, m, bias, pad)
+        ctx.save_for_backward(q, k, v, lse, m, bias, pad)
         ctx.cfg = (mul, bias_first, dropout_p, block_elems, seed, compiled)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout: Tensor):  # type: ignore[override]
-        q, k, v, out, lse, m, bias, pad = ctx.saved_tensors
+        q, k, v, lse, m, bias, pad = ctx.saved_tensors
         mul, bias_first, dropout_p, block_elems, seed, compiled = ctx.cfg
         need_q, need_k, need_v, need_m, need_b = ctx.needs_input_grad[:5]
         B, H, nq, d = q.shape
@@ -246,8 +250,6 @@ class _FusedStampAttention(torch.autograd.Function):
         qs = q * scale
         m4, b4 = _as4d(m, mask=True), _as4d(bias)
         pad4 = None if pad is None else pad[:, None, None, :]
-        acc = lse.dtype
-        delta = (dout.to(acc) * out.to(acc)).sum(-1, keepdim=True)  # rowsum(dO ∘ O)
         dq = torch.empty_like(q) if need_q else None
         dk = torch.zeros_like(k) if need_k else None
         dv = torch.zeros_like(v) if need_v else None
@@ -265,7 +267,6 @@ class _FusedStampAttention(torch.autograd.Function):
                 v[bs, hs],
                 dout[bs, hs, rs],
                 lse[bs, hs, rs],
-                delta[bs, hs, rs],
                 _take(m4, bs, hs, rs),
                 _take(b4, bs, hs, rs),
                 None if pad4 is None else pad4[bs],

@@ -100,7 +100,8 @@ TINY_SHAPES = {
 
 def test_gpu_check_attention_on_cpu(tmp_path):
     """The attention check in its CPU variant at tiny shapes: the fused kernel against eager
-    (every setting, bf16 and fp32, errors within 2x eager's own); a wrong kernel fails it."""
+    (every setting; bf16, bf16 with a float32 M, fp32; errors within 2x eager's own); a
+    wrong kernel fails it."""
     cases = tuple(
         gpu_check.Case("self" if i % 2 else "cross", c.fusion, c.order, c.mask, c.padding)
         for i, c in enumerate(gpu_check.CASES)
@@ -108,11 +109,11 @@ def test_gpu_check_attention_on_cpu(tmp_path):
     results = gpu_check.check_attention(
         torch.device("cpu"), cases=cases, backends=("fused",), shapes=TINY_SHAPES
     )
-    assert len(results) == 2 * len(cases)
+    assert len(results) == len(gpu_check.DTYPES) * len(cases)
     assert all(r.status == "ok" for r in results), [r.detail for r in results]
     grads = set(results[0].detail["fused"])
     assert {"out", "dq", "dk", "dv", "dm", "dbias"} <= grads
-    assert {"df", "dg"} <= set(results[4].detail["fused"])  # the low-rank case
+    assert {"df", "dg"} <= set(results[6].detail["fused"])  # the low-rank case
 
     def wrong(q, k, v, **kw):  # drops the bias: must be caught
         return gpu_check.eager_attention(q, k, v, **{**kw, "attn_bias": None})
@@ -120,7 +121,7 @@ def test_gpu_check_attention_on_cpu(tmp_path):
     gpu_check.ATTENTION_BACKENDS["wrong"] = wrong
     try:
         [bad] = gpu_check.check_attention(
-            torch.device("cpu"), (torch.float32,), cases[:1], ("wrong",), TINY_SHAPES
+            torch.device("cpu"), gpu_check.DTYPES[-1:], cases[:1], ("wrong",), TINY_SHAPES
         )
     finally:
         del gpu_check.ATTENTION_BACKENDS["wrong"]
