@@ -44,6 +44,10 @@ class MaskGenerator(nn.Module):
     length-agnostic ``LowRankMaskGenerator`` (``mask.generator``). Every generator is called as
     ``gen(x, n_keys=None, *, context=None)``; ``context`` (the key-side tokens of a
     cross-attention) matters only to generators that read the keys.
+
+    M has the parameters' dtype whatever the form: float32 under bf16 / fp16 autocast (the
+    last bias, or the low-rank offset, is added in float32, so M = 1 + 1e-4 is not rounded to
+    1), bf16 under ``trainer.precision=bf16-true``.
     """
 
     def __init__(
