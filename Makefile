@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install lock check-lock demo demo-seeds demo-generators qvhighlights-proxy test test-all bench lint
+.PHONY: install lock check-lock demo demo-seeds demo-generators qvhighlights-proxy test test-all bench lint gpu-check
 
 LOCK := requirements.lock
 EXTRAS := dev,audio,cluster
@@ -74,6 +74,12 @@ bench: $(INSTALLED)
 # GPU benchmark in one run (<= 5 min): bf16, flex with backward, shapes + scaling; skips without GPU
 bench-gpu: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PY) scripts/bench_gpu.py --out bench_results/gpu
+
+# every GPU path in one command (<= 5 min on one GPU): flex fwd+bwd vs eager, a training step of
+# every task (bf16-mixed, MSR-VTT 16-mixed), deterministic resume, 2-GPU DDP, then bench-gpu;
+# report in bench_results/gpu_check/; without a GPU it says so and exits 0
+gpu-check: $(INSTALLED)
+	HF_HUB_OFFLINE=1 $(PY) scripts/gpu_check.py --out bench_results/gpu_check
 
 lint: $(INSTALLED)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -61,7 +61,8 @@ from stamp import (  # noqa: E402
     StampAttention,
     eager_attention,
 )
-from stamp.fused import fused_attention  # noqa: E402
+from stamp.attention import ATTENTION_BACKENDS  # noqa: E402
+from stamp.fused import blocks, compiled_fused_attention, fuse_scores, fused_attention  # noqa: E402
 
 TIME_TARGET = 1.1  # best STAMP training backend: time ratio / FLOP ratio
 MEMORY_TARGET = 1.2  # STAMP attention memory / plain SDPA's
@@ -580,7 +581,10 @@ def _scaling_steps(
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
         "eager": lambda: eager_attention(q, k, v, mask=m)[0],
         "fused": lambda: fused_attention(q, k, v, mask=m)[0],
+        "compiled_fused": lambda: compiled_fused_attention(q, k, v, mask=m)[0],
     }
+    for name in ("eager", "fused", "compiled_fused"):  # additive M
+        fns[f"{name}_add"] = _add_fn(ATTENTION_BACKENDS[name], q, k, v, m)
     leaves = [q, k, v, m]
     if "flex" in backends:
         fns["flex"] = _flex_fn(q, k, v, m)
@@ -600,7 +604,138 @@ def _scaling_steps(
 
         return step
 
-    return {name: make(fns[name]) for name in backends}
+    steps = {name: make(fns[name]) for name in backends if name != "matmuls"}
+    if "matmuls" in backends:
+        steps["matmuls"] = lambda: block_matmuls(q, k, v, grad)
+    return steps
+
+
+def _add_fn(attend: Callable, q, k, v, m):
+    return lambda: attend(q, k, v, mask=m, fusion="add")[0]
+
+
+def block_matmuls(q, k, v, dout, block_elems: int | None = None) -> None:
+    """The seven matmuls of the fused kernel's forward + backward on its blocks, and nothing
+    else: the floor of any blocked kernel built on torch matmuls (``matmuls`` line)."""
+    B, H, nq, _ = q.shape
+    with torch.no_grad():
+        for bs, hs, rs in blocks(B, H, nq, k.shape[2], block_elems):
+            qb, kb, vb, do = q[bs, hs, rs], k[bs, hs], v[bs, hs], dout[bs, hs, rs]
+            s = qb @ kb.transpose(-2, -1)  # forward
+            s @ vb
+            s = qb @ kb.transpose(-2, -1)  # backward: recomputed logits, dP, dV, dQ, dK
+            do @ vb.transpose(-2, -1)
+            s.transpose(-2, -1) @ do
+            s @ kb
+            s.transpose(-2, -1) @ qb
+
+
+# --precision: how M meets the logits under bf16 autocast (issue 28). "float32" is the chosen
+# form (the generators' M and the fusion in float32); "offset" carries M as a bf16 deviation D
+# from the identity, fused as x + x·D in float32 (eager only: the alternative not taken).
+PRECISION_VARIANTS = {
+    "eager, M bf16": ("eager", "bf16"),
+    "eager, M float32 (chosen)": ("eager", "float32"),
+    "eager, M = 1 + D, D bf16 (offset)": ("eager", "offset"),
+    "fused, M bf16": ("fused", "bf16"),
+    "fused, M float32 (chosen)": ("fused", "float32"),
+}
+DEVIATION_STD = 1e-4  # an identity-start mask after its first steps
+
+
+def _eager_offset(q, k, v, d):
+    """Eager attention with M carried as its deviation D from 1: softmax(x + x·D) V, the
+    fusion in float32 from bf16 x and D."""
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    s = torch.addcmul(logits.float(), logits, d.unsqueeze(1))
+    return s.softmax(dim=-1).to(q.dtype) @ v
+
+
+def _saved_storage_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes autograd saves for the backward of ``fn()`` (each storage once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def bench_precision(
+    device: torch.device, warmup: int, repeats: int, B: int = 2, H: int = 8, n: int = 512
+) -> dict:
+    """Under bf16 autocast, M (B, N, N) = 1 + D with D ~ N(0, 1e-4): each way of carrying M
+    through eager / fused, forward+backward: time, saved bytes, peak, and the relative error of
+    the deviation x·(M - 1) that the fusion applies (against float64)."""
+    torch.manual_seed(0)
+    kw = {"device": device, "dtype": torch.bfloat16, "requires_grad": True}
+    q, k, v = (torch.randn(B, H, n, 64, **kw) for _ in range(3))
+    grad = torch.randn(B, H, n, 64, device=device, dtype=torch.bfloat16)
+    dev = torch.randn(B, n, n, device=device) * DEVIATION_STD
+    masks = {
+        "bf16": (1 + dev).to(torch.bfloat16).requires_grad_(),
+        "float32": (1 + dev).requires_grad_(),
+        "offset": dev.to(torch.bfloat16).requires_grad_(),
+    }
+    x = torch.randn(B, 1, n, n, device=device).to(torch.bfloat16)
+    exact = x.double() * dev.double().unsqueeze(1)
+
+    def fn_of(backend: str, form: str) -> Callable[[], torch.Tensor]:
+        m = masks[form]
+        if form == "offset":
+            return lambda: _eager_offset(q, k, v, m)
+        attend = ATTENTION_BACKENDS[backend]
+        return lambda: attend(q, k, v, mask=m)[0]
+
+    def deviation_error(form: str) -> float:
+        m = masks[form].detach()
+        if form == "offset":
+            deviation = x.float() * m.float().unsqueeze(1)
+        else:  # the fusion in float32, as eager (type promotion) and fused (per block) run it
+            fused, _ = fuse_scores(x.float(), m.unsqueeze(1), None, None, True, False)
+            deviation = fused - x.float()
+        return float((deviation.double() - exact).norm() / exact.norm())
+
+    steps, fns = {}, {}
+    for name, (backend, form) in PRECISION_VARIANTS.items():
+        fns[name] = fn_of(backend, form)
+
+        def step(fn=fns[name]) -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                out = fn()
+            out.backward(grad)
+            for t in (q, k, v, *masks.values()):
+                t.grad = None
+
+        steps[name] = step
+    seconds = interleaved_times(steps, device, warmup, repeats)
+    rows = []
+    for name, (backend, form) in PRECISION_VARIANTS.items():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            saved = _saved_storage_bytes(fns[name])
+        rows.append(
+            {
+                "variant": name,
+                "backend": backend,
+                "mask": form,
+                "time_ms": seconds[name] * 1e3,
+                "saved_bytes": saved,
+                "peak_bytes": peak_bytes(steps[name], device, f"precision|{name}"),
+                "deviation_error": deviation_error(form),
+            }
+        )
+    for r in rows:
+        ref = next(x for x in rows if x["backend"] == r["backend"] and x["mask"] == "bf16")
+        r["time_vs_bf16"] = r["time_ms"] / ref["time_ms"]
+    return {
+        "what": f"attention alone under bf16 autocast, B={B}, H={H}, N={n}, d=64, mul, "
+        f"M = 1 + D (B, N, N), D ~ N(0, {DEVIATION_STD:g}), fwd+bwd",
+        "rows": rows,
+    }
 
 
 def _generated_fn(q, k, v, x, gen: nn.Module):
@@ -625,6 +760,8 @@ def plot_scaling(rows: list[dict], path: Path, title: str) -> None:
         "eager": "STAMP eager (mul)",
         "fused": "STAMP fused (mul)",
         "flex": "STAMP flex (mul)",
+        "compiled_fused": "STAMP compiled fused (mul)",
+        "matmuls": "fused's matmuls alone",
         "gen_mlp": "STAMP fused + MLP gen.",
         "gen_lowrank": "STAMP fused + lowrank r16 gen.",
     }
@@ -833,6 +970,37 @@ def to_markdown(results: dict) -> str:
                 + " |"
             )
         lines.append("")
+        if "sdpa" in names and len(names) > 1:
+            others = [n for n in names if n != "sdpa"]
+            lines += [
+                "Time ratio to plain SDPA (same run):",
+                "",
+                "| N | " + " | ".join(f"{n} / sdpa" for n in others) + " |",
+                "|---|" + "---|" * len(others),
+            ]
+            lines += [
+                f"| {r['n']} | "
+                + " | ".join(f"{r[f'{n}_ms'] / r['sdpa_ms']:.2f}" for n in others)
+                + " |"
+                for r in sc["rows"]
+            ]
+            lines.append("")
+    pr = results.get("precision")
+    if pr:
+        lines += [
+            f"### Reduced precision: {pr['what']}",
+            "",
+            "| variant | time (ms) | time vs M bf16 | saved for backward (MiB) | peak (MiB) "
+            "| deviation error |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in pr["rows"]:
+            lines.append(
+                f"| {r['variant']} | {r['time_ms']:.1f} | {_ratio(r['time_vs_bf16'])} | "
+                f"{_mib(r['saved_bytes'])} | {_mib(r['peak_bytes'])} | "
+                f"{r['deviation_error']:.4f} |"
+            )
+        lines.append("")
     if results.get("skipped"):
         lines += [f"Skipped (time budget): {', '.join(results['skipped'])}.", ""]
     return "\n".join(lines)
@@ -870,7 +1038,9 @@ def raise_recompile_limits(limit: int = 256) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="shapes,checkpoint,generators,params,scaling")
+    parser.add_argument(
+        "--sections", default="shapes,checkpoint,generators,params,scaling,precision"
+    )
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"subset of {list(SHAPES)}")
     parser.add_argument("--backends", default="eager,sdpa,fused,flex")
     parser.add_argument(
@@ -887,8 +1057,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scaling-n", default=",".join(map(str, SCALING_N)))
     parser.add_argument(
         "--scaling-backends",
-        default="sdpa,eager,fused,gen_mlp,gen_lowrank",
-        help="sdpa, eager, fused, flex; gen_mlp / gen_lowrank: fused with a generator's M",
+        default="sdpa,eager,fused,compiled_fused,gen_mlp,gen_lowrank",
+        help="sdpa, eager, fused, compiled_fused, flex (mul; eager_add, fused_add, "
+        "compiled_fused_add: additive M); gen_mlp / gen_lowrank: fused with a generator's M; "
+        "matmuls: fused's block matmuls alone",
     )
     parser.add_argument("--checkpoint-backend", default="fused")
     parser.add_argument(
@@ -1016,6 +1188,11 @@ def main(argv: list[str] | None = None) -> dict:
                 args.plot,
                 f"STAMP attention scaling, {results['device']}",
             )
+    if "precision" in sections and time.perf_counter() > deadline:
+        skipped.append("precision")
+    elif "precision" in sections:
+        print("reduced precision: M under bf16 autocast", flush=True)
+        results["precision"] = bench_precision(device, args.warmup, args.repeats)
     results["skipped"] = skipped
     if args.peaks_only is not None:
         args.peaks_only.write_text(json.dumps(_peaks_measured))

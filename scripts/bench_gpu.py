@@ -2,10 +2,11 @@
 (flex for both fusions, fused, eager, SDPA), the five paper shapes, the depth-32 generator with
 checkpointing, the generator forms (``mask.generator=mlp / lowrank``, rank 16 and 64,
 ``mask.per_head``) on every backend against plain SDPA and against the MLP generator, their
-parameter counts against N, and the scaling curve N = 64 ... 4096 (flex and the MLP / low-rank
-generator lines included), within a time budget (default 240 s of benchmarking; what does not
-fit is listed as skipped). Tables, JSON and the scaling plot go to one folder. Without a CUDA
-GPU it prints why and exits 0.
+parameter counts against N, the scaling curve N = 64 ... 4096 (flex, the compiled fused core
+and the MLP / low-rank generator lines included) and the reduced-precision comparison (M bf16 /
+float32 / bf16 offset under autocast), within a time budget (default 240 s of benchmarking;
+what does not fit is listed as skipped). Tables, JSON and the scaling plot go to one folder.
+Without a CUDA GPU it prints why and exits 0.
 
     python scripts/bench_gpu.py --out bench_results/gpu [--budget-s 240]
 """
@@ -32,7 +33,7 @@ def gpu_args(out: Path, dtype: str, repeats: int, budget_s: float) -> list[str]:
         "--dtype",
         dtype,
         "--sections",
-        "shapes,checkpoint,generators,params,scaling",
+        "shapes,checkpoint,generators,params,scaling,precision",
         "--backends",
         "eager,sdpa,fused,flex",
         "--generator-shapes",
@@ -40,7 +41,7 @@ def gpu_args(out: Path, dtype: str, repeats: int, budget_s: float) -> list[str]:
         "--generator-forms",
         "mlp,mlp_head,lowrank16,lowrank16_head,lowrank64",
         "--scaling-backends",
-        "sdpa,eager,fused,flex,gen_mlp,gen_lowrank",
+        "sdpa,eager,fused,compiled_fused,flex,gen_mlp,gen_lowrank",
         "--checkpoint-backend",
         "flex",
         "--warmup",

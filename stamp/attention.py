@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stamp.config import AttentionConfig, Backend, Fusion, FusionOrder, as_attention_config
-from stamp.fused import fuse_scores, fused_attention
+from stamp.fused import compiled_fused_attention, fuse_scores, fused_attention, fusion_input
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +168,13 @@ def flex_attention_backend(
     if mask is not None:
         m = mask if mask.dim() == 4 else mask.unsqueeze(1)
         m = _pad_to(_pad_to(m, 2, pq, 1.0 if mul else 0.0), 3, pk, 1.0 if mul else 0.0)
-        m = m.to(q.dtype)
+        m = fusion_input(m, q)  # a float32 M stays float32 (flex's scores are float32)
     bias = None
     if attn_bias is not None:
         bias = attn_bias
         while bias.dim() < 4:
             bias = bias.unsqueeze(0)
-        bias = _pad_to(_pad_to(bias, 2, pq), 3, pk).to(q.dtype)
+        bias = fusion_input(_pad_to(_pad_to(bias, 2, pq), 3, pk), q)
     m_per_batch = m is not None and m.shape[0] > 1
     m_per_head = m is not None and m.shape[1] > 1
     b_per_batch = bias is not None and bias.shape[0] > 1
@@ -201,6 +201,7 @@ ATTENTION_BACKENDS: dict[Backend, AttendFn] = {
     Backend.sdpa: sdpa_attention,
     Backend.flex: flex_attention_backend,
     Backend.fused: fused_attention,
+    Backend.compiled_fused: compiled_fused_attention,
 }
 
 _compiled_eager: AttendFn | None = None

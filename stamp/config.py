@@ -150,6 +150,9 @@ class Backend(str, Enum):
     sdpa = "sdpa"  # torch.nn.functional.scaled_dot_product_attention (additive masks only)
     flex = "flex"  # torch.nn.attention.flex_attention with a score_mod reading M (fused)
     fused = "fused"  # stamp.fused: blocked custom autograd, no B·H·N² tensor kept (any device)
+    # stamp.fused with each block's body under torch.compile (inductor fuses the element-wise
+    # passes around the matmuls); the same blocks, nothing B·H·N² kept
+    compiled_fused = "compiled_fused"
 
     def __str__(self) -> str:
         return self.value

@@ -3,9 +3,10 @@
 ``softmax((QKᵀ/√d) ◇ M + bias + padding) V`` computed one block of query rows at a time. Each
 block's logits (B, H, rows, Nk) come from one batched matmul, are fused with M, the bias and the
 key padding, normalised (every key of a row is in its block, so the row softmax is exact, no
-online rescaling is needed) and multiplied with V. Autograd keeps only the inputs, the output
-and the row log-sum-exp (B, H, Nq); the backward recomputes each block's logits, flash-attention
-style, so no B·H·Nq·Nk tensor is ever kept, and the B·H·N² arithmetic stays in large matmuls.
+online rescaling is needed) and multiplied with V. Autograd keeps only the inputs and the row
+log-sum-exp (B, H, Nq); the backward recomputes each block's logits, flash-attention style, so
+no B·H·Nq·Nk tensor is ever kept, and the B·H·N² arithmetic stays in large matmuls. Under bf16
+/ fp16 inputs each block's fusion, softmax and softmax backward run in float32.
 
 Gradients reach Q, K, V, M (shared by the heads, (B, Nq, Nk), or per head) and the bias when it
 requires one; broadcast dimensions are summed back. Attention-probability dropout is applied
@@ -99,6 +100,93 @@ def _dropout_keep(
     return torch.rand(shape, generator=gen, device=device) >= p
 
 
+def _forward_block(
+    qs: Tensor,
+    k: Tensor,
+    v: Tensor,
+    m: Tensor | None,
+    bias: Tensor | None,
+    pad: Tensor | None,
+    keep: Tensor | None,
+    mul: bool,
+    bias_first: bool,
+    dropout_p: float,
+    acc: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """One block of the forward: (output rows, their log-sum-exp). The fusion runs in ``acc``
+    (float32 for bf16 / fp16 inputs), so a float32 M's small deviations reach the softmax."""
+    s = fuse_scores((qs @ k.transpose(-2, -1)).to(acc), m, bias, pad, mul, bias_first)[0]
+    mx = s.amax(dim=-1)
+    p = torch.softmax(s, dim=-1)
+    # p at the row maximum is 1 / sum(exp(s - max)): lse = max + log(sum)
+    lse = mx - p.amax(dim=-1).log()
+    if keep is not None:
+        p = p.masked_fill_(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
+    return p.to(v.dtype) @ v, lse
+
+
+def _backward_block(
+    qs: Tensor,
+    k: Tensor,
+    v: Tensor,
+    do: Tensor,
+    lse: Tensor,
+    m: Tensor | None,
+    bias: Tensor | None,
+    pad: Tensor | None,
+    keep: Tensor | None,
+    mul: bool,
+    bias_first: bool,
+    dropout_p: float,
+    scale: float,
+    need_m: bool,
+    need_b: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """One block of the backward: dQ of its rows, its parts of dK and dV, and its dM and dbias
+    summed to M's / the bias's broadcast shape (None where not needed)."""
+    acc = lse.dtype
+    s, x = fuse_scores((qs @ k.transpose(-2, -1)).to(acc), m, bias, pad, mul, bias_first)
+    p = s.sub_(lse[..., None]).exp_()
+    dp = (do @ v.transpose(-2, -1)).to(acc)
+    kept = p
+    if keep is not None:
+        kept = p.masked_fill(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
+        dp.masked_fill_(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
+    dv = kept.to(v.dtype).transpose(-2, -1) @ do
+    # rowsum(P ∘ dP) from the block's own rows (each block holds every key of its rows), not
+    # flash attention's rowsum(dO ∘ O): O is stored in the inputs' dtype, and under bf16 its
+    # rounding made dQ, dK 2-3x less accurate than eager's (tests/pipeline/test_gpu_ready.py)
+    delta = (p * dp).sum(dim=-1, keepdim=True)
+    ds = p.mul_(dp.sub_(delta))  # dL/d(fused logits), before padding
+    if pad is not None:
+        ds.masked_fill_(pad, 0.0)
+    # fused = x ◇ M (+ bias), x = logits (+ bias for bias_first)
+    dx = ds * m if (mul and m is not None) else ds
+    dm = db = None
+    if need_m:
+        dm = _sum_to(x.mul_(ds) if mul else ds, m.shape)
+    if need_b:
+        db = _sum_to(dx if bias_first else ds, bias.shape)
+    dx = dx.to(qs.dtype)
+    return (dx @ k) * scale, dx.transpose(-2, -1) @ qs, dv, dm, db
+
+
+# the block bodies under torch.compile (attention=compiled_fused): inductor fuses each block's
+# element-wise passes (fusion, softmax, exp recomputation, dS, dM) around the matmuls. Compiled
+# on first use, once per combination of the Python flags and (after a second block shape)
+# with dynamic shapes.
+_compiled_blocks: tuple | None = None
+
+
+def _block_fns(compiled: bool) -> tuple:
+    global _compiled_blocks
+    if not compiled:
+        return _forward_block, _backward_block
+    if _compiled_blocks is None:
+        _compiled_blocks = (torch.compile(_forward_block), torch.compile(_backward_block))
+    return _compiled_blocks
+
+
 class _FusedStampAttention(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -113,6 +201,7 @@ class _FusedStampAttention(torch.autograd.Function):
         bias_first: bool,
         dropout_p: float,
         block_elems: int | None,
+        compiled: bool,
     ) -> Tensor:
         B, H, nq, d = q.shape
         qs = q * d**-0.5
@@ -125,80 +214,95 @@ class _FusedStampAttention(torch.autograd.Function):
         acc = torch.promote_types(q.dtype, torch.float32)  # softmax precision (eager: float32)
         lse = torch.empty(B, H, nq, dtype=acc, device=q.device)
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0 else 0
-        for n, (bs, hs, rs) in enumerate(blocks(B, H, nq, k.shape[2], block_elems)):
-            s = fuse_scores(
-                qs[bs, hs, rs] @ k[bs, hs].transpose(-2, -1),
+        forward_block = _block_fns(compiled)[0]
+        nk = k.shape[2]
+        for n, (bs, hs, rs) in enumerate(blocks(B, H, nq, nk, block_elems)):
+            qb = qs[bs, hs, rs]
+            keep = None
+            if dropout_p > 0:
+                keep = _dropout_keep((*qb.shape[:-1], nk), dropout_p, seed, n, q.device)
+            out[bs, hs, rs], lse[bs, hs, rs] = forward_block(
+                qb,
+                k[bs, hs],
+                v[bs, hs],
                 _take(m4, bs, hs, rs),
                 _take(b4, bs, hs, rs),
                 None if pad4 is None else pad4[bs],
+                keep,
                 mul,
                 bias_first,
-            )[0].to(acc)
-            mx = s.amax(dim=-1)
-            p = torch.softmax(s, dim=-1)
-            # p at the row maximum is 1 / sum(exp(s - max)): lse = max + log(sum)
-            lse[bs, hs, rs] = mx - p.amax(dim=-1).log()
-            if dropout_p > 0:
-                keep = _dropout_keep(p.shape, dropout_p, seed, n, q.device)
-                p = p.masked_fill_(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
-            out[bs, hs, rs] = p.to(v.dtype) @ v[bs, hs]
-        ctx.save_for_backward(q, k, v, out, lse, m, bias, pad)
-        ctx.cfg = (mul, bias_first, dropout_p, block_elems, seed)
+                dropout_p,
+                acc,
+            )
+        ctx.save_for_backward(q, k, v, lse, m, bias, pad)
+        ctx.cfg = (mul, bias_first, dropout_p, block_elems, seed, compiled)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout: Tensor):  # type: ignore[override]
-        q, k, v, out, lse, m, bias, pad = ctx.saved_tensors
-        mul, bias_first, dropout_p, block_elems, seed = ctx.cfg
+        q, k, v, lse, m, bias, pad = ctx.saved_tensors
+        mul, bias_first, dropout_p, block_elems, seed, compiled = ctx.cfg
         need_q, need_k, need_v, need_m, need_b = ctx.needs_input_grad[:5]
         B, H, nq, d = q.shape
+        nk = k.shape[2]
         scale = d**-0.5
         qs = q * scale
         m4, b4 = _as4d(m, mask=True), _as4d(bias)
         pad4 = None if pad is None else pad[:, None, None, :]
-        acc = lse.dtype
-        delta = (dout.to(acc) * out.to(acc)).sum(-1, keepdim=True)  # rowsum(dO ∘ O)
         dq = torch.empty_like(q) if need_q else None
         dk = torch.zeros_like(k) if need_k else None
         dv = torch.zeros_like(v) if need_v else None
         dm = torch.zeros_like(m4) if need_m else None
         db = torch.zeros_like(b4) if need_b else None
-        for n, (bs, hs, rs) in enumerate(blocks(B, H, nq, k.shape[2], block_elems)):
-            mb, bb = _take(m4, bs, hs, rs), _take(b4, bs, hs, rs)
-            pb = None if pad4 is None else pad4[bs]
-            kb, vb, qb = k[bs, hs], v[bs, hs], qs[bs, hs, rs]
-            s, x = fuse_scores(qb @ kb.transpose(-2, -1), mb, bb, pb, mul, bias_first)
-            p = s.to(acc).sub_(lse[bs, hs, rs, None]).exp_()
-            do = dout[bs, hs, rs]
-            dp = (do @ vb.transpose(-2, -1)).to(acc)
-            kept = p
+        backward_block = _block_fns(compiled)[1]
+        for n, (bs, hs, rs) in enumerate(blocks(B, H, nq, nk, block_elems)):
+            qb = qs[bs, hs, rs]
+            keep = None
             if dropout_p > 0:
-                keep = _dropout_keep(p.shape, dropout_p, seed, n, q.device)
-                kept = p.masked_fill(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
-                dp.masked_fill_(~keep, 0.0).mul_(1.0 / (1.0 - dropout_p))
-            if need_v:
-                dv[bs, hs] += kept.to(v.dtype).transpose(-2, -1) @ do
-            ds = p.mul_(dp.sub_(delta[bs, hs, rs]))  # dL/d(fused logits), before padding
-            if pb is not None:
-                ds.masked_fill_(pb, 0.0)
-            ds = ds.to(q.dtype)
-            # fused = x ◇ M (+ bias), x = logits (+ bias for bias_first)
-            dx = ds * mb if (mul and mb is not None) else ds
-            if need_m:
-                gm = x.mul_(ds) if mul else ds
-                _take(dm, bs, hs, rs).add_(_sum_to(gm, mb.shape))
-            if need_b:
-                _take(db, bs, hs, rs).add_(_sum_to(dx if bias_first else ds, bb.shape))
+                keep = _dropout_keep((*qb.shape[:-1], nk), dropout_p, seed, n, q.device)
+            dqb, dkb, dvb, dmb, dbb = backward_block(
+                qb,
+                k[bs, hs],
+                v[bs, hs],
+                dout[bs, hs, rs],
+                lse[bs, hs, rs],
+                _take(m4, bs, hs, rs),
+                _take(b4, bs, hs, rs),
+                None if pad4 is None else pad4[bs],
+                keep,
+                mul,
+                bias_first,
+                dropout_p,
+                scale,
+                need_m,
+                need_b,
+            )
             if need_q:
-                dq[bs, hs, rs] = (dx @ kb) * scale
+                dq[bs, hs, rs] = dqb
             if need_k:
-                dk[bs, hs] += dx.transpose(-2, -1) @ qb
+                dk[bs, hs] += dkb
+            if need_v:
+                dv[bs, hs] += dvb
+            if need_m:
+                _take(dm, bs, hs, rs).add_(dmb)
+            if need_b:
+                _take(db, bs, hs, rs).add_(dbb)
         if dm is not None:
             dm = dm.reshape(m.shape)
         if db is not None:
             db = db.reshape(bias.shape)
-        return dq, dk, dv, dm, db, None, None, None, None, None
+        return dq, dk, dv, dm, db, None, None, None, None, None, None
+
+
+def fusion_input(t: Tensor | None, q: Tensor) -> Tensor | None:
+    """M or a bias as the fused paths (fused, compiled_fused, flex) read it: in its own dtype
+    when that is the queries' or float32, else in float32 (the softmax precision). A float32 M
+    from a generator under bf16 autocast is never rounded to bf16, where 1 + 1e-4 is 1."""
+    if t is None:
+        return None
+    acc = torch.promote_types(q.dtype, torch.float32)
+    return t if t.dtype in (q.dtype, acc) else t.to(acc)
 
 
 def fuse_scores(
@@ -238,9 +342,17 @@ def fused_attention(
     dropout_p: float = 0.0,
     return_attn: bool = False,
     block_elems: int | None = None,
+    compiled: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """The eager path's function (same signature, same semantics) in query-row blocks, with a
-    backward that recomputes the blocks instead of keeping B·H·Nq·Nk tensors."""
+    backward that recomputes the blocks instead of keeping B·H·Nq·Nk tensors.
+
+    Under reduced precision (bf16 / fp16 q, k, v) each block's fusion and softmax run in
+    float32 and M and the bias keep their own dtype when it is the inputs' or float32 (a
+    float32 M from a generator under autocast is not rounded: its small deviations from the
+    identity stay visible). ``compiled``: the block bodies under ``torch.compile``
+    (``attention=compiled_fused``, see ``compiled_fused_attention``).
+    """
     if return_attn:
         raise ValueError(
             "attention=fused cannot return attention probabilities; use attention=eager"
@@ -249,11 +361,56 @@ def fused_attention(
         block_elems = GPU_BLOCK_ELEMS
     mul = Fusion(fusion) is Fusion.mul
     bias_first = attn_bias is not None and FusionOrder(fusion_order) is FusionOrder.bias_first
-    if mask is not None and mask.dtype != q.dtype:
-        mask = mask.to(q.dtype)
-    if attn_bias is not None and attn_bias.dtype != q.dtype:
-        attn_bias = attn_bias.to(q.dtype)
     out = _FusedStampAttention.apply(
-        q, k, v, mask, attn_bias, key_padding_mask, mul, bias_first, dropout_p, block_elems
+        q,
+        k,
+        v,
+        fusion_input(mask, q),
+        fusion_input(attn_bias, q),
+        key_padding_mask,
+        mul,
+        bias_first,
+        dropout_p,
+        block_elems,
+        compiled,
     )
     return out, None
+
+
+# Elements of one block of the compiled core: inductor keeps a block's element-wise work in
+# registers around the matmuls, so larger blocks than the eager loop's pay (chosen on the dev
+# CPU, BENCHMARKS.md "Compiled core").
+COMPILED_BLOCK_ELEMS = 1 << 18
+
+
+def compiled_fused_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    fusion: Fusion | str = Fusion.mul,
+    fusion_order: FusionOrder | str = FusionOrder.mask_first,
+    key_padding_mask: Tensor | None = None,
+    attn_bias: Tensor | None = None,
+    dropout_p: float = 0.0,
+    return_attn: bool = False,
+    block_elems: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """``attention=compiled_fused``: ``fused_attention`` with each block's forward and backward
+    body compiled by ``torch.compile`` (the same loop, blocks and saved tensors: no
+    B·H·Nq·Nk tensor is kept). The first call of each flag combination compiles (seconds)."""
+    return fused_attention(
+        q,
+        k,
+        v,
+        mask=mask,
+        fusion=fusion,
+        fusion_order=fusion_order,
+        key_padding_mask=key_padding_mask,
+        attn_bias=attn_bias,
+        dropout_p=dropout_p,
+        return_attn=return_attn,
+        block_elems=block_elems,
+        compiled=True,
+    )

@@ -44,6 +44,10 @@ class MaskGenerator(nn.Module):
     length-agnostic ``LowRankMaskGenerator`` (``mask.generator``). Every generator is called as
     ``gen(x, n_keys=None, *, context=None)``; ``context`` (the key-side tokens of a
     cross-attention) matters only to generators that read the keys.
+
+    M has the parameters' dtype whatever the form: float32 under bf16 / fp16 autocast (the
+    last bias, or the low-rank offset, is added in float32, so M = 1 + 1e-4 is not rounded to
+    1), bf16 under ``trainer.precision=bf16-true``.
     """
 
     def __init__(
@@ -223,7 +227,10 @@ class MaskGenerator(nn.Module):
         # only the first n_keys output columns (of each head) are computed: the values of M[..:n]
         weight = self.out.weight.view(self.num_masks, self.n_max, -1)[:, :n_keys]
         bias = self.out.bias.view(self.num_masks, self.n_max)[:, :n_keys]
-        m = F.linear(h, weight.reshape(-1, weight.shape[-1]), bias.reshape(-1))
+        # the bias (the identity of an identity-start mask) is added in the parameters' dtype:
+        # under bf16 autocast the product is bf16 but M is float32, as the low-rank form's, so
+        # M = 1 + 1e-4 is not rounded to 1 (BENCHMARKS.md "Reduced precision")
+        m = F.linear(h, weight.reshape(-1, weight.shape[-1])) + bias.reshape(-1)
         if self.heads is not None:  # (B, Nq, H * Nk) -> (B, H, Nq, Nk)
             m = m.view(*m.shape[:-1], self.heads, n_keys).movedim(-2, 1)
         return self._apply_bound(m)

@@ -80,8 +80,34 @@ def core_configs(cfg: DictConfig) -> tuple[MaskConfig, AttentionConfig]:
     return mask, attention
 
 
+def check_visible_devices(cfg: DictConfig) -> None:
+    """A GPU trainer (``trainer=gpu|ddp|multinode``) needs the GPUs it asks for. Checked when a
+    run starts, not when the config resolves, so ``--cfg job --resolve`` prints a GPU config on
+    a machine without GPUs (``trainer.devices=-1`` is then counted as 1 device)."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    visible = torch.cuda.device_count()
+    devices = cfg.trainer.get("devices", "auto")
+    if visible == 0:
+        raise RuntimeError(
+            f"trainer.accelerator={accelerator} (trainer=gpu|ddp|multinode) needs a CUDA GPU; "
+            "none is visible here (torch.cuda.device_count() == 0). Train with trainer=cpu, "
+            "or run on a GPU machine; --cfg job --resolve prints the config anywhere."
+        )
+    if str(devices).strip() not in ("-1", "auto"):
+        from tasks.common.schemas import device_count
+
+        if device_count(devices) > visible:
+            raise RuntimeError(
+                f"trainer.devices={devices} asks for {device_count(devices)} GPUs per node; "
+                f"{visible} visible here"
+            )
+
+
 def check_startup(cfg: DictConfig, attention: AttentionConfig, training: bool) -> None:
     """Fail in the first seconds, not after data loading, on combinations that cannot run."""
+    check_visible_devices(cfg)
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if (
@@ -494,6 +520,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = run_dir()
     record = result_record(cfg, out_dir, kind="eval")
     mask, attention = core_configs(cfg)
+    check_visible_devices(cfg)
     split = cfg.get("split", "val")
     if split not in ("val", "test"):
         raise ValueError(f"split={split!r}; choose val or test")

@@ -6,6 +6,7 @@ choice (``mask.fusion=foo``) fails while the config is composed, with the valid 
 """
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from stamp.config import AttentionConfig, MaskConfig
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 _registered = False
+_warned_dry_run: set = set()
 
 
 def device_count(devices: object) -> int:
-    """Lightning's ``trainer.devices`` as a number (-1 / "auto": the visible CUDA devices)."""
+    """Lightning's ``trainer.devices`` as a number (-1 / "auto": the visible CUDA devices; 1
+    where none is visible, so that a GPU config resolves anywhere)."""
     if isinstance(devices, str) and devices.strip() not in ("-1", "auto"):
         parts = [d for d in devices.split(",") if d.strip()]
         return int(parts[0]) if len(parts) == 1 and "," not in devices else len(parts)
@@ -31,10 +34,17 @@ def device_count(devices: object) -> int:
 
     count = torch.cuda.device_count()
     if count < 1:
-        raise ValueError(
-            f"trainer.devices={devices!r} needs visible GPUs to count; none here. Set "
-            "trainer.devices to a number (the effective batch is derived from it)."
+        # a dry run (``--cfg job --resolve``) of a GPU config on a machine without GPUs: count
+        # one; training stops at start-up (tasks.common.pipeline.check_device_and_precision)
+        if devices in _warned_dry_run:
+            return 1
+        _warned_dry_run.add(devices)
+        logging.getLogger(__name__).warning(
+            "trainer.devices=%r: no visible GPU here, counted as 1 device to resolve the "
+            "config; training needs GPUs (or trainer.devices=<number>)",
+            devices,
         )
+        return 1
     return count
 
 

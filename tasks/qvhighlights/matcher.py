@@ -42,14 +42,17 @@ class HungarianMatcher(nn.Module):
     def forward(
         self, pred_logits: Tensor, pred_spans: Tensor, tgt_spans: list[Tensor]
     ) -> list[tuple[Tensor, Tensor]]:
-        """(B, Q, 2) logits and spans, B x (M_b, 2) targets -> B x (query idx, target idx)."""
+        """(B, Q, 2) logits and spans, B x (M_b, 2) targets -> B x (query idx, target idx).
+
+        The costs are computed in float32 whatever the model's precision: ``torch.cdist`` has
+        no bf16 kernel (``trainer.precision=bf16-true``) and scipy reads float arrays."""
         B, Q = pred_spans.shape[:2]
         sizes = [len(t) for t in tgt_spans]
         cost = (
             matching_cost(
-                pred_logits.flatten(0, 1),
-                pred_spans.flatten(0, 1),
-                torch.cat(tgt_spans),
+                pred_logits.flatten(0, 1).float(),
+                pred_spans.flatten(0, 1).float(),
+                torch.cat(tgt_spans).float(),
                 self.cost_class,
                 self.cost_span,
                 self.cost_giou,

@@ -34,6 +34,8 @@ def test_bench_attention_writes_ratios(tmp_path):
             "eager,sdpa,fused",
             "--scaling-n",
             "32",
+            "--scaling-backends",
+            "sdpa,eager,fused,fused_add,matmuls,gen_mlp,gen_lowrank",
             "--repeats",
             "1",
             "--warmup",
@@ -88,6 +90,11 @@ def test_bench_attention_writes_ratios(tmp_path):
     scaling = results["scaling"]["rows"]
     assert [r["n"] for r in scaling] == [32] and scaling[0]["fused_ms"] > 0
     assert scaling[0]["gen_lowrank_ms"] > 0 and scaling[0]["gen_mlp_ms"] > 0
+    assert scaling[0]["fused_add_ms"] > 0 and scaling[0]["matmuls_ms"] > 0
+    assert (
+        "| N | eager / sdpa | fused / sdpa | fused_add / sdpa |"
+        in (tmp_path / "bench_attention.md").read_text()
+    )
     assert (tmp_path / "scaling.png").stat().st_size > 0
     markdown = (tmp_path / "bench_attention.md").read_text()
     assert markdown.startswith("Device: cpu") and "## Targets" in markdown
@@ -200,3 +207,41 @@ def test_bench_qvhighlights_says_when_the_annotations_are_missing(tmp_path, caps
     assert "none.jsonl" in err and "--gt" in err and "--skip-eval" in err
     assert main(["--skip-train", "--skip-eval", "--json", str(tmp_path / "r.json")]) == 0
     assert "eval" not in json.loads((tmp_path / "r.json").read_text())
+
+
+def test_bench_precision_measures_both_forms_of_m():
+    """The reduced-precision section (issue 28): under bf16 autocast a bf16 M = 1 + 1e-4·z
+    loses its deviation (error 1: every entry rounds to 1), a float32 M (chosen) and a bf16
+    offset D keep it; float32 M saves exactly M's 2 extra bytes per entry."""
+    import torch
+
+    B, n = 1, 32
+    result = bench_attention.bench_precision(torch.device("cpu"), 0, 1, B=B, H=2, n=n)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert len(rows) == len(bench_attention.PRECISION_VARIANTS)
+    for backend in ("eager", "fused"):
+        bf16, fp32 = rows[f"{backend}, M bf16"], rows[f"{backend}, M float32 (chosen)"]
+        assert bf16["deviation_error"] > 0.9 and fp32["deviation_error"] < 0.01
+        assert fp32["saved_bytes"] - bf16["saved_bytes"] == B * n * n * 2
+        assert bf16["time_vs_bf16"] == 1.0
+    offset = rows["eager, M = 1 + D, D bf16 (offset)"]
+    assert offset["deviation_error"] < 0.01
+    assert offset["saved_bytes"] == rows["eager, M bf16"]["saved_bytes"]
+
+
+def test_block_matmuls_are_the_fused_kernels_matmuls():
+    """The ``matmuls`` scaling line runs 7 matmuls per block of the fused kernel's blocks."""
+    import torch
+
+    q = torch.randn(1, 2, 16, 8)
+    calls = []
+
+    class CountMatmuls(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in ("__matmul__", "matmul"):
+                calls.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with CountMatmuls():
+        bench_attention.block_matmuls(q, q, q, q, block_elems=8 * 16)
+    assert len(calls) == 7 * len(bench_attention.blocks(1, 2, 16, 16, 8 * 16)) == 7 * 4
