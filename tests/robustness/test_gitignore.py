@@ -29,7 +29,7 @@ SHIPPED = [
     "data/qvhighlights/highlight_train_release.jsonl",
     "data/qvhighlights/highlight_val_release.jsonl",
     "data/qvhighlights/highlight_test_release.jsonl",
-    "data/qvhighlights/highlight_test_with_gt.jsonl",  # the released test labels (moment_detr 7c61a84)
+    "data/qvhighlights/highlight_test_with_gt.jsonl",  # released test labels (moment_detr)
 ]
 
 
