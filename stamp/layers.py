@@ -170,6 +170,8 @@ class StampLayer(nn.Module):
     ) -> None:
         super().__init__()
         mask = as_mask_config(mask)
+        if official_t2v and (norm_first or drop_path):
+            raise ValueError("official_t2v is QD-DETR's post-norm layer: no norm_first, drop_path")
         self.official_t2v = official_t2v
         self.attn = StampAttention(
             dim,
@@ -201,18 +203,30 @@ class StampLayer(nn.Module):
             self.ffn = FeedForward(*ffn)
             self.ffn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
 
-    def layer(
+    def forward(
         self,
         x: Tensor,
-        context: Tensor | None,
+        context: Tensor | None = None,
         *,
-        pos: Tensor | None,
-        context_pos: Tensor | None,
-        key_padding_mask: Tensor | None,
-        mask: Tensor | None,
-        attn_bias: Tensor | None,
+        pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        mask: Tensor | None = None,
+        attn_bias: Tensor | None = None,
     ) -> Tensor:
-        """The forward of both layer kinds; ``context`` None is self-attention."""
+        """Args:
+            x: the query-side tokens (B, Nq, D).
+            context: the key-side tokens (B, Nk, D_context) of a cross-attention; None: x.
+            pos, context_pos: position embeddings of each, added to queries / keys only.
+            key_padding_mask: (B, Nk) bool, True at padded keys.
+            mask: M from outside (B, [H,] Nq, Nk), ignored with an own generator.
+            attn_bias: an additive bias broadcastable to (B, H, Nq, Nk).
+
+        Returns:
+            (B, Nq, D).
+        """
+        if context is not None and not self.attn.cross:
+            raise ValueError("a self-attention layer takes no context (StampCrossAttentionLayer)")
         if self.mask_generator is not None:
             if context is None:
                 mask = self.mask_generator(x)
@@ -241,40 +255,13 @@ class StampLayer(nn.Module):
 class StampEncoderLayer(StampLayer):
     """Self-attention + FFN (``StampLayer`` without a context)."""
 
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        pos: Tensor | None = None,
-        key_padding_mask: Tensor | None = None,
-        mask: Tensor | None = None,
-        attn_bias: Tensor | None = None,
-    ) -> Tensor:
-        """Args:
-            x: the tokens (B, N, D); pos: their position embedding (B or 1, N, D), added to
-                queries and keys only.
-            key_padding_mask: (B, N) bool, True at padding; mask: an outside M (B, [H,] N, N);
-            attn_bias: an additive bias broadcastable to (B, H, N, N).
-
-        Returns:
-            (B, N, D).
-        """
-        return self.layer(
-            x,
-            None,
-            pos=pos,
-            context_pos=None,
-            key_padding_mask=key_padding_mask,
-            mask=mask,
-            attn_bias=attn_bias,
-        )
-
 
 class StampCrossAttentionLayer(StampLayer):
     """Cross-attention + FFN: queries attend to a context (e.g. video clips to text tokens).
 
     M is (B, Nq, Nk) (or per head), generated from the query-side tokens; the MLP generator's
     last layer is Linear(D -> n_max_keys), the low-rank one also reads the context tokens.
+    ``forward(x, context, context_padding_mask=...)``: ``StampLayer.forward``'s key padding.
     """
 
     def __init__(
@@ -291,35 +278,10 @@ class StampCrossAttentionLayer(StampLayer):
             dim, num_heads, ffn_dim, context_dim=context_dim or dim, n_max=n_max_keys, **kwargs
         )
 
-    def forward(
-        self,
-        x: Tensor,
-        context: Tensor,
-        *,
-        pos: Tensor | None = None,
-        context_pos: Tensor | None = None,
-        context_padding_mask: Tensor | None = None,
-        mask: Tensor | None = None,
-        attn_bias: Tensor | None = None,
+    def forward(  # type: ignore[override]
+        self, x: Tensor, context: Tensor, *, context_padding_mask: Tensor | None = None, **kwargs
     ) -> Tensor:
-        """Args:
-            x: the queries' tokens (B, Nq, D); context: the keys' tokens (B, Nk, D_context).
-            pos, context_pos: position embeddings of each, added to queries / keys only.
-            context_padding_mask: (B, Nk) bool, True at padding; mask: an outside M
-                (B, [H,] Nq, Nk); attn_bias: an additive bias broadcastable to (B, H, Nq, Nk).
-
-        Returns:
-            (B, Nq, D).
-        """
-        return self.layer(
-            x,
-            context,
-            pos=pos,
-            context_pos=context_pos,
-            key_padding_mask=context_padding_mask,
-            mask=mask,
-            attn_bias=attn_bias,
-        )
+        return super().forward(x, context, key_padding_mask=context_padding_mask, **kwargs)
 
 
 def layer_mask_kwargs(mask: MaskConfig, dim: int, n_max: int, num_heads: int = 1) -> dict:
