@@ -8,7 +8,13 @@ import pytest
 import torch
 
 import stamp
-from stamp import MaskConfig, RecordsAttention, StampCrossAttentionLayer, StampEncoderLayer
+from stamp import (
+    AttentionConfig,
+    MaskConfig,
+    RecordsAttention,
+    StampCrossAttentionLayer,
+    StampEncoderLayer,
+)
 from tests.inject.models import FAMILIES, run
 
 
@@ -34,3 +40,25 @@ def test_native_and_injected_layers_call_the_same_core(name, monkeypatch):
     with torch.no_grad():
         run(family, model)
     assert calls[2:] == ["InjectedStamp"] * family.layers
+
+
+@pytest.mark.parametrize("name", ["bert", "timm_vit"])
+def test_injected_flex_on_cpu_follows_the_core_training_rule(name):
+    """The core's flex-on-CPU rule holds for injected layers: a training step stops with the
+    core's message (``flex_cpu_training=error``) or runs the eager path (``=eager``)."""
+    family = FAMILIES[name]
+    models = {}
+    for key, attention in {
+        "error": AttentionConfig(backend="flex"),
+        "eager": AttentionConfig(backend="flex", flex_cpu_training="eager"),
+        "reference": "eager",
+    }.items():
+        models[key] = family.build("eager").eval()
+        stamp.inject(models[key], attention=attention)
+    with pytest.raises(RuntimeError, match="only the forward of flex attention on CPU"):
+        run(family, models["error"])
+    out = run(family, models["eager"])
+    out.float().sum().backward()
+    torch.testing.assert_close(out, run(family, models["reference"]))
+    grads = [p.grad for n, p in models["eager"].named_parameters() if ".stamp." in n]
+    assert grads and all(g is not None for g in grads)
