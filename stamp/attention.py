@@ -227,14 +227,28 @@ def _warn_once(key: str, msg: str) -> None:
 
 
 class RecordsAttention:
-    """The recording protocol of an attention module (``StampAttention``, ``stamp.inject``'s
-    ``InjectedStamp``): while ``record`` > 0 (a count, so that several recorders can listen to
-    the same forward: ``stamp.record_attention``, ``stamp.diagnostics``) the forward runs the
-    eager path and leaves its probabilities and mask in ``recorded``."""
+    """The masked-attention core of every STAMP attention module (``StampAttention``,
+    ``stamp.inject``'s ``InjectedStamp``): ``masked_attention`` runs projection-free attention
+    with M fused into the logits on the module's backend, and records it.
+
+    While ``record`` > 0 (a count, so that several recorders can listen to the same forward:
+    ``stamp.record_attention``, ``stamp.diagnostics``) the forward runs the eager path and leaves
+    its probabilities and mask in ``recorded``. A subclass calls ``init_core`` in ``__init__``.
+    """
 
     record: int = 0
     recorded: dict[str, Tensor | None] | None = None
     cross: bool = False  # a cross-attention (its queries are not its keys)
+
+    def init_core(
+        self, fusion: Fusion | str, fusion_order: FusionOrder | str, attention: AttentionConfig
+    ) -> None:
+        """Set the fusion, the fusion order and the backend ``masked_attention`` runs with."""
+        self.fusion = Fusion(fusion)
+        self.fusion_order = FusionOrder(fusion_order)
+        self.attention = attention
+        self._attend = resolve_backend(attention)
+        self.record, self.recorded = 0, None
 
     def start_recording(self) -> None:
         self.record += 1
@@ -243,6 +257,85 @@ class RecordsAttention:
         self.record = max(0, self.record - 1)
         if not self.record:
             self.recorded = None
+
+    def masked_attention(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        attn_bias: Tensor | None = None,
+        dropout_p: float = 0.0,
+        return_attn: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``softmax((QKᵀ/√d) ◇ M + bias, padded keys -> -inf) V`` on the module's backend.
+
+        The eager path runs instead when probabilities are wanted (``return_attn``, recording)
+        and, with ``attention.flex_cpu_training=eager``, for a flex training step on CPU (torch
+        has no CPU backward for flex).
+
+        Args:
+            q: queries (B, H, Nq, d), already projected.
+            k, v: keys and values (B, H, Nk, d).
+            mask: M (B, Nq, Nk), shared by the heads, or (B, H, Nq, Nk); None: no mask.
+            key_padding_mask: (B, Nk) bool, True at padded keys.
+            attn_bias: an additive bias broadcastable to (B, H, Nq, Nk).
+            dropout_p: attention-probability dropout (0 outside training).
+            return_attn: also return the probabilities (B, H, Nq, Nk).
+
+        Returns:
+            The output (B, H, Nq, d) and the probabilities (None unless asked or recording).
+        """
+        attend = self._attend
+        want_probs = bool(return_attn or self.record)
+        if want_probs:
+            attend = eager_attention
+        elif self.attention.backend is Backend.flex and q.device.type == "cpu":
+            needs_grad = torch.is_grad_enabled() and (
+                q.requires_grad or (mask is not None and mask.requires_grad)
+            )
+            if needs_grad:
+                if self.attention.flex_cpu_training == "error":
+                    raise RuntimeError(FLEX_CPU_BACKWARD_ERROR)
+                _warn_once(
+                    "flex-cpu",
+                    "flex attention has no CPU backward: training steps use "
+                    "the eager path (attention.flex_cpu_training=eager).",
+                )
+                attend = eager_attention
+        out, probs = attend(
+            q,
+            k,
+            v,
+            mask=mask,
+            fusion=self.fusion,
+            fusion_order=self.fusion_order,
+            key_padding_mask=key_padding_mask,
+            attn_bias=attn_bias,
+            dropout_p=dropout_p,
+            return_attn=want_probs,
+        )
+        if self.record:
+            unmasked = None
+            if mask is not None:  # the same logits without M (diagnostics: entropy change)
+                with torch.no_grad():
+                    _, unmasked = eager_attention(
+                        q,
+                        k,
+                        v,
+                        key_padding_mask=key_padding_mask,
+                        attn_bias=attn_bias,
+                        return_attn=True,
+                    )
+            self.recorded = {
+                "attn": probs.detach(),
+                "attn_unmasked": unmasked,
+                "mask": None if mask is None else mask.detach(),
+                "key_padding_mask": key_padding_mask,
+            }
+        return out, probs
 
 
 class StampAttention(RecordsAttention, nn.Module):
@@ -272,9 +365,7 @@ class StampAttention(RecordsAttention, nn.Module):
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.cross = cross or context_dim is not None
-        self.fusion = Fusion(fusion)
-        self.fusion_order = FusionOrder(fusion_order)
-        self.attention = as_attention_config(attention)
+        self.init_core(fusion, fusion_order, as_attention_config(attention))
         if self.cross:
             self.q = nn.Linear(dim, dim, bias=qkv_bias)
             self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=qkv_bias)
@@ -283,14 +374,12 @@ class StampAttention(RecordsAttention, nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self._attend = resolve_backend(self.attention)
         if self.attention.backend is Backend.flex and attn_drop > 0:
             _warn_once(
                 "flex-dropout",
                 f"attention=flex has no attention-probability dropout; attn_drop={attn_drop} "
                 "is not applied by flex (eager/sdpa apply it).",
             )
-        self.record, self.recorded = 0, None  # RecordsAttention
 
     def _heads(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
@@ -329,53 +418,16 @@ class StampAttention(RecordsAttention, nn.Module):
         return_attn: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         q, k, v = self.project_qkv(x, context, pos, context_pos)
-        attend = self._attend
-        want_probs = return_attn or self.record
-        if want_probs:
-            attend = eager_attention
-        elif self.attention.backend is Backend.flex and q.device.type == "cpu":
-            needs_grad = torch.is_grad_enabled() and (
-                q.requires_grad or (mask is not None and mask.requires_grad)
-            )
-            if needs_grad:
-                if self.attention.flex_cpu_training == "error":
-                    raise RuntimeError(FLEX_CPU_BACKWARD_ERROR)
-                _warn_once(
-                    "flex-cpu",
-                    "flex attention has no CPU backward: training steps use "
-                    "the eager path (attention.flex_cpu_training=eager).",
-                )
-                attend = eager_attention
-        out, probs = attend(
+        out, probs = self.masked_attention(
             q,
             k,
             v,
             mask=mask,
-            fusion=self.fusion,
-            fusion_order=self.fusion_order,
             key_padding_mask=key_padding_mask,
             attn_bias=attn_bias,
             dropout_p=self.attn_drop if self.training else 0.0,
-            return_attn=want_probs,
+            return_attn=return_attn,
         )
-        if self.record:
-            unmasked = None
-            if mask is not None:  # the same logits without M (diagnostics: entropy change)
-                with torch.no_grad():
-                    _, unmasked = eager_attention(
-                        q,
-                        k,
-                        v,
-                        key_padding_mask=key_padding_mask,
-                        attn_bias=attn_bias,
-                        return_attn=True,
-                    )
-            self.recorded = {
-                "attn": probs.detach(),
-                "attn_unmasked": unmasked,
-                "mask": None if mask is None else mask.detach(),
-                "key_padding_mask": None if key_padding_mask is None else key_padding_mask,
-            }
         B, _, N, _ = out.shape
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, self.dim)))
         return (out, probs) if return_attn else out

@@ -128,13 +128,22 @@ class _Residual(nn.Module):
         return self.norm(x + self.drop_path(self.drop(fn(x))))
 
 
-class StampEncoderLayer(nn.Module):
-    """Self-attention + FFN. Takes M from outside (global) or from its own generator (multilayer).
+class StampLayer(nn.Module):
+    """Attention + FFN, the build and forward shared by ``StampEncoderLayer`` (self-attention)
+    and ``StampCrossAttentionLayer`` (``context_dim`` set: the queries attend to a context).
 
-    With ``own_generator`` the layer computes M from its input (before any norm, so the
-    generator sees the layer input as in the paper's formula). ``extra_linear`` > 0 adds that
-    many Linear(D, D) after the attention (the +Linear control). ``ffn_dropout`` is the dropout
-    between the FFN's two linears (default: ``dropout``; BERT has none, 0.0).
+    M comes from outside (``mask=global``) or from the layer's own generator (``own_generator``,
+    multi-layer STAMP), computed from the layer input before any norm, as in the paper's formula;
+    a cross-attention's generator has ``n_max`` key columns and reads the context too (low-rank).
+    ``extra_linear`` > 0 adds that many Linear(D, D) after the attention (the +Linear control).
+    ``ffn_dropout`` is the dropout between the FFN's two linears (default ``dropout``; BERT: 0.0).
+
+    ``official_t2v`` is QD-DETR's ``T2V_TransformerEncoderLayer`` (post-norm variant), whose FFN
+    reads the normalised x1 but whose residual adds the un-normalised x1::
+
+        x1 = x + dropout1(attention(x));  x = norm2(x1 + dropout2(ffn(norm1(x1))))
+
+    (its modules keep the official names ``norm1``, ``norm2``, ``dropout1``, ``dropout2``).
     """
 
     def __init__(
@@ -143,6 +152,7 @@ class StampEncoderLayer(nn.Module):
         num_heads: int,
         ffn_dim: int | None = None,
         *,
+        context_dim: int | None = None,
         mask: MaskConfig | None = None,
         attention: AttentionConfig | None = None,
         n_max: int | None = None,
@@ -156,54 +166,102 @@ class StampEncoderLayer(nn.Module):
         norm_eps: float = 1e-5,
         qkv_bias: bool = True,
         drop_path: float = 0.0,
+        official_t2v: bool = False,
     ) -> None:
         super().__init__()
         mask = as_mask_config(mask)
-        attention = as_attention_config(attention)
+        if official_t2v and (norm_first or drop_path):
+            raise ValueError("official_t2v is QD-DETR's post-norm layer: no norm_first, drop_path")
+        self.official_t2v = official_t2v
         self.attn = StampAttention(
             dim,
             num_heads,
+            context_dim=context_dim,
             qkv_bias=qkv_bias,
             attn_drop=attn_dropout,
             fusion=mask.fusion,
             fusion_order=mask.fusion_order,
-            attention=attention,
+            attention=as_attention_config(attention),
         )
         self.mask_generator, self.extra = layer_mask_modules(
-            mask, dim, n_max, own_generator, extra_linear, num_heads=num_heads
+            mask,
+            dim,
+            n_max,
+            own_generator,
+            extra_linear,
+            num_heads=num_heads,
+            context_dim=context_dim,
         )
-        self.attn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
-        inner = dropout if ffn_dropout is None else ffn_dropout
-        self.ffn = FeedForward(dim, ffn_dim or 4 * dim, inner, activation)
-        self.ffn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
+        ffn = (dim, ffn_dim or 4 * dim, dropout if ffn_dropout is None else ffn_dropout, activation)
+        if official_t2v:
+            self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+            self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+            self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+            self.ffn = FeedForward(*ffn)
+        else:
+            self.attn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
+            self.ffn = FeedForward(*ffn)
+            self.ffn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
 
     def forward(
         self,
         x: Tensor,
+        context: Tensor | None = None,
         *,
         pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         mask: Tensor | None = None,
         attn_bias: Tensor | None = None,
     ) -> Tensor:
+        """Args:
+            x: the query-side tokens (B, Nq, D).
+            context: the key-side tokens (B, Nk, D_context) of a cross-attention; None: x.
+            pos, context_pos: position embeddings of each, added to queries / keys only.
+            key_padding_mask: (B, Nk) bool, True at padded keys.
+            mask: M from outside (B, [H,] Nq, Nk), ignored with an own generator.
+            attn_bias: an additive bias broadcastable to (B, H, Nq, Nk).
+
+        Returns:
+            (B, Nq, D).
+        """
+        if context is not None and not self.attn.cross:
+            raise ValueError("a self-attention layer takes no context (StampCrossAttentionLayer)")
         if self.mask_generator is not None:
-            mask = self.mask_generator(x)
+            if context is None:
+                mask = self.mask_generator(x)
+            else:  # (the low-rank generator reads the context tokens too)
+                mask = self.mask_generator(x, n_keys=context.shape[1], context=context)
 
         def attend(h: Tensor) -> Tensor:
             out = self.attn(
-                h, mask=mask, key_padding_mask=key_padding_mask, attn_bias=attn_bias, pos=pos
+                h,
+                context,
+                mask=mask,
+                key_padding_mask=key_padding_mask,
+                attn_bias=attn_bias,
+                pos=pos,
+                context_pos=context_pos,
             )
             return out if self.extra is None else self.extra(out)
 
+        if self.official_t2v:
+            x = x + self.dropout1(attend(x))
+            return self.norm2(x + self.dropout2(self.ffn(self.norm1(x))))
         x = self.attn_block(x, attend)
         return self.ffn_block(x, self.ffn)
 
 
-class StampCrossAttentionLayer(nn.Module):
+class StampEncoderLayer(StampLayer):
+    """Self-attention + FFN (``StampLayer`` without a context)."""
+
+
+class StampCrossAttentionLayer(StampLayer):
     """Cross-attention + FFN: queries attend to a context (e.g. video clips to text tokens).
 
     M is (B, Nq, Nk) (or per head), generated from the query-side tokens; the MLP generator's
     last layer is Linear(D -> n_max_keys), the low-rank one also reads the context tokens.
+    ``forward(x, context, context_padding_mask=...)``: ``StampLayer.forward``'s key padding.
     """
 
     def __init__(
@@ -213,73 +271,17 @@ class StampCrossAttentionLayer(nn.Module):
         ffn_dim: int | None = None,
         *,
         context_dim: int | None = None,
-        mask: MaskConfig | None = None,
-        attention: AttentionConfig | None = None,
         n_max_keys: int | None = None,
-        own_generator: bool = False,
-        extra_linear: int = 0,
-        dropout: float = 0.1,
-        attn_dropout: float = 0.0,
-        ffn_dropout: float | None = None,
-        activation: str = "relu",
-        norm_first: bool = False,
-        norm_eps: float = 1e-5,
-        drop_path: float = 0.0,
+        **kwargs,
     ) -> None:
-        super().__init__()
-        mask = as_mask_config(mask)
-        attention = as_attention_config(attention)
-        self.attn = StampAttention(
-            dim,
-            num_heads,
-            context_dim=context_dim or dim,
-            attn_drop=attn_dropout,
-            fusion=mask.fusion,
-            fusion_order=mask.fusion_order,
-            attention=attention,
+        super().__init__(
+            dim, num_heads, ffn_dim, context_dim=context_dim or dim, n_max=n_max_keys, **kwargs
         )
-        self.mask_generator, self.extra = layer_mask_modules(
-            mask,
-            dim,
-            n_max_keys,
-            own_generator,
-            extra_linear,
-            num_heads=num_heads,
-            context_dim=context_dim or dim,
-        )
-        self.attn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
-        inner = dropout if ffn_dropout is None else ffn_dropout
-        self.ffn = FeedForward(dim, ffn_dim or 4 * dim, inner, activation)
-        self.ffn_block = _Residual(dim, norm_first, norm_eps, dropout, drop_path)
 
-    def forward(
-        self,
-        x: Tensor,
-        context: Tensor,
-        *,
-        pos: Tensor | None = None,
-        context_pos: Tensor | None = None,
-        context_padding_mask: Tensor | None = None,
-        mask: Tensor | None = None,
-        attn_bias: Tensor | None = None,
+    def forward(  # type: ignore[override]
+        self, x: Tensor, context: Tensor, *, context_padding_mask: Tensor | None = None, **kwargs
     ) -> Tensor:
-        if self.mask_generator is not None:
-            mask = self.mask_generator(x, n_keys=context.shape[1], context=context)
-
-        def attend(h: Tensor) -> Tensor:
-            out = self.attn(
-                h,
-                context,
-                mask=mask,
-                key_padding_mask=context_padding_mask,
-                attn_bias=attn_bias,
-                pos=pos,
-                context_pos=context_pos,
-            )
-            return out if self.extra is None else self.extra(out)
-
-        x = self.attn_block(x, attend)
-        return self.ffn_block(x, self.ffn)
+        return super().forward(x, context, key_padding_mask=context_padding_mask, **kwargs)
 
 
 def layer_mask_kwargs(mask: MaskConfig, dim: int, n_max: int, num_heads: int = 1) -> dict:

@@ -14,15 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stamp.attention import (
-    ATTENTION_BACKENDS,
-    FLEX_CPU_BACKWARD_ERROR,
-    SDPA_MUL_ERROR,
-    RecordsAttention,
-    _warn_once,
-    eager_attention,
-    resolve_backend,
-)
+from stamp.attention import SDPA_MUL_ERROR, RecordsAttention
 from stamp.config import AttentionConfig, Backend, Fusion, MaskConfig, as_attention_config
 from stamp.mask import LowRankMaskGenerator, MaskGenerator
 
@@ -81,12 +73,7 @@ class InjectedStamp(RecordsAttention, nn.Module):
         self.backend = attention.backend if attention is not None else auto_backend(source, mask)
         if self.backend is Backend.sdpa and mask.fusion is Fusion.mul:
             raise ValueError(SDPA_MUL_ERROR)
-        self._attend = (
-            resolve_backend(attention)
-            if attention is not None
-            else ATTENTION_BACKENDS[self.backend]
-        )
-        self.record, self.recorded = 0, None  # RecordsAttention
+        self.init_core(mask.fusion, mask.fusion_order, attention or AttentionConfig(self.backend))
         # per-call state set by the model-specific hook: the module's input tokens, the past
         # length of a KV cache; and the key factors of a low-rank generator for cached decoding
         self._transient: dict[str, Any] = {}
@@ -179,38 +166,9 @@ class InjectedStamp(RecordsAttention, nn.Module):
             )
         self._transient["hidden"] = None  # do not keep activations alive between calls
         mask = self.mask_for(hidden, k[:, 0]).to(q.dtype)
-        attend = self._attend
-        want_probs = bool(return_attn or self.record)
-        if want_probs:
-            attend = eager_attention
-        elif self.backend is Backend.flex and q.device.type == "cpu":
-            if torch.is_grad_enabled() and (q.requires_grad or mask.requires_grad):
-                cfg = self.attention_cfg or AttentionConfig(backend=Backend.flex)
-                if cfg.flex_cpu_training == "error":
-                    raise RuntimeError(FLEX_CPU_BACKWARD_ERROR)
-                _warn_once("flex-cpu", "flex attention has no CPU backward: eager for training")
-                attend = eager_attention
-        out, probs = attend(
-            q,
-            k,
-            v,
-            mask=mask,
-            fusion=self.mask_cfg.fusion,
-            fusion_order=self.mask_cfg.fusion_order,
-            attn_bias=attn_bias,
-            dropout_p=dropout_p,
-            return_attn=want_probs,
+        return self.masked_attention(
+            q, k, v, mask=mask, attn_bias=attn_bias, dropout_p=dropout_p, return_attn=return_attn
         )
-        if self.record:
-            with torch.no_grad():
-                _, unmasked = eager_attention(q, k, v, attn_bias=attn_bias, return_attn=True)
-            self.recorded = {
-                "attn": probs.detach(),
-                "attn_unmasked": unmasked,
-                "mask": mask.detach(),
-                "key_padding_mask": None,
-            }
-        return out, probs
 
 
 def source_rows(keys: Tensor, seen: Tensor) -> Tensor | None:

@@ -43,7 +43,6 @@ from torch import Tensor, nn
 
 from stamp import (
     AttentionConfig,
-    FeedForward,
     Fusion,
     FusionOrder,
     GlobalInput,
@@ -52,12 +51,12 @@ from stamp import (
     MaskType,
     SparseMask,
     StampAttention,
+    StampCrossAttentionLayer,
     StampEncoder,
     as_attention_config,
     as_mask_config,
     check_mask_backend,
     layer_mask_kwargs,
-    layer_mask_modules,
 )
 
 log = logging.getLogger(__name__)
@@ -290,76 +289,33 @@ def official_t2v_padding_bias(
     )
 
 
-class QDDETRT2VLayer(nn.Module):
-    """The official ``T2V_TransformerEncoderLayer`` (post-norm variant) with the STAMP mask:
+class QDDETRT2VLayer(StampCrossAttentionLayer):
+    """The official ``T2V_TransformerEncoderLayer`` (post-norm variant) with the STAMP mask: the
+    shared cross-attention layer in QD-DETR's residual order (``official_t2v``, see ``StampLayer``):
 
         x1 = x + dropout1(attention(q = x + pos, k = text (+ text_pos), v = text))
         x  = norm2(x1 + dropout2(ffn(norm1(x1))))
 
     i.e. the FFN reads the normalised x1 but its residual adds the un-normalised x1 (DETR's
-    post-norm layer would use norm1(x1) for both). Attention goes through ``StampAttention``
-    (every backend; M and the additive bias as in the core), M is (B, Lv, Lt) from the video
-    tokens entering the layer (own generator) or from outside (``mask=global``).
+    post-norm layer would use norm1(x1) for both). M is (B, Lv, Lt) from the video tokens
+    entering the layer (own generator) or from outside (``mask=global``); the official dropout
+    (``dropout``) applies to the attention probabilities, both residuals and the FFN.
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        ffn_dim: int,
-        *,
-        mask: MaskConfig | None = None,
-        attention: AttentionConfig | None = None,
-        n_max_keys: int | None = None,
-        own_generator: bool = False,
-        extra_linear: int = 0,
-        dropout: float = 0.1,
-        activation: str = "prelu",
+        self, dim: int, num_heads: int, ffn_dim: int, *, dropout: float = 0.1, **kwargs
     ) -> None:
-        super().__init__()
-        mask = as_mask_config(mask)
-        self.attn = StampAttention(
+        kwargs.setdefault("activation", "prelu")
+        super().__init__(
             dim,
             num_heads,
+            ffn_dim,
             context_dim=dim,
-            attn_drop=dropout,
-            fusion=mask.fusion,
-            fusion_order=mask.fusion_order,
-            attention=as_attention_config(attention),
+            dropout=dropout,
+            attn_dropout=dropout,
+            official_t2v=True,
+            **kwargs,
         )
-        self.mask_generator, self.extra = layer_mask_modules(
-            mask, dim, n_max_keys, own_generator, extra_linear, num_heads=num_heads, context_dim=dim
-        )
-        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, ffn_dim, dropout, activation)
-
-    def forward(
-        self,
-        x: Tensor,
-        context: Tensor,
-        *,
-        pos: Tensor | None = None,
-        context_pos: Tensor | None = None,
-        context_padding_mask: Tensor | None = None,
-        mask: Tensor | None = None,
-        attn_bias: Tensor | None = None,
-    ) -> Tensor:
-        if self.mask_generator is not None:  # (lowrank reads the text tokens too)
-            mask = self.mask_generator(x, n_keys=context.shape[1], context=context)
-        out = self.attn(
-            x,
-            context,
-            mask=mask,
-            key_padding_mask=context_padding_mask,
-            attn_bias=attn_bias,
-            pos=pos,
-            context_pos=context_pos,
-        )
-        if self.extra is not None:
-            out = self.extra(out)
-        x = x + self.dropout1(out)
-        return self.norm2(x + self.dropout2(self.ffn(self.norm1(x))))
 
 
 def group_mask(mask: MaskConfig, group: str, stamp_layers: Sequence[str]) -> MaskConfig:
