@@ -8,8 +8,8 @@ still load and ``isinstance(module, Attention)`` still holds.
 
 from __future__ import annotations
 
-import torch
 from timm.layers import Attention
+from timm.layers.attention import resolve_self_attn_mask
 from torch import Tensor, nn
 
 from stamp.injection.adapter import InjectedStamp
@@ -28,7 +28,9 @@ class StampTimmAttention(Attention):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        bias = timm_bias(attn_mask, is_causal, N, q.dtype, q.device)
+        bias = resolve_self_attn_mask(N, q, attn_mask, is_causal)  # timm's own convention
+        if bias is not None:
+            bias = bias.to(q.dtype)
         out, _ = self.stamp(
             q, k, v, hidden=x, attn_bias=bias, dropout_p=self.attn_drop.p if self.training else 0.0
         )
@@ -36,21 +38,6 @@ class StampTimmAttention(Attention):
         if gate is not None:
             out = out * gate
         return self.proj_drop(self.proj(out))
-
-
-def timm_bias(
-    attn_mask: Tensor | None, is_causal: bool, n: int, dtype: torch.dtype, device: torch.device
-) -> Tensor | None:
-    """timm's mask as an additive bias (its own convention: causal wins, bool False -> -inf)."""
-    if is_causal:
-        return torch.full((n, n), float("-inf"), dtype=dtype, device=device).triu_(1)
-    if attn_mask is None:
-        return None
-    if attn_mask.dtype == torch.bool:
-        return torch.zeros(attn_mask.shape, dtype=dtype, device=device).masked_fill(
-            ~attn_mask, float("-inf")
-        )
-    return attn_mask.to(dtype)
 
 
 def is_timm_attention(module: nn.Module) -> bool:
