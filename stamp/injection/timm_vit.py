@@ -1,10 +1,6 @@
-"""timm ViTs: STAMP in ``timm.layers.Attention`` (the attention of ``VisionTransformer``).
-
-Injection switches the module's class to ``StampTimmAttention``, a subclass whose forward is
-timm's with the attention product replaced by a STAMP backend: the same ``qkv``, ``q_norm`` /
-``k_norm``, ``norm``, ``gate`` and ``proj`` weights, under the same names, so timm checkpoints
-still load and ``isinstance(module, Attention)`` still holds.
-"""
+"""timm ViTs: ``stamp_timm_attention`` makes a timm ``Attention`` STAMP's in place (same weights
+and names, still an ``Attention``); ``stamp.inject`` and ``tasks.imagenet.model.StampBlock``
+(ImageNet, MAE, AVE) both enter timm through it."""
 
 from __future__ import annotations
 
@@ -12,16 +8,24 @@ from timm.layers import Attention
 from timm.layers.attention import resolve_self_attn_mask
 from torch import Tensor, nn
 
+from stamp.attention import RecordsAttention
+from stamp.config import AttentionConfig, Fusion, FusionOrder
 from stamp.injection.adapter import InjectedStamp
 
 
-class StampTimmAttention(Attention):
-    """timm's ``Attention`` whose logits take the soft mask of ``self.stamp``."""
+class StampTimmAttention(RecordsAttention, Attention):
+    """timm's forward, the product on the STAMP core: x (B, N, D), M (B, [H,] N, N) given as
+    ``mask`` (None: none), or from ``self.stamp`` after ``stamp.inject``."""
 
-    stamp: InjectedStamp
+    stamp: InjectedStamp | None  # set by stamp_timm_attention
 
-    def forward(
-        self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        *,
+        mask: Tensor | None = None,
     ) -> Tensor:
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
@@ -31,18 +35,41 @@ class StampTimmAttention(Attention):
         bias = resolve_self_attn_mask(N, q, attn_mask, is_causal)  # timm's own convention
         if bias is not None:
             bias = bias.to(q.dtype)
-        out, _ = self.stamp(
-            q, k, v, hidden=x, attn_bias=bias, dropout_p=self.attn_drop.p if self.training else 0.0
-        )
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        if self.stamp is not None:
+            out, _ = self.stamp(q, k, v, hidden=x, attn_bias=bias, dropout_p=dropout_p)
+        else:
+            out, _ = self.masked_attention(q, k, v, mask=mask, attn_bias=bias, dropout_p=dropout_p)
         out = self.norm(out.transpose(1, 2).reshape(B, N, self.attn_dim))
         if gate is not None:
             out = out * gate
         return self.proj_drop(self.proj(out))
 
 
+def stamp_timm_attention(
+    module: Attention,
+    *,
+    fusion: Fusion | str = Fusion.mul,
+    fusion_order: FusionOrder | str = FusionOrder.mask_first,
+    attention: AttentionConfig | None = None,
+    stamp: InjectedStamp | None = None,
+) -> StampTimmAttention:
+    """Make timm's ``module`` (plain ``Attention``) a ``StampTimmAttention`` in place.
+
+    Args: ``fusion`` / ``fusion_order`` / ``attention``: how a given M is fused, the backend;
+    ``stamp``: ``stamp.inject``'s generator and core (then M and the product come from it).
+    """
+    module.__class__ = StampTimmAttention
+    module.init_core(fusion, fusion_order, attention or AttentionConfig())
+    module.stamp = stamp
+    return module  # type: ignore[return-value]
+
+
 def is_timm_attention(module: nn.Module) -> bool:
-    """timm's standard ``Attention`` (subclasses with their own forward are not supported)."""
-    return type(module) in (Attention, StampTimmAttention)
+    """timm's standard ``Attention``, or one ``stamp.inject`` already injected."""
+    return type(module) is Attention or (
+        isinstance(module, StampTimmAttention) and module.stamp is not None
+    )
 
 
 def dims(module: nn.Module) -> tuple[int, int]:
@@ -67,5 +94,4 @@ def default_n_max(model: nn.Module, name: str) -> int | None:
 
 
 def attach(module: nn.Module, stamp: InjectedStamp) -> None:
-    module.stamp = stamp
-    module.__class__ = StampTimmAttention
+    stamp_timm_attention(module, stamp=stamp)  # the stamp runs the product with its own core

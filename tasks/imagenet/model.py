@@ -1,9 +1,10 @@
 """ViT-B/16 as MAE fine-tunes it, with its attention routed through the STAMP core.
 
 The model *is* timm's ``VisionTransformer`` (patch embedding, position embedding, blocks, global
-average pooling + ``fc_norm``, head); only each block's attention module is swapped for
-``stamp.StampAttention``, which keeps timm's parameter names (``attn.qkv``, ``attn.proj``), so
-timm and MAE state dicts load unchanged. With ``mask=none`` the logits equal timm's.
+average pooling + ``fc_norm``, head); each block's attention is timm's own, switched to STAMP in
+place by ``stamp.injection.stamp_timm_attention`` (the mechanism of ``stamp.inject`` on timm), so
+its parameters keep timm's names (``attn.qkv``, ``attn.proj``) and timm and MAE state dicts load
+unchanged. With ``mask=none`` the logits equal timm's.
 
 Where the generator reads its input (``mask_input``):
 
@@ -45,12 +46,12 @@ from stamp import (
     MaskConfig,
     MaskGenerator,
     MaskType,
-    StampAttention,
     as_attention_config,
     as_mask_config,
     check_mask_backend,
     init_mask_generators,
 )
+from stamp.injection.timm_vit import stamp_timm_attention
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ MaskInput = Literal["block", "normed"]
 
 
 class StampBlock(Block):
-    """timm's pre-norm ViT block whose attention is ``StampAttention`` (+ optional generator)."""
+    """timm's pre-norm ViT block, its own attention made STAMP's by ``stamp_timm_attention``
+    (as ``stamp.inject`` does); M from the block's generator (``multilayer``) or the caller."""
 
     def __init__(
         self,
@@ -71,20 +73,9 @@ class StampBlock(Block):
         mask_input: MaskInput = "block",
         **block_kwargs,
     ) -> None:
-        unsupported = [k for k in ("qk_norm", "scale_attn_norm") if block_kwargs.get(k)] + (
-            ["proj_bias=False"] if block_kwargs.get("proj_bias") is False else []
-        )
-        if unsupported:
-            raise ValueError(f"StampBlock does not support {unsupported} (plain ViT only)")
         super().__init__(**block_kwargs)
-        self.attn = StampAttention(
-            block_kwargs["dim"],
-            block_kwargs["num_heads"],
-            qkv_bias=block_kwargs.get("qkv_bias", False),
-            attn_drop=block_kwargs.get("attn_drop", 0.0),
-            proj_drop=block_kwargs.get("proj_drop", 0.0),
-            fusion=mask.fusion,
-            attention=attention,
+        stamp_timm_attention(
+            self.attn, fusion=mask.fusion, fusion_order=mask.fusion_order, attention=attention
         )
         if mask_input not in ("block", "normed"):
             raise ValueError(f"mask_input={mask_input!r}; choose one of: block, normed")
@@ -95,11 +86,15 @@ class StampBlock(Block):
                 mask, block_kwargs["dim"], n_max, num_heads=block_kwargs["num_heads"]
             )
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def attention(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``attn(norm1(x))`` with this block's M (its generator's, else ``mask``)."""
         h = self.norm1(x)
         if self.mask_generator is not None:
             mask = self.mask_generator(x if self.mask_input == "block" else h)
-        x = x + self.drop_path1(self.ls1(self.attn(h, mask=mask)))
+        return self.attn(h, mask=mask)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        x = x + self.drop_path1(self.ls1(self.attention(x, mask)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 

@@ -10,11 +10,12 @@ timm's names), so a timm state dict (or an official checkpoint's ``ViT.v.*`` ent
 unchanged.
 
 STAMP (the extension of issue 26, item 5) enters the blocks through the project's timm
-mechanism, ``tasks.imagenet.model.StampBlock`` (timm's ``Block`` with ``StampAttention`` and
-its own generator for ``mask=multilayer``); ``mask=global`` is one generator on the encoder
-input shared by every block, as ``StampViT``. With ``mask=none`` the blocks are timm's own.
-(``stamp.inject`` is not used: it covers ``mask=multilayer`` only, and the models here call the
-blocks themselves, LAVISH even their attention and MLP halves separately.)
+mechanism, ``tasks.imagenet.model.StampBlock`` (timm's ``Block`` whose attention
+``stamp.injection.stamp_timm_attention`` made STAMP's, as ``stamp.inject`` does, and its own
+generator for ``mask=multilayer``); ``mask=global`` is one generator on the encoder input shared
+by every block, as ``StampViT``. With ``mask=none`` the blocks are timm's own. (``stamp.inject``
+itself is not called: it covers ``mask=multilayer`` only, and the models here call the blocks
+themselves, LAVISH even their attention and MLP halves separately.)
 """
 
 from __future__ import annotations
@@ -218,12 +219,9 @@ class FrozenViT(nn.Module):
         """``blk.attn(blk.norm1(x))`` of block ``index`` with its STAMP mask (LAVISH's split
         block: adapters sit between the attention and the MLP)."""
         blk = self.v.blocks[index]
-        h = blk.norm1(x)
         if self.mask_cfg.type is MaskType.none:
-            return blk.attn(h)
-        if blk.mask_generator is not None:
-            mask = blk.mask_generator(x if blk.mask_input == "block" else h)
-        return blk.attn(h, mask=mask)
+            return blk.attn(blk.norm1(x))
+        return blk.attention(x, mask)  # StampBlock's own path
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Embed, every block, final norm: timm's ``forward_features`` (the frozen path)."""
