@@ -7,7 +7,9 @@ cross-attention, ``qkv`` for self-attention) and flat ``t2v_layers`` / ``encoder
 The decoder, heads, input projections and ``txt_position_embed`` keep their official names.
 
     model = QDDETR(2816, 512, mask={"type": "none"})
-    model.load_state_dict(from_official_state_dict(torch.load(path)["model"]))
+    with torch.serialization.safe_globals([argparse.Namespace]):  # the official "opt" entry
+        official = torch.load(path, map_location="cpu", weights_only=True)  # no code runs
+    model.load_state_dict(from_official_state_dict(official["model"]))
 
 With a STAMP mask the generators are not in an official checkpoint: load with ``strict=False``
 and check that only ``mask_generator`` keys are missing.
