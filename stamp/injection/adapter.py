@@ -47,10 +47,12 @@ class InjectedStamp(RecordsAttention, nn.Module):
     ``forward(q, k, v, hidden=X, attn_bias=...)`` computes M = F(X) and the masked attention
     ``softmax((QKᵀ/√d) ◇ M + bias) V`` on the chosen backend. q is (B, H, Nq, d); k, v are
     (B, H, Nk, d) with Nk >= Nq under a KV cache (the new tokens are the last Nq keys).
+    A cross-attention passes its key tokens as ``context`` (the low-rank generator reads them;
+    ``context_dim``: their width when it is not the model's).
     ``attention`` None follows the model's implementation (``source``), see ``auto_backend``.
     """
 
-    cross = False  # self-attention only
+    cross = False  # True once called as a cross-attention (``context`` given)
 
     def __init__(
         self,
@@ -61,13 +63,16 @@ class InjectedStamp(RecordsAttention, nn.Module):
         n_max: int | None,
         source: str,
         attention: AttentionConfig | None = None,
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.mask_cfg = mask
         self.attention_cfg = attention
         self.source = source
         self.dim, self.num_heads = dim, num_heads
-        self.generator = MaskGenerator.from_config(mask, dim, n_max, num_heads=num_heads)
+        self.generator = MaskGenerator.from_config(
+            mask, dim, n_max, num_heads=num_heads, context_dim=context_dim
+        )
         self.n_max = self.generator.n_max
         self.lowrank = isinstance(self.generator, LowRankMaskGenerator)
         self.backend = attention.backend if attention is not None else auto_backend(source, mask)
@@ -94,9 +99,11 @@ class InjectedStamp(RecordsAttention, nn.Module):
         self._transient["cache"] = cache
         self._transient["n_past"] = n_past
 
-    def mask_for(self, hidden: Tensor, keys: Tensor) -> Tensor:
+    def mask_for(self, hidden: Tensor, keys: Tensor, context: Tensor | None = None) -> Tensor:
         """M for the queries ``hidden`` (B, Nq, D) over the keys ``keys`` (B, Nk, d) of one head;
-        under a KV cache the first ``n_past`` keys are past tokens, then come these tokens."""
+        under a KV cache the first ``n_past`` keys are past tokens, then come these tokens.
+        ``context`` (B, Nk, D_ctx): the key tokens of a cross-attention (the low-rank generator
+        reads them, as ``StampCrossAttentionLayer``'s)."""
         nq, n_keys = hidden.shape[1], keys.shape[1]
         n_past = self._transient.get("n_past", 0)
         if n_keys < n_past + nq:
@@ -109,6 +116,8 @@ class InjectedStamp(RecordsAttention, nn.Module):
             # MLP: the row of a query depends on that token only and its columns are absolute
             # key positions, so cached decoding just asks for n_keys columns
             return self.generator(hidden, n_keys=n_keys)
+        if context is not None:  # cross-attention (no KV cache here)
+            return self.generator(hidden, n_keys=n_keys, context=context)
         # low-rank: M[i, j] = c + f(x_i).g(x_j) needs the key factors of past tokens. The first
         # call of a cache keeps its tokens; later calls turn them into factors once and append.
         # The keys they belong to are kept too: they tell which stored row each batch row
@@ -153,7 +162,9 @@ class InjectedStamp(RecordsAttention, nn.Module):
         v: Tensor,
         *,
         hidden: Tensor | None = None,
+        context: Tensor | None = None,
         attn_bias: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
         dropout_p: float = 0.0,
         return_attn: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
@@ -165,9 +176,18 @@ class InjectedStamp(RecordsAttention, nn.Module):
                 "(the forward pre-hook did not run); call the attention module itself"
             )
         self._transient["hidden"] = None  # do not keep activations alive between calls
-        mask = self.mask_for(hidden, k[:, 0]).to(q.dtype)
+        if context is not None:
+            self.cross = True  # (diagnostics: its M has no diagonal)
+        mask = self.mask_for(hidden, k[:, 0], context).to(q.dtype)
         return self.masked_attention(
-            q, k, v, mask=mask, attn_bias=attn_bias, dropout_p=dropout_p, return_attn=return_attn
+            q,
+            k,
+            v,
+            mask=mask,
+            attn_bias=attn_bias,
+            key_padding_mask=key_padding_mask,
+            dropout_p=dropout_p,
+            return_attn=return_attn,
         )
 
 

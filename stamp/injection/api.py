@@ -7,7 +7,8 @@
 
 Supported: Hugging Face transformers attention modules that dispatch through the
 ``AttentionInterface`` (BERT, ViT, CLIP text / vision, LLaMA-family decoders with KV cache, and
-the many others written the same way) and timm's ``Attention`` (ViT). See docs/own_model.md.
+the many others written the same way), timm's ``Attention`` (ViT) and PyTorch's
+``nn.MultiheadAttention`` (self- and cross-attention). See docs/own_model.md.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def _families() -> list:
         families.append(("timm", timm_vit))
     except ImportError:  # pragma: no cover
         pass
+    from stamp.injection import mha
+
+    families.append(("mha", mha))
     return families
 
 
@@ -57,6 +61,8 @@ def _family_of(module: nn.Module) -> str | None:
             return "hf"
         if name == "timm" and family.is_timm_attention(module):
             return "timm"
+        if name == "mha" and family.is_mha(module):
+            return "mha"
     return None
 
 
@@ -169,6 +175,14 @@ def inject(
                 limit = hf.default_n_max(module)
             _check_n_max(mask, limit, name)
             hf.attach(module, hf.make_stamp(module, mask, limit, attention_cfg))
+        elif family == "mha":
+            from stamp.injection import mha
+
+            mha.check_supported(module, name)
+            if limit is None:
+                limit = mha.default_n_max(model, name)
+            _check_n_max(mask, limit, name)
+            mha.attach(model, module, mha.make_stamp(module, mask, limit, attention_cfg))
         else:
             from stamp.injection import timm_vit
 

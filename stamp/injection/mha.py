@@ -1,0 +1,236 @@
+"""PyTorch's ``nn.MultiheadAttention``: ``stamp.inject`` makes it STAMP's in place.
+
+The module's class becomes ``StampMultiheadAttention``, a subclass whose forward is PyTorch's
+(``F.multi_head_attention_forward``: in-projection, masks, dropout, out-projection) with the
+attention product run by ``module.stamp`` (an ``InjectedStamp``: the generator and the shared
+masked-attention core). The weights (``in_proj_weight`` or ``q/k/v_proj_weight``,
+``in_proj_bias``, ``out_proj``) and their names do not change, and it is still an
+``nn.MultiheadAttention`` for the code around it (``nn.Transformer*Layer``, DETR / Moment-DETR /
+QD-DETR layers, torchvision's ViT, OpenCLIP's towers).
+
+Self- or cross-attention is decided per call, as the module itself does not know: when ``key``
+is ``query`` (the same tensor, as every self-attention caller passes it) the generator reads
+the query tokens; otherwise it reads the query tokens and, the low-rank generator, the key
+tokens too (the paper's cross-attention, ``StampCrossAttentionLayer``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stamp.config import AttentionConfig, MaskConfig
+from stamp.injection.adapter import InjectedStamp
+
+# attributes of an nn.Module that hold a learnt position embedding (..., N, D): torchvision's
+# ViT encoder (pos_embedding), OpenCLIP's towers (positional_embedding), timm-style (pos_embed)
+POSITION_ATTRIBUTES = ("pos_embedding", "positional_embedding", "pos_embed")
+
+
+class StampMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` with STAMP's product (same forward signature and outputs).
+
+    Returns ``(output, weights)`` as PyTorch: ``weights`` (B, Nq, Nk) averaged over heads, or
+    (B, H, Nq, Nk) with ``average_attn_weights=False``, when ``need_weights`` (the eager path
+    then runs; the weights are the probabilities before attention dropout), else None.
+    """
+
+    stamp: InjectedStamp
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Args (PyTorch's):
+        query: (B, Nq, E) with ``batch_first``, else (Nq, B, E); (Nq, E) unbatched.
+        key, value: (B, Nk, kdim / vdim) (or sequence-first / unbatched likewise).
+        key_padding_mask: (B, Nk) bool (True: padded) or float (added to the logits).
+        attn_mask: (Nq, Nk) or (B * H, Nq, Nk), bool (True: blocked) or float (added).
+        is_causal: a hint that ``attn_mask`` is the causal mask (which is then required).
+        """
+        if is_causal and attn_mask is None:
+            raise RuntimeError(
+                "Need attn_mask if specifying the is_causal hint (nn.MultiheadAttention's rule)"
+            )
+        cross = key is not query
+        batched = query.dim() == 3
+        if not batched:  # (N, E) -> a batch of one
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        B, nq, _ = query.shape
+        nk = key.shape[1]
+        q, k, v = self._project(query, key, value)
+        bias, padding = self._bias(attn_mask, key_padding_mask, B, nq, nk, q.dtype)
+        out, probs = self.stamp(
+            q,
+            k,
+            v,
+            hidden=query,
+            context=key if cross else None,
+            attn_bias=bias,
+            key_padding_mask=padding,
+            dropout_p=self.dropout if self.training else 0.0,
+            return_attn=need_weights,
+        )
+        out = self.out_proj(out.transpose(1, 2).reshape(B, nq, self.embed_dim))
+        if probs is not None and average_attn_weights:
+            probs = probs.mean(dim=1)
+        if not batched:
+            return out.squeeze(0), None if probs is None else probs.squeeze(0)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, probs
+
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """PyTorch's in-projection with the module's own weights -> (B, H, N, d) each."""
+        E = self.embed_dim
+        b = self.in_proj_bias
+        bq, bk, bv = (None, None, None) if b is None else b.split(E)
+        if self._qkv_same_embed_dim:
+            wq, wk, wv = self.in_proj_weight.split(E)
+        else:
+            wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+        return tuple(  # type: ignore[return-value]
+            t.view(t.shape[0], t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+            for t in (q, k, v)
+        )
+
+    def _bias(
+        self,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        B: int,
+        nq: int,
+        nk: int,
+        dtype: torch.dtype,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The masks as the core takes them: an additive bias broadcastable to (B, H, Nq, Nk)
+        (PyTorch's conversion: a blocked boolean entry is -inf, a float mask is added) and the
+        boolean key padding, which the core applies after M (a padded key stays -inf)."""
+        bias = None
+        if attn_mask is not None:
+            if attn_mask.dim() == 2:
+                if tuple(attn_mask.shape) != (nq, nk):
+                    raise RuntimeError(
+                        f"The shape of the 2D attn_mask is {tuple(attn_mask.shape)}, "
+                        f"but should be {(nq, nk)}."
+                    )
+                bias = attn_mask[None, None]
+            elif attn_mask.dim() == 3:
+                if tuple(attn_mask.shape) != (B * self.num_heads, nq, nk):
+                    raise RuntimeError(
+                        f"The shape of the 3D attn_mask is {tuple(attn_mask.shape)}, "
+                        f"but should be {(B * self.num_heads, nq, nk)}."
+                    )
+                bias = attn_mask.view(B, self.num_heads, nq, nk)
+            else:
+                raise RuntimeError(f"attn_mask's dimension {attn_mask.dim()} is not supported")
+            bias = _additive(bias, dtype)
+        padding = None
+        if key_padding_mask is not None:
+            if tuple(key_padding_mask.shape) != (B, nk):
+                raise RuntimeError(
+                    f"key_padding_mask has shape {tuple(key_padding_mask.shape)}, "
+                    f"expected {(B, nk)}"
+                )
+            if key_padding_mask.dtype == torch.bool:
+                padding = key_padding_mask
+            else:  # a float padding mask is added to the logits, as PyTorch does
+                extra = key_padding_mask.to(dtype)[:, None, None, :]
+                bias = extra if bias is None else bias + extra
+        return bias, padding
+
+
+def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            mask, float("-inf")
+        )
+    return mask.to(dtype)
+
+
+def is_mha(module: nn.Module) -> bool:
+    """PyTorch's own ``nn.MultiheadAttention`` (not a subclass with a forward of its own), or
+    one ``stamp.inject`` already injected."""
+    return type(module) is nn.MultiheadAttention or isinstance(module, StampMultiheadAttention)
+
+
+def check_supported(module: nn.MultiheadAttention, name: str) -> None:
+    """Refuse what has no STAMP meaning here: ``add_bias_kv`` / ``add_zero_attn`` append keys
+    that come from no token (no generator input, no key position)."""
+    if module.bias_k is not None or module.add_zero_attn:
+        flag = "add_bias_kv=True" if module.bias_k is not None else "add_zero_attn=True"
+        raise NotImplementedError(
+            f"stamp.inject: {name!r} is an nn.MultiheadAttention with {flag}: the extra key it "
+            "appends comes from no token, so STAMP has no mask column for it; not supported"
+        )
+
+
+def default_n_max(model: nn.Module, name: str) -> int | None:
+    """Token count of the nearest module around ``name`` with a learnt position embedding
+    (torchvision's ViT encoder: patches + class token; OpenCLIP: its context length or
+    patches + class token); None when there is none (DETR's sine positions: pass n_max)."""
+    best, best_len = None, -1
+    for owner_name, owner in model.named_modules():
+        inside = owner_name == "" or name.startswith(owner_name + ".")
+        if not inside or len(owner_name) <= best_len:
+            continue
+        for attribute in POSITION_ATTRIBUTES:
+            table = getattr(owner, attribute, None)
+            if isinstance(table, Tensor) and table.dim() >= 2:
+                best, best_len = int(table.shape[-2]), len(owner_name)
+                break
+    return best
+
+
+def make_stamp(
+    module: nn.MultiheadAttention,
+    mask: MaskConfig,
+    n_max: int | None,
+    attention: AttentionConfig | None,
+) -> InjectedStamp:
+    """The ``InjectedStamp`` of ``module`` (on its device and dtype). The model's own
+    implementation counts as ``sdpa`` (PyTorch's default path); the low-rank generator of a
+    module whose keys have another width (``kdim``) maps them to the model width."""
+    kdim = module.kdim if module.kdim != module.embed_dim else None
+    stamp = InjectedStamp(
+        mask,
+        dim=module.embed_dim,
+        num_heads=module.num_heads,
+        n_max=n_max,
+        source="sdpa",
+        attention=attention,
+        context_dim=kdim,
+    )
+    ref = module.out_proj.weight
+    return stamp.to(device=ref.device, dtype=ref.dtype)
+
+
+def _off_fused_layer_path(module: nn.Module, args: tuple) -> None:
+    """A forward pre-hook that does nothing: ``nn.TransformerEncoderLayer`` skips its fused
+    inference kernel (which never calls ``self_attn``) when any sub-module has a hook."""
+
+
+def attach(model: nn.Module, module: nn.MultiheadAttention, stamp: InjectedStamp) -> None:
+    """Make ``module`` STAMP's in place; keep ``nn.TransformerEncoder`` off the paths that
+    bypass its forward (the fused layer kernel, the nested-tensor fast path)."""
+    module.__class__ = StampMultiheadAttention
+    module.stamp = stamp
+    module._stamp_hook = module.register_forward_pre_hook(_off_fused_layer_path)
+    for owner in model.modules():
+        if isinstance(owner, nn.TransformerEncoder) and any(m is module for m in owner.modules()):
+            # its nested-tensor path hands NestedTensors to the layers; padded positions come
+            # back as 0 there. Injected, the padded positions keep their computed values
+            owner.use_nested_tensor = False
