@@ -105,6 +105,8 @@ class InjectedStamp(RecordsAttention, nn.Module):
         ``context`` (B, Nk, D_ctx): the key tokens of a cross-attention (the low-rank generator
         reads them, as ``StampCrossAttentionLayer``'s)."""
         nq, n_keys = hidden.shape[1], keys.shape[1]
+        if context is not None:  # cross-attention: Nk key tokens, no KV cache here
+            return self.generator(hidden, n_keys=n_keys, context=context)
         n_past = self._transient.get("n_past", 0)
         if n_keys < n_past + nq:
             raise NotImplementedError(
@@ -116,8 +118,6 @@ class InjectedStamp(RecordsAttention, nn.Module):
             # MLP: the row of a query depends on that token only and its columns are absolute
             # key positions, so cached decoding just asks for n_keys columns
             return self.generator(hidden, n_keys=n_keys)
-        if context is not None:  # cross-attention (no KV cache here)
-            return self.generator(hidden, n_keys=n_keys, context=context)
         # low-rank: M[i, j] = c + f(x_i).g(x_j) needs the key factors of past tokens. The first
         # call of a cache keeps its tokens; later calls turn them into factors once and append.
         # The keys they belong to are kept too: they tell which stored row each batch row
