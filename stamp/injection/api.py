@@ -198,7 +198,7 @@ def inject(
                 source=timm_vit.source_implementation(module),
                 attention=attention_cfg,
             )
-            ref = module.qkv.weight
+            ref = module.proj.weight
             timm_vit.attach(module, stamp.to(device=ref.device, dtype=ref.dtype))
     return model
 

@@ -1,6 +1,7 @@
 """timm ViTs: ``stamp_timm_attention`` makes a timm ``Attention`` STAMP's in place (same weights
 and names, still an ``Attention``); ``stamp.inject`` and ``tasks.imagenet.model.StampBlock``
-(ImageNet, MAE, AVE) both enter timm through it."""
+(ImageNet, MAE, AVE) both enter timm through it. ``stamp.inject`` also reaches EVA's and Swin's
+attention classes (``stamp.injection.timm_families``) through this module."""
 
 from __future__ import annotations
 
@@ -65,15 +66,28 @@ def stamp_timm_attention(
     return module  # type: ignore[return-value]
 
 
+def _other_classes() -> dict[type, type]:
+    """timm class -> its STAMP subclass for EVA and Swin (``stamp.injection.timm_families``)."""
+    from stamp.injection.timm_families import STAMP_CLASSES
+
+    return STAMP_CLASSES
+
+
 def is_timm_attention(module: nn.Module) -> bool:
-    """timm's standard ``Attention``, or one ``stamp.inject`` already injected."""
-    return type(module) is Attention or (
-        isinstance(module, StampTimmAttention) and module.stamp is not None
+    """timm's standard ``Attention`` (ViT, DeiT), EVA's ``EvaAttention``, Swin's
+    ``WindowAttention``, or one ``stamp.inject`` already injected."""
+    others = _other_classes()
+    return (
+        type(module) is Attention
+        or type(module) in others
+        or (isinstance(module, StampTimmAttention) and module.stamp is not None)
+        or isinstance(module, tuple(others.values()))
     )
 
 
 def dims(module: nn.Module) -> tuple[int, int]:
-    return module.qkv.in_features, module.num_heads
+    """(width of the module's input tokens, heads)."""
+    return module.proj.out_features, module.num_heads
 
 
 def source_implementation(module: nn.Module) -> str:
@@ -81,7 +95,11 @@ def source_implementation(module: nn.Module) -> str:
 
 
 def default_n_max(model: nn.Module, name: str) -> int | None:
-    """Patches + prefix tokens of the ViT that holds the attention module ``name``."""
+    """Patches + prefix tokens of the ViT (DeiT, EVA) that holds the attention module ``name``;
+    a Swin window's area (Wh x Ww) for Swin's window attention."""
+    window_area = getattr(model.get_submodule(name), "window_area", None)
+    if window_area is not None:
+        return int(window_area)
     best, best_len = None, -1
     for owner_name, owner in model.named_modules():
         inside = owner_name == "" or name.startswith(owner_name + ".")
@@ -94,4 +112,10 @@ def default_n_max(model: nn.Module, name: str) -> int | None:
 
 
 def attach(module: nn.Module, stamp: InjectedStamp) -> None:
-    stamp_timm_attention(module, stamp=stamp)  # the stamp runs the product with its own core
+    """Make ``module`` STAMP's; the stamp runs the product with its own core."""
+    other = _other_classes().get(type(module))
+    if other is None:
+        stamp_timm_attention(module, stamp=stamp)
+        return
+    module.__class__ = other
+    module.stamp = stamp
