@@ -14,7 +14,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "own_model.md"
 
 def test_own_model_doc_examples_run(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     for block in blocks:
@@ -31,8 +31,14 @@ def test_own_model_doc_examples_run(tmp_path, monkeypatch):
         assert torch.equal(
             fresh(input_ids=scope["ids"]).logits, model(input_ids=scope["ids"]).logits
         )
-    # the other two: a generated sequence, and STAMP only in the ViT's last block
+    # the next two: a generated sequence, and STAMP only in the ViT's last block
     tokens = scope["tokens"]  # the prompt, then up to 5 tokens (LLaMA's EOS may end it early)
     assert tokens[0, :3].tolist() == [1, 5, 7] and 3 < tokens.shape[1] <= 8
     assert list(stamp.injected_modules(scope["vit"])) == ["blocks.1.attn"]
     assert scope["logits"].shape == (2, 10)
+    # the nn.Transformer DETR: six nn.MultiheadAttention layers, two of them cross-attention
+    stamps = stamp.injected_modules(scope["detr"])
+    assert len(stamps) == 6 and scope["spans"].shape == (2, 5, 2)
+    assert {n for n, s in stamps.items() if s.cross} == {
+        f"transformer.decoder.layers.{i}.multihead_attn" for i in range(2)
+    }
