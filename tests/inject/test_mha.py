@@ -234,3 +234,23 @@ def test_refused_and_checked():
     longer = torch.randn(B, NK + 2, DIM)  # more keys than the MLP generator has columns
     with pytest.raises(ValueError, match=f"built for n_max={NK}"):
         model["attn"](longer, longer, longer)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradients_of_the_original_weights_equal_pytorch(bias):
+    """At injection the module is PyTorch's function: the gradients reaching its own weights
+    (and the inputs) are PyTorch's too (train mode, no dropout, padding and a float mask)."""
+    reference = build(True, "cross", bias=bias).train()
+    model = injected(reference, attention="eager").train()
+    q, k, v = (t.clone().requires_grad_() for t in inputs(True, "cross"))
+    kwargs = {**mask_cases("cross")["pad_float"], **mask_cases("cross")["mask2d_float"]}
+    loss_of(reference(q, k, v, need_weights=False, **kwargs)[0]).backward()
+    want = {n: p.grad.clone() for n, p in reference.named_parameters()}
+    want_q = q.grad.clone()
+    q.grad = None
+    loss_of(model["attn"](q, k, v, need_weights=False, **kwargs)[0]).backward()
+    for name, p in model["attn"].named_parameters():
+        if not name.startswith("stamp."):
+            torch.testing.assert_close(p.grad, want[name], atol=1e-5, rtol=1e-4, msg=name)
+    torch.testing.assert_close(q.grad, want_q, atol=1e-5, rtol=1e-4)
+    assert model["attn"].stamp.generator.out.weight.grad.abs().max() > 0  # M learns from step 1

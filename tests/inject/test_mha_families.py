@@ -125,3 +125,22 @@ def test_save_load_round_trip(name, tmp_path):
     fresh = stamp.load(family.build().eval(), tmp_path)
     with torch.no_grad():
         assert torch.equal(family.run(fresh), family.run(model))
+
+
+@pytest.mark.slow  # about 10 s on 2 busy cores: an 86M-parameter model at 224 x 224
+def test_torchvision_vit_b_16():
+    """torchvision's ``vit_b_16`` itself (random weights): 12 layers found, n_max = 14² + 1,
+    the logits unchanged at injection."""
+    from torchvision.models import vit_b_16
+
+    torch.manual_seed(0)
+    model = vit_b_16(weights=None).eval()
+    nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision starts it at 0
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(x)
+        stamp.inject(model)
+        got = model(x)
+    stamps = injected_modules(model)
+    assert len(stamps) == 12 and {s.n_max for s in stamps.values()} == {197}
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
