@@ -144,3 +144,23 @@ def test_torchvision_vit_b_16():
     stamps = injected_modules(model)
     assert len(stamps) == 12 and {s.n_max for s in stamps.values()} == {197}
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_record_attention_sees_self_and_cross_attention():
+    """stamp.record_attention on an injected DETR: the probabilities and M of each of the six
+    layers, (B, H, Nq, Nk) and (B, Nq, Nk): 9 clips, 5 queries; the padded clips get 0."""
+    family = FAMILIES["detr"]
+    model = inject(family, family.build().eval())
+    with torch.no_grad(), stamp.record_attention(model) as records:
+        family.run(model)
+    shapes = {r["name"].removesuffix(".stamp"): (r["attn"].shape, r["mask"].shape) for r in records}
+    assert shapes == {
+        "encoder.0.self_attn": ((2, 4, 9, 9), (2, 9, 9)),
+        "encoder.1.self_attn": ((2, 4, 9, 9), (2, 9, 9)),
+        "decoder.0.self_attn": ((2, 4, 5, 5), (2, 5, 5)),
+        "decoder.0.multihead_attn": ((2, 4, 5, 9), (2, 5, 9)),
+        "decoder.1.self_attn": ((2, 4, 5, 5), (2, 5, 5)),
+        "decoder.1.multihead_attn": ((2, 4, 5, 9), (2, 5, 9)),
+    }
+    cross = next(r for r in records if r["name"] == "decoder.0.multihead_attn.stamp")
+    assert torch.equal(cross["attn"][1, ..., 6:], torch.zeros(4, 5, 3))
