@@ -84,7 +84,9 @@ class StampMultiheadAttention(nn.MultiheadAttention):
             return_attn=need_weights,
         )
         out = self.out_proj(out.transpose(1, 2).reshape(B, nq, self.embed_dim))
-        if probs is not None and average_attn_weights:
+        if not need_weights:  # (recording returns them too; PyTorch's caller gets None)
+            probs = None
+        elif average_attn_weights:
             probs = probs.mean(dim=1)
         if not batched:
             return out.squeeze(0), None if probs is None else probs.squeeze(0)

@@ -162,5 +162,9 @@ def test_record_attention_sees_self_and_cross_attention():
         "decoder.1.self_attn": ((2, 4, 5, 5), (2, 5, 5)),
         "decoder.1.multihead_attn": ((2, 4, 5, 9), (2, 5, 9)),
     }
+    with stamp.record_attention(model):  # the caller still gets no weights
+        assert (
+            model.decoder[0].self_attn(*(torch.randn(5, 2, 32),) * 3, need_weights=False)[1] is None
+        )
     cross = next(r for r in records if r["name"] == "decoder.0.multihead_attn.stamp")
     assert torch.equal(cross["attn"][1, ..., 6:], torch.zeros(4, 5, 3))
