@@ -167,7 +167,10 @@ class InjectedStamp(RecordsAttention, nn.Module):
         key_padding_mask: Tensor | None = None,
         dropout_p: float = 0.0,
         return_attn: bool = False,
+        extra_keys: int = 0,
     ) -> tuple[Tensor, Tensor | None]:
+        """``extra_keys``: the last keys come from no token (``nn.MultiheadAttention``'s
+        ``bias_k`` / zero attention): M covers the others, these keep the identity."""
         if hidden is None:
             hidden = self._transient.get("hidden")
         if hidden is None:
@@ -178,7 +181,9 @@ class InjectedStamp(RecordsAttention, nn.Module):
         self._transient["hidden"] = None  # do not keep activations alive between calls
         if context is not None:
             self.cross = True  # (diagnostics: its M has no diagonal)
-        mask = self.mask_for(hidden, k[:, 0], context).to(q.dtype)
+        mask = self.mask_for(hidden, k[:, 0, : k.shape[2] - extra_keys], context).to(q.dtype)
+        if extra_keys:
+            mask = F.pad(mask, (0, extra_keys), value=1.0 if self.fusion is Fusion.mul else 0.0)
         return self.masked_attention(
             q,
             k,

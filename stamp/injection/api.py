@@ -178,7 +178,6 @@ def inject(
         elif family == "mha":
             from stamp.injection import mha
 
-            mha.check_supported(module, name)
             if limit is None:
                 limit = mha.default_n_max(model, name)
             _check_n_max(mask, limit, name)

@@ -11,7 +11,8 @@ QD-DETR layers, torchvision's ViT, OpenCLIP's towers).
 Self- or cross-attention is decided per call, as the module itself does not know: when ``key``
 is ``query`` (the same tensor, as every self-attention caller passes it) the generator reads
 the query tokens; otherwise it reads the query tokens and, the low-rank generator, the key
-tokens too (the paper's cross-attention, ``StampCrossAttentionLayer``).
+tokens too (the paper's cross-attention, ``StampCrossAttentionLayer``). The keys that come from
+no token (``add_bias_kv``'s learnt key, ``add_zero_attn``'s zero key) keep M at the identity.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class StampMultiheadAttention(nn.MultiheadAttention):
         nk = key.shape[1]
         q, k, v = self._project(query, key, value)
         bias, padding = self._bias(attn_mask, key_padding_mask, B, nq, nk, q.dtype)
+        k, v, extra = self._extra_keys(k, v)
+        if extra:  # the appended keys are not masked (PyTorch pads both masks with 0 / False)
+            bias = None if bias is None else F.pad(bias, (0, extra))
+            padding = None if padding is None else F.pad(padding, (0, extra), value=False)
         out, probs = self.stamp(
             q,
             k,
@@ -82,6 +87,7 @@ class StampMultiheadAttention(nn.MultiheadAttention):
             key_padding_mask=padding,
             dropout_p=self.dropout if self.training else 0.0,
             return_attn=need_weights,
+            extra_keys=extra,
         )
         out = self.out_proj(out.transpose(1, 2).reshape(B, nq, self.embed_dim))
         if not need_weights:  # (recording returns them too; PyTorch's caller gets None)
@@ -108,6 +114,20 @@ class StampMultiheadAttention(nn.MultiheadAttention):
             t.view(t.shape[0], t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
             for t in (q, k, v)
         )
+
+    def _extra_keys(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, int]:
+        """PyTorch's keys from no token, appended after the projected ones: ``bias_k`` /
+        ``bias_v`` (``add_bias_kv``), then a zero key and value (``add_zero_attn``)."""
+        extra = 0
+        if self.bias_k is not None:
+            B, H, _, d = k.shape
+            k = torch.cat([k, self.bias_k.view(1, H, 1, d).expand(B, -1, -1, -1)], dim=2)
+            v = torch.cat([v, self.bias_v.view(1, H, 1, d).expand(B, -1, -1, -1)], dim=2)
+            extra += 1
+        if self.add_zero_attn:
+            k, v = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))
+            extra += 1
+        return k, v, extra
 
     def _bias(
         self,
@@ -167,17 +187,6 @@ def is_mha(module: nn.Module) -> bool:
     """PyTorch's own ``nn.MultiheadAttention`` (not a subclass with a forward of its own), or
     one ``stamp.inject`` already injected."""
     return type(module) is nn.MultiheadAttention or isinstance(module, StampMultiheadAttention)
-
-
-def check_supported(module: nn.MultiheadAttention, name: str) -> None:
-    """Refuse what has no STAMP meaning here: ``add_bias_kv`` / ``add_zero_attn`` append keys
-    that come from no token (no generator input, no key position)."""
-    if module.bias_k is not None or module.add_zero_attn:
-        flag = "add_bias_kv=True" if module.bias_k is not None else "add_zero_attn=True"
-        raise NotImplementedError(
-            f"stamp.inject: {name!r} is an nn.MultiheadAttention with {flag}: the extra key it "
-            "appends comes from no token, so STAMP has no mask column for it; not supported"
-        )
 
 
 def default_n_max(model: nn.Module, name: str) -> int | None:

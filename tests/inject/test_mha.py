@@ -1,7 +1,8 @@
 """stamp.inject on PyTorch's ``nn.MultiheadAttention``, module by module, against PyTorch's own
 forward with the same weights: batch-first and sequence-first, self- and cross-attention (also
 with ``kdim`` / ``vdim``), boolean and float key padding and attention masks (2-D and 3-D),
-``need_weights`` (averaged and per head), dropout in training, unbatched inputs; the mask modes
+``need_weights`` (averaged and per head), dropout in training, unbatched inputs, ``add_bias_kv``
+and ``add_zero_attn``; the mask modes
 (multi-layer MLP, per head, low rank) start at the identity and train."""
 
 from __future__ import annotations
@@ -218,11 +219,39 @@ def test_backends_agree(backend):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_refused_and_checked():
-    with pytest.raises(NotImplementedError, match="add_bias_kv=True"):
-        injected(nn.MultiheadAttention(DIM, HEADS, add_bias_kv=True))
-    with pytest.raises(NotImplementedError, match="add_zero_attn=True"):
-        injected(nn.MultiheadAttention(DIM, HEADS, add_zero_attn=True))
+@pytest.mark.parametrize(
+    "extra",
+    [{"add_bias_kv": True}, {"add_zero_attn": True}, {"add_bias_kv": True, "add_zero_attn": True}],
+    ids=["bias_kv", "zero_attn", "both"],
+)
+@pytest.mark.parametrize("kind", ["self", "cross"])
+def test_keys_from_no_token_as_pytorch(kind, extra):
+    """add_bias_kv / add_zero_attn append keys after the tokens' (PyTorch's order, masks padded
+    with 0 / False): PyTorch's outputs and weights at injection; M covers the token keys only
+    (those keep the identity), also for the low-rank generator, which reads the key tokens."""
+    reference = build(False, kind, **extra).eval()
+    q, k, v = inputs(False, kind)
+    cases = mask_cases(kind)
+    for mask in (None, {"generator": "lowrank", "rank": 4}):
+        model = injected(reference, mask=mask)
+        for case in ("none", "pad_bool", "mask3d_bool_pad", "mask2d_float"):
+            with torch.no_grad():
+                want = reference(q, k, v, **cases[case])
+                got = model["attn"](q, k, v, **cases[case])
+            n_keys = (NQ if kind == "self" else NK) + len(extra)
+            assert got[1].shape == want[1].shape == (B, NQ, n_keys)
+            torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5, msg=case)
+            torch.testing.assert_close(got[1], want[1], atol=1e-6, rtol=1e-5, msg=case)
+    # a trained M changes the token keys' logits, never the extra keys'
+    model = injected(reference, mask={"init": "kaiming", "fusion": "add"}, attention="eager")
+    with torch.no_grad(), stamp.record_attention(model) as records:
+        model["attn"](q, k, v)
+    m = records[0]["mask"]
+    assert m.shape[-1] == (NQ if kind == "self" else NK) + len(extra)
+    assert m[..., -len(extra) :].abs().max() == 0 and m[..., : -len(extra)].abs().max() > 0
+
+
+def test_checked_as_pytorch():
     with pytest.raises(ValueError, match="pass n_max= or use mask.generator=lowrank"):
         stamp.inject(nn.ModuleDict({"attn": nn.MultiheadAttention(DIM, HEADS)}))
     model = injected(build(True, "self"))
