@@ -6,8 +6,8 @@ python eval.py task=<task> mask=<mask> ckpt_path=<file.ckpt> [split=test]
 import hydra
 from omegaconf import DictConfig
 
-from tasks.common.pipeline import evaluate, run_job
-from tasks.common.schemas import register_schemas
+from tasks.common.runtime.pipeline import evaluate, run_job
+from tasks.common.runtime.schemas import register_schemas
 
 register_schemas()
 

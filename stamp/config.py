@@ -1,8 +1,9 @@
 """Typed settings of the STAMP core.
 
-The dataclasses here are plain Python (no Hydra import); ``tasks.common.schemas`` registers them
-as Hydra structured-config schemas so that an invalid value stops at start-up with the valid
-choices listed. Choices are ``str`` enums because OmegaConf validates enums (not ``Literal``).
+The dataclasses here are plain Python (no Hydra import); ``tasks.common.runtime.schemas``
+registers them as Hydra structured-config schemas so that an invalid value stops at start-up
+with the valid choices listed. Choices are ``str`` enums because OmegaConf validates enums (not
+``Literal``).
 """
 
 from __future__ import annotations

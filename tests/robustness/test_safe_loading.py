@@ -17,13 +17,13 @@ import pytest
 import torch
 
 import stamp
-from tasks.common.checkpoints import (
+from tasks.common.runtime.checkpoints import (
     SafeCheckpointIO,
     UnsafeCheckpointError,
     read_checkpoint,
     safe_load,
 )
-from tasks.common.pipeline import evaluate, run_job, train
+from tasks.common.runtime.pipeline import evaluate, run_job, train
 from tests.helpers import ROOT, compose_cfg, run_cfg
 from tests.robustness.conftest import DEMO
 
@@ -103,7 +103,7 @@ def test_train_refuses_a_crafted_checkpoint(tmp_path, marker, how):
 def test_lightnings_own_load_inside_fit_is_safe(demo_run, tmp_path, marker, monkeypatch):
     """Even with the pre-check skipped, Trainer.fit(ckpt_path=...) reads through
     SafeCheckpointIO (weights only), never Lightning's unrestricted load."""
-    import tasks.common.pipeline as pipeline
+    import tasks.common.runtime.pipeline as pipeline
 
     with pytest.raises(UnsafeCheckpointError, match=REFUSED):
         SafeCheckpointIO().load_checkpoint(crafted_checkpoint(tmp_path / "a.ckpt", marker))
@@ -125,7 +125,7 @@ def _run_with_crafted_best(demo_run, tmp_path, marker) -> tuple[Path, Path]:
 
 
 def test_plots_refuse_a_crafted_checkpoint(demo_run, tmp_path, marker):
-    from tasks.common.plots import load_run
+    from tasks.common.reporting.plots import load_run
 
     run, evil = _run_with_crafted_best(demo_run, tmp_path, marker)
     with pytest.raises(UnsafeCheckpointError, match=REFUSED):

@@ -28,9 +28,9 @@ from typing import Any
 
 import yaml
 
-from tasks.common.results import is_true, load_results, mask_setting
+from tasks.common.runtime.results import is_true, load_results, mask_setting
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PAPER_FILE = ROOT / "paper" / "results.yaml"
 PROFILE_FILE = "profile.json"  # written by scripts/profile_compute.py
 CONFIG_FIELDS = ("fusion", "depth", "attention", "compiled")  # shown where they vary in a row

@@ -84,7 +84,7 @@ class ModelConfigInCheckpoint(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict
     ) -> None:
-        from tasks.common.checkpoints import CONFIG_KEY
+        from tasks.common.runtime.checkpoints import CONFIG_KEY
 
         checkpoint[CONFIG_KEY] = self.model_config
 

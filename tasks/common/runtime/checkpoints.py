@@ -270,7 +270,7 @@ def atomic_save(checkpoint: dict[str, Any], path: str | Path) -> None:
     temporary file is written elsewhere (Lightning's own save goes through fsspec, whose
     transaction writes into /tmp and copies across file systems). On failure the temporary
     file is removed and the error (e.g. ``OSError(ENOSPC)``) propagates, naming ``path``."""
-    from tasks.common.results import atomic_temp
+    from tasks.common.runtime.results import atomic_temp
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
