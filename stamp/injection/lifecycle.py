@@ -43,6 +43,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 CARD_FILE = "README.md"
 LEGACY_WEIGHTS = "stamp_model.safetensors"
 LEGACY_PICKLE = "stamp_model.pt"
+HUB_TIMEOUT = 10.0  # seconds for one Hub request: no network fails, it never hangs
 UNDO_ATTR = "_stamp_undo"  # on each module inject changed: its changes, oldest first
 
 # config entries that do not define the base model's function (metadata, run-time switches,
@@ -315,7 +316,13 @@ def _describe_base(base: dict | None) -> str:
 
 
 # ------------------------------------------------------------------------------------- save
-def save(model: nn.Module, directory: str | Path, *, base_model: str | None = None) -> Path:
+def save(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    base_model: str | None = None,
+    repo_id: str | None = None,
+) -> Path:
     """Write ``model``'s STAMP adapter into ``directory``: ``stamp_config.json``,
     ``adapter_model.safetensors`` and a ``README.md`` model card; returns the directory.
 
@@ -324,6 +331,7 @@ def save(model: nn.Module, directory: str | Path, *, base_model: str | None = No
         directory: created if missing; the three files are overwritten.
         base_model: the base model's Hub id or path for the card and the config (default: HF's
             ``config.name_or_path`` or timm's ``pretrained_cfg``).
+        repo_id: the Hub id the card's loading example names (``push_to_hub`` sets it).
     """
     from safetensors.torch import save_file
 
@@ -342,7 +350,7 @@ def save(model: nn.Module, directory: str | Path, *, base_model: str | None = No
     }
     save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    _model_card(config).save(directory / CARD_FILE)
+    _model_card(config, repo_id).save(directory / CARD_FILE)
     return directory
 
 
@@ -369,7 +377,8 @@ def _hub_id(name: str | None) -> str | None:
     return name
 
 
-def _model_card(config: dict) -> Any:
+def _model_card(config: dict, repo_id: str | None) -> Any:
+    """The README.md of the adapter directory (Hub metadata + what, base, mask, size, how)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     base = config["base_model"]
@@ -379,14 +388,18 @@ def _model_card(config: dict) -> Any:
     targets = config["targets"]
     backend = (config.get("attention") or {}).get("backend") or "the model's own (eager / sdpa)"
     base_class = base["class"].rsplit(".", 1)[-1]
-    how = (
-        f'{base_class}.from_pretrained("{hub_id}")'
-        if hub_id and base_class != "VisionTransformer"
-        else f"the base model ({base['class']})"
-    )
+    build = f"\nmodel = ...  # the base model: {base['class']}"
+    if hub_id and base["class"].startswith("transformers."):
+        build = (
+            f'import transformers\n\nmodel = transformers.{base_class}.from_pretrained("{hub_id}")'
+        )
+    elif hub_id and base["class"].startswith("timm."):
+        timm_name = f"hf-hub:{hub_id}" if "/" in hub_id else hub_id
+        build = f'import timm\n\nmodel = timm.create_model("{timm_name}", pretrained=True)'
     named = f" (`{base['name_or_path']}`)" if base.get("name_or_path") else ""
     kind = f"generator `{mask.get('generator', 'mlp')}`, per head: {mask.get('per_head', False)}"
     more = ", ..." if len(targets) > 1 else ""
+    source = repo_id or "<this repository's id or a local copy>"
     body = f"""
 # STAMP adapter for {base.get("name_or_path") or base_class}
 
@@ -406,9 +419,8 @@ base model's weights are not in it.
 
 ```python
 import stamp
-
-model = ...  # {how}
-stamp.load(model, "<this repository's id or a local copy>")  # injects STAMP, loads its weights
+{build}
+stamp.load(model, "{source}")  # injects STAMP, loads its weights
 stamp.unload(model)  # the base model again, unchanged
 ```
 """
@@ -430,10 +442,11 @@ def push_to_hub(
     missing): the directory ``save`` writes, uploaded by ``huggingface_hub``. Returns the
     commit info. ``api``: a ``huggingface_hub.HfApi`` (default: one with ``token``)."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HTTPError
 
     api = api if api is not None else HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
-        save(model, tmp, base_model=base_model)
+        save(model, tmp, base_model=base_model, repo_id=repo_id)
         try:
             api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             return api.upload_folder(
@@ -443,7 +456,7 @@ def push_to_hub(
                 commit_message=commit_message,
                 repo_type="model",
             )
-        except OSError as err:  # offline mode, no network, HTTP errors
+        except (OSError, HTTPError) as err:  # offline mode, no network, HTTP errors
             raise OSError(
                 f"stamp.push_to_hub: could not upload to the Hub repository {repo_id!r} "
                 f"({type(err).__name__}: {err}). Write the adapter with "
@@ -453,11 +466,16 @@ def push_to_hub(
 
 # ------------------------------------------------------------------------------------- load
 def resolve(
-    source: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None
+    source: str | Path,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
 ) -> Path:
     """The local directory of an adapter: ``source`` itself when it is a directory (a ``Path``
-    is always local), else the snapshot of the Hub repository ``source`` (downloaded, or from
-    the cache: ``HF_HUB_CACHE`` or ``cache_dir``; offline with ``HF_HUB_OFFLINE=1``)."""
+    is always local), else the snapshot of the Hub repository ``source``: downloaded, or from
+    the Hub cache (``HF_HUB_CACHE`` or ``cache_dir``) when offline (``HF_HUB_OFFLINE=1``) or
+    when the Hub cannot be reached. Every Hub request has a ``HUB_TIMEOUT`` (no hang)."""
     local = Path(source)
     if local.is_dir() or isinstance(source, Path):
         if not local.is_dir():
@@ -465,30 +483,46 @@ def resolve(
                 f"stamp.load: {local} is not a directory (written by stamp.save)"
             )
         return local
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, HTTPError
+    from huggingface_hub.utils import validate_repo_id
 
+    repo = str(source)
     try:
-        path = snapshot_download(
-            str(source),
-            revision=revision,
-            cache_dir=cache_dir,
-            allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, LEGACY_WEIGHTS],
-            etag_timeout=10,
-        )
+        validate_repo_id(repo)
     except HFValidationError as err:
         raise FileNotFoundError(
-            f"stamp.load: {source!r} is neither a local directory nor a Hub repository id ({err})"
+            f"stamp.load: {repo!r} is neither a local directory nor a Hub repository id ({err})"
         ) from err
-    except OSError as err:  # not cached while offline, no network, unknown / gated repository
-        raise FileNotFoundError(
-            f"stamp.load: {source!r} is not a local directory, and the Hub repository "
-            f"{source!r} could not be fetched ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            "Provide the directory stamp.save wrote (a path), or the repository in the Hub cache "
-            "(HF_HUB_CACHE / cache_dir=, e.g. after `hf download "
-            f"{source}` on a machine with network), or go online (HF_HUB_OFFLINE unset)."
-        ) from err
-    return Path(path)
+    fetch = functools.partial(
+        snapshot_download,
+        repo,
+        cache_dir=cache_dir,
+        token=token,
+        allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, LEGACY_WEIGHTS],
+        etag_timeout=HUB_TIMEOUT,
+    )
+    try:
+        if constants.HF_HUB_OFFLINE:
+            return Path(fetch(revision=revision))  # the cache only
+        # snapshot_download looks the revision up without a timeout: resolve it here with one
+        # (a commit hash needs no further look-up; each download has etag_timeout)
+        info = HfApi(token=token).repo_info(repo, revision=revision, timeout=HUB_TIMEOUT)
+        return Path(fetch(revision=info.sha))
+    # not cached offline, no network (HTTPError: a connection error or timeout of the look-up),
+    # unknown / gated repository (OSError)
+    except (OSError, HTTPError) as err:
+        error = err
+    if not constants.HF_HUB_OFFLINE:
+        with contextlib.suppress(OSError):  # the Hub cannot be reached: the cache may have it
+            return Path(fetch(revision=revision, local_files_only=True))
+    raise FileNotFoundError(
+        f"stamp.load: {repo!r} is not a local directory, and the Hub repository {repo!r} "
+        f"could not be fetched ({type(error).__name__}: {str(error).splitlines()[0]}). "
+        "Provide the directory stamp.save wrote (a path), or the repository in the Hub cache "
+        f"(HF_HUB_CACHE or cache_dir=, e.g. after `hf download {repo}` on a machine with "
+        "network)" + (", or unset HF_HUB_OFFLINE." if constants.HF_HUB_OFFLINE else ".")
+    ) from error
 
 
 def read_adapter(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -527,6 +561,7 @@ def load(
     *,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
+    token: str | None = None,
     check_base: bool = True,
 ) -> nn.Module:
     """Load a saved STAMP adapter into ``model`` (in place; returns it).
@@ -541,7 +576,8 @@ def load(
     Args:
         model: the base model (with or without STAMP).
         source: a directory written by ``save``, or a Hub repository id (see ``resolve``).
-        revision / cache_dir: for a Hub id (a branch, tag or commit; the Hub cache).
+        revision / cache_dir / token: for a Hub id (a branch, tag or commit; the Hub cache; a
+            token for a private repository, default: huggingface_hub's login or HF_TOKEN).
         check_base: compare the model with the saved base model.
     """
     from stamp.config import MaskConfig
@@ -553,7 +589,7 @@ def load(
         stamp_state_dict,
     )
 
-    directory = resolve(source, revision=revision, cache_dir=cache_dir)
+    directory = resolve(source, revision=revision, cache_dir=cache_dir, token=token)
     saved, weights = read_adapter(directory)
     base = saved.get("base_model")
     problems = _base_differences(base, model) if check_base and base else []

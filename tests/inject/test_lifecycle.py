@@ -11,6 +11,7 @@ import json
 import pickle
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,39 @@ def test_load_by_hub_id_from_the_cache(tmp_path, offline):
             assert torch.equal(run(FAMILIES["bert"], fresh), run(FAMILIES["bert"], model))
 
 
+def test_load_by_hub_id_from_hf_hub_cache(tmp_path, offline, monkeypatch):
+    model = _trained("bert")
+    cache = _hub_cache(stamp.save(model, tmp_path / "adapter"), tmp_path / "hub")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # what HF_HUB_CACHE=... sets
+    fresh = stamp.load(FAMILIES["bert"].build("eager").eval(), REPO)
+    with torch.no_grad():
+        assert torch.equal(run(FAMILIES["bert"], fresh), run(FAMILIES["bert"], model))
+
+
+def test_without_network_the_cache_answers_and_nothing_waits(tmp_path, monkeypatch):
+    """Online mode, but the Hub cannot be reached: the look-up has a timeout, then the cache."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HTTPError
+
+    httpx = sys.modules[HTTPError.__module__]  # huggingface_hub's HTTP client (httpx)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    timeouts = []
+
+    def unreachable(self, repo_id, **kwargs):  # what httpx raises when the name does not resolve
+        timeouts.append(kwargs.get("timeout"))
+        raise httpx.ConnectError(f"cannot reach the Hub for {repo_id} (simulated)")
+
+    monkeypatch.setattr(HfApi, "repo_info", unreachable)
+    model = _trained("bert")
+    cache = _hub_cache(stamp.save(model, tmp_path / "adapter"), tmp_path / "hub")
+    fresh = stamp.load(FAMILIES["bert"].build("eager").eval(), REPO, cache_dir=cache)
+    with torch.no_grad():
+        assert torch.equal(run(FAMILIES["bert"], fresh), run(FAMILIES["bert"], model))
+    with pytest.raises(FileNotFoundError, match="'someone/else' could not be fetched .*simulated"):
+        stamp.load(FAMILIES["bert"].build("eager"), "someone/else", cache_dir=cache)
+    assert timeouts == [life.HUB_TIMEOUT, life.HUB_TIMEOUT] and life.HUB_TIMEOUT <= 10
+
+
 def test_a_missing_hub_id_fails_at_once_naming_it(tmp_path, offline):
     model = FAMILIES["bert"].build("eager")
     with pytest.raises(FileNotFoundError) as err:
@@ -245,6 +279,7 @@ def test_push_to_hub_uploads_the_saved_directory(tmp_path, offline):
         "adapter_model.safetensors",
         "README.md",
     }
+    assert f'stamp.load(model, "{REPO}")' in (uploaded / "README.md").read_text()
     cache = _hub_cache(uploaded, tmp_path / "cache")  # as a download would leave it
     fresh = stamp.load(FAMILIES["timm_vit"].build("eager").eval(), REPO, cache_dir=cache)
     with torch.no_grad():
