@@ -92,7 +92,7 @@ def test_unload_gives_back_the_original_bit_for_bit(name, impl):
         stamp.unload(model)
 
 
-def test_unload_two_injections_and_a_copy():
+def test_unload_two_injections_and_copies():
     family = FAMILIES["bert"]
     model = family.build("eager").eval()
     with torch.no_grad():
@@ -101,13 +101,30 @@ def test_unload_two_injections_and_a_copy():
     stamp.inject(model, targets=["layer.0"], mask={"init": "kaiming"})
     stamp.inject(model, targets=["layer.1"], mask={"init": "kaiming"})
     clone = copy.deepcopy(model)
-    stamp.unload(clone)  # the copy carries its own record
+    pickled = pickle.loads(pickle.dumps(model))  # what torch.save(model) does
+    stamp.unload(clone)  # the copies carry their own record
+    stamp.unload(pickled)
     assert len(injected_modules(model)) == 2 and not injected_modules(clone)
     stamp.unload(model)
     with torch.no_grad():
         assert torch.equal(run(family, model), before)
         assert torch.equal(run(family, clone), before)
+        assert torch.equal(run(family, pickled), before)
     assert list(model.state_dict()) == keys == list(clone.state_dict())
+    assert list(pickled.state_dict()) == keys
+
+
+def test_unload_after_a_dtype_change_keeps_the_change():
+    """Only what inject changed is put back: a later .double() of the base weights stays."""
+    family = FAMILIES["timm_vit"]
+    model = family.build("eager").eval()
+    reference = copy.deepcopy(model).double()
+    stamp.inject(model, mask={"init": "kaiming"})
+    stamp.unload(model.double())
+    assert all(v.dtype == torch.float64 for v in model.state_dict().values())
+    x = family.inputs()["x"].double()
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
 
 
 def test_an_injection_that_fails_half_way_leaves_the_model_as_it_was(monkeypatch):
