@@ -4,6 +4,9 @@
     stamp.mark_only_stamp_trainable(model)            # optional: train the generators only
     stamp.save(model, "stamp_adapter/")               # STAMP weights + mask config (JSON)
     stamp.load(fresh_model, "stamp_adapter/")         # injects (if needed) and loads them
+    stamp.unload(model)                               # the original modules again
+
+(save / load / unload: ``stamp.injection.lifecycle``.)
 
 Supported: Hugging Face transformers attention modules that dispatch through the
 ``AttentionInterface`` (BERT, ViT, CLIP text / vision, LLaMA-family decoders with KV cache, and
@@ -17,20 +20,15 @@ import fnmatch
 import json
 from collections.abc import Callable, Iterable
 from enum import Enum
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from stamp.config import AttentionConfig, MaskConfig, MaskType
 from stamp.injection.adapter import InjectedStamp, as_backend_config
+from stamp.injection.lifecycle import reversible
 
 Targets = None | str | Iterable[str] | Callable[[str, nn.Module], bool]
-
-CONFIG_FILE = "stamp_config.json"
-WEIGHTS_SAFETENSORS = "stamp_model.safetensors"
-WEIGHTS_TORCH = "stamp_model.pt"
-FORMAT = "stamp-inject/1"
 
 
 def _families() -> list:
@@ -128,6 +126,7 @@ def _default_mask(mask: MaskConfig | dict | None) -> MaskConfig:
     return MaskConfig(**{"init": "identity", **{k: mask[k] for k in mask}})
 
 
+@reversible  # stamp.unload(model) gives the original modules back
 def inject(
     model: nn.Module,
     mask: MaskConfig | dict | None = None,
@@ -237,7 +236,6 @@ def injection_config(model: nn.Module) -> dict:
     if len(masks) > 1:
         raise ValueError("stamp.save: the injected modules use different mask configs")
     return {
-        "format": FORMAT,
         "mask": _as_dict(first.mask_cfg),
         "attention": _as_dict(first.attention_cfg),
         "targets": list(stamps),
@@ -246,135 +244,3 @@ def injection_config(model: nn.Module) -> dict:
         # with another layer set (a 3-layer model would keep its third layer without STAMP)
         "attention_modules": sorted(attention_modules(model)),
     }
-
-
-def save(model: nn.Module, directory: str | Path) -> Path:
-    """Write the STAMP weights (safetensors if installed, else torch.save) and
-    ``stamp_config.json`` into ``directory``; returns the weights' path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = injection_config(model)
-    weights = {k: v.detach().contiguous().cpu() for k, v in stamp_state_dict(model).items()}
-    try:
-        from safetensors.torch import save_file
-
-        path = directory / WEIGHTS_SAFETENSORS
-        save_file(weights, str(path))
-    except ImportError:  # pragma: no cover - safetensors ships with transformers
-        path = directory / WEIGHTS_TORCH
-        torch.save(weights, path)
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    return path
-
-
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    if (directory / WEIGHTS_SAFETENSORS).exists():
-        from safetensors.torch import load_file
-
-        return load_file(str(directory / WEIGHTS_SAFETENSORS))
-    if (directory / WEIGHTS_TORCH).exists():
-        return _read_weights_safely(directory / WEIGHTS_TORCH)
-    raise FileNotFoundError(
-        f"stamp.load: no {WEIGHTS_SAFETENSORS} or {WEIGHTS_TORCH} in {directory}"
-    )
-
-
-def load(model: nn.Module, directory: str | Path) -> nn.Module:
-    """Load STAMP weights saved by ``save`` into ``model`` (in place; returns it).
-
-    A model without STAMP is injected first with the saved mask config, targets and n_max; an
-    injected one must match them (differences are listed). Every tensor is checked for a
-    missing / unexpected name and its shape before anything is copied.
-    """
-    directory = Path(directory)
-    config_path = directory / CONFIG_FILE
-    if not config_path.exists():
-        raise FileNotFoundError(f"stamp.load: {config_path} not found (written by stamp.save)")
-    saved = json.loads(config_path.read_text())
-    if saved.get("format") != FORMAT:
-        raise ValueError(
-            f"stamp.load: {config_path} has format {saved.get('format')!r}, expected {FORMAT!r}"
-        )
-    if not injected_modules(model):
-        missing = [t for t in saved["targets"] if t not in attention_modules(model)]
-        if missing:
-            raise ValueError(
-                "stamp.load: the model has no supported attention module named "
-                f"{', '.join(missing[:4])} (saved targets); is it the same architecture?"
-            )
-        _check_layer_set(saved, model, config_path)
-        inject(
-            model,
-            mask=MaskConfig(**saved["mask"]),
-            targets=lambda name, _: name in set(saved["targets"]),
-            attention=None if saved["attention"] is None else AttentionConfig(**saved["attention"]),
-            n_max=saved["n_max"],
-        )
-    else:
-        _check_layer_set(saved, model, config_path)
-        problems = _config_differences(saved, injection_config(model))
-        if problems:
-            raise ValueError(
-                "stamp.load: the model's STAMP injection differs from the saved one:\n  "
-                + "\n  ".join(problems)
-            )
-    weights = _read_weights(directory)
-    own = stamp_state_dict(model)
-    problems = [f"missing in the file: {k}" for k in own if k not in weights]
-    problems += [f"not in the model: {k}" for k in weights if k not in own]
-    problems += [
-        f"shape of {k}: file {tuple(weights[k].shape)}, model {tuple(own[k].shape)}"
-        for k in own
-        if k in weights and weights[k].shape != own[k].shape
-    ]
-    if problems:
-        raise ValueError(
-            "stamp.load: the saved STAMP weights do not fit:\n  " + "\n  ".join(problems)
-        )
-    model.load_state_dict(weights, strict=False)
-    return model
-
-
-def _check_layer_set(saved: dict, model: nn.Module, config_path: Path) -> None:
-    """The model has the attention layers of the model the STAMP weights were saved from
-    (files written before this was recorded carry no list and are not checked)."""
-    if saved.get("attention_modules") is None:
-        return
-    before, now = set(saved["attention_modules"]), set(attention_modules(model))
-    if before == now:
-        return
-    lines = [f"only in the model: {', '.join(sorted(now - before))}"] if now - before else []
-    if before - now:
-        lines.append(f"only in the saved model: {', '.join(sorted(before - now))}")
-    raise ValueError(
-        f"stamp.load: {config_path} was saved from a model with another set of attention "
-        f"layers ({len(before)} saved, {len(now)} here):\n  " + "\n  ".join(lines)
-    )
-
-
-def _read_weights_safely(file: Path) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)``: tensors only; a file that pickles code is refused."""
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a weights-only refusal or a corrupt file
-        raise ValueError(
-            f"stamp.load: {file} cannot be read as tensors only ({type(err).__name__}); a file "
-            "that pickles Python objects is refused, since unpickling them could run code"
-        ) from err
-
-
-def _config_differences(saved: dict, current: dict) -> list[str]:
-    out = []
-    for key in ("mask", "attention"):
-        a, b = saved.get(key) or {}, current.get(key) or {}
-        for field in sorted(set(a) | set(b)):
-            if a.get(field) != b.get(field):
-                out.append(f"{key}.{field}: saved {a.get(field)!r}, model {b.get(field)!r}")
-    if sorted(saved["targets"]) != sorted(current["targets"]):
-        only_saved = sorted(set(saved["targets"]) - set(current["targets"]))
-        only_model = sorted(set(current["targets"]) - set(saved["targets"]))
-        out.append(f"targets: only saved {only_saved}, only in the model {only_model}")
-    for name, value in saved.get("n_max", {}).items():
-        if name in current["n_max"] and current["n_max"][name] != value:
-            out.append(f"n_max[{name}]: saved {value}, model {current['n_max'][name]}")
-    return out

@@ -7,6 +7,7 @@ runs (its marker file is never written)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import re
@@ -147,10 +148,13 @@ def test_stamp_load_refuses_crafted_weights(tmp_path, marker):
     from tests.inject.models import FAMILIES
 
     model = stamp.inject(FAMILIES["bert"].build("eager"))
-    stamp.save(model, tmp_path / "adapter")
-    (tmp_path / "adapter" / "stamp_model.safetensors").unlink()
+    stamp.save(model, tmp_path / "adapter")  # safetensors only; the first format's .pt fallback:
+    config = json.loads((tmp_path / "adapter" / "stamp_config.json").read_text())
+    legacy = json.dumps({**config, "format": "stamp-inject/1"})
+    (tmp_path / "adapter" / "stamp_config.json").write_text(legacy)
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
     torch.save({"w": ShellCommand(marker)}, tmp_path / "adapter" / "stamp_model.pt")
-    with pytest.raises(ValueError, match="cannot be read as tensors only .*could run code"):
+    with pytest.raises(ValueError, match="is a torch.save \\(pickle\\) file.*could run code"):
         stamp.load(FAMILIES["bert"].build("eager"), tmp_path / "adapter")
 
 
