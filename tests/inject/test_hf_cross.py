@@ -365,3 +365,28 @@ def test_an_explicit_non_identity_init_is_honoured_with_a_warning(mask):
 def test_an_explicit_identity_init_gives_no_warning(recwarn):
     stamp.inject(_bert().build("eager"), mask=stamp.MaskConfig(init="identity"))
     assert not [w for w in recwarn if "stamp.inject" in str(w.message)]
+
+
+@pytest.mark.parametrize("mask", ["mlp", "lowrank"])
+def test_generate_with_a_static_cache(mask):
+    model = _train_one_step("bart", stamp.inject(bart("sdpa"), mask=MASKS[mask], kind="both"))
+    with torch.no_grad():
+        cached = _generate("bart", model, use_cache=True, cache_implementation="static")
+        full = model(**_source("bart"), decoder_input_ids=cached.sequences[:, :-1]).logits
+    steps = torch.stack(cached.logits, dim=1)
+    assert (steps - full[:, -steps.shape[1] :]).abs().max().item() <= 1e-5
+
+
+def test_whole_whisper_and_attention_probabilities_at_injection():
+    """Whisper's encoder too (every module, kind="both"); the eager backend hands HF the
+    attention probabilities (``output_attentions``), the cross-attention's included."""
+    plain = whisper("eager").eval()
+    model = stamp.inject(whisper("eager").eval(), kind="both")
+    assert len(injected_modules(model)) == 6
+    with torch.no_grad():
+        before = plain(**_inputs("whisper"), output_attentions=True)
+        after = model(**_inputs("whisper"), output_attentions=True)
+    assert (after.logits - before.logits).abs().max().item() <= 1e-5
+    for old, new in zip(before.cross_attentions, after.cross_attentions, strict=True):
+        assert new.shape == (2, 4, 6, 16)
+        assert (new - old).abs().max().item() <= 1e-6
