@@ -163,21 +163,25 @@ def source_implementation(module: nn.Module) -> str:
     return config._attn_implementation or "eager"
 
 
-_key_value_position: dict[type, int | None] = {}
+# the argument that carries a cross-attention's key-side tokens (BART, T5, Whisper: the first;
+# BertCrossAttention: the second), by class: (its name, its position) or None
+KEY_TOKEN_ARGUMENTS = ("key_value_states", "encoder_hidden_states")
+_key_token_argument: dict[type, tuple[str, int] | None] = {}
 
 
 def _key_value_states(module: nn.Module, args: tuple, kwargs: dict) -> Tensor | None:
-    """The ``key_value_states`` argument of an HF attention call (keyword or positional)."""
-    if "key_value_states" in kwargs:
-        return kwargs["key_value_states"]
+    """The key-side tokens of an HF attention call (keyword or positional), None if none."""
     cls = type(module)
-    if cls not in _key_value_position:
+    if cls not in _key_token_argument:
         params = list(inspect.signature(module.forward).parameters)
-        _key_value_position[cls] = (
-            params.index("key_value_states") if "key_value_states" in params else None
-        )
-    position = _key_value_position[cls]
-    return args[position] if position is not None and len(args) > position else None
+        found = [(name, params.index(name)) for name in KEY_TOKEN_ARGUMENTS if name in params]
+        _key_token_argument[cls] = found[0] if found else None
+    if _key_token_argument[cls] is None:
+        return None
+    name, position = _key_token_argument[cls]
+    if name in kwargs:
+        return kwargs[name]
+    return args[position] if len(args) > position else None
 
 
 def _pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -185,7 +189,7 @@ def _pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
     if _key_value_states(module, args, kwargs) is not None:
         raise RuntimeError(
             f"stamp.inject: {type(module).__name__} was injected as a self-attention but is "
-            "called with key_value_states (a cross-attention); inject it with kind='cross' or "
+            "called with key-side tokens (a cross-attention); inject it with kind='cross' or "
             "kind='both'"
         )
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -203,7 +207,7 @@ def _cross_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
     if context is None:
         raise RuntimeError(
             f"stamp.inject: the cross-attention {type(module).__name__} was called without "
-            "key_value_states (its key-side tokens)"
+            f"{' / '.join(KEY_TOKEN_ARGUMENTS)} (its key-side tokens)"
         )
     module.stamp.capture(hidden, context=context)
 

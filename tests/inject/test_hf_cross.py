@@ -309,7 +309,7 @@ def test_a_self_attention_called_as_cross_attention_stops():
     model = stamp.inject(bart("eager"), targets="model.encoder.layers.0.self_attn")
     attn = model.model.encoder.layers[0].self_attn
     x = torch.randn(2, 3, 32)
-    with pytest.raises(RuntimeError, match="injected as a self-attention but is called with"):
+    with pytest.raises(RuntimeError, match="self-attention but is called with key-side tokens"):
         attn(x, key_value_states=torch.randn(2, 5, 32))
 
 
@@ -390,3 +390,41 @@ def test_whole_whisper_and_attention_probabilities_at_injection():
     for old, new in zip(before.cross_attentions, after.cross_attentions, strict=True):
         assert new.shape == (2, 4, 6, 16)
         assert (new - old).abs().max().item() <= 1e-6
+
+
+def test_bert_as_a_decoder_with_cross_attention():
+    """BertCrossAttention (key tokens: ``encoder_hidden_states``) is found by its class."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        is_decoder=True,
+        add_cross_attention=True,
+    )
+    model = _no_dropout(BertModel(config)).eval()
+    inputs = {
+        "input_ids": torch.randint(3, 100, (2, 6), generator=torch.Generator().manual_seed(1)),
+        "encoder_hidden_states": torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(2)),
+    }
+    with torch.no_grad():
+        before = model(**inputs).last_hidden_state
+        stamp.inject(model, mask=MASKS["lowrank"], kind="cross")
+        at_injection = model(**inputs).last_hidden_state
+    assert set(injected_modules(model)) == {
+        f"encoder.layer.{i}.crossattention.self" for i in range(2)
+    }
+    assert (at_injection - before).abs().max().item() <= 1e-5
+    stamp.mark_only_stamp_trainable(model)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    out = model(**inputs).last_hidden_state  # a random projection (LayerNorm fixes the sum)
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(5))).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after = model(**inputs).last_hidden_state
+    assert (after - before).abs().max().item() > 1e-4
