@@ -428,3 +428,19 @@ def test_bert_as_a_decoder_with_cross_attention():
     with torch.no_grad():
         after = model(**inputs).last_hidden_state
     assert (after - before).abs().max().item() > 1e-4
+
+
+def test_mask_statistics_cover_the_cross_attention():
+    from stamp.diagnostics import MaskStatistics, generator_grad_norms
+
+    model = _train_one_step("bart", stamp.inject(bart("eager"), mask=MASKS["mlp"], kind="both"))
+    stats = MaskStatistics(model)
+    stats.start()
+    out = _logits("bart", model)
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(6))).sum().backward()
+    stats.stop()
+    summary = stats.summary(generator_grad_norms(model))
+    assert len(summary) == 6
+    row = summary["model.decoder.layers.1.encoder_attn.stamp"]
+    assert row["token_dependence"] > 0 and row["grad_norm_first"] > 0
+    assert row["entropy"] != row["entropy_unmasked"]
