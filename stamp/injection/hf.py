@@ -209,7 +209,12 @@ def _cross_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             f"stamp.inject: the cross-attention {type(module).__name__} was called without "
             f"{' / '.join(KEY_TOKEN_ARGUMENTS)} (its key-side tokens)"
         )
-    module.stamp.capture(hidden, context=context)
+    # an encoder-decoder cache holding this layer's cross-attention keys: the model reads them
+    # back instead of projecting the key tokens again (the low-rank key factors follow)
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    updated = getattr(cache, "is_updated", None)
+    keys_cached = isinstance(updated, dict) and bool(updated.get(getattr(module, "layer_idx", 0)))
+    module.stamp.capture(hidden, context=context, cache=cache, keys_cached=keys_cached)
 
 
 def attach(module: nn.Module, stamp: InjectedStamp) -> None:

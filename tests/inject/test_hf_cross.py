@@ -444,3 +444,29 @@ def test_mask_statistics_cover_the_cross_attention():
     row = summary["model.decoder.layers.1.encoder_attn.stamp"]
     assert row["token_dependence"] > 0 and row["grad_norm_first"] > 0
     assert row["entropy"] != row["entropy_unmasked"]
+
+
+def test_cached_decoding_reads_the_cross_attention_key_factors_back(monkeypatch):
+    """Low-rank cross-attention: while the model reads the encoder's keys back from its cache,
+    the key factors g(X_enc) are read back too (computed once per layer and generation); the
+    logits stay those of the model without cache (tested above)."""
+    from stamp.mask import LowRankMaskGenerator
+
+    calls = []
+    key_factor = LowRankMaskGenerator.key_factor
+
+    def spy(self, context):
+        calls.append(tuple(context.shape))
+        return key_factor(self, context)
+
+    monkeypatch.setattr(LowRankMaskGenerator, "key_factor", spy)
+    model = stamp.inject(bart("eager").eval(), mask=MASKS["lowrank"], kind="cross")
+    with torch.no_grad():
+        cached = _generate("bart", model, use_cache=True)
+        n_cached = len(calls)
+        plain = _generate("bart", model, use_cache=False)
+    assert torch.equal(cached.sequences, plain.sequences)
+    for a, b in zip(cached.logits, plain.logits, strict=True):
+        assert (a - b).abs().max().item() <= 1e-5
+    assert n_cached == 2  # one per cross-attention layer, at the first step
+    assert len(calls) - n_cached == 2 * 5  # without cache: every layer at every step
