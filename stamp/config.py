@@ -159,6 +159,15 @@ class Backend(str, Enum):
         return self.value
 
 
+class _DefaultInit(str):
+    """The default of ``MaskConfig.init``: reads ``"torch"`` (the task models' init) but is told
+    apart from an explicit value, so that ``stamp.inject`` starts at the identity unless an init
+    was asked for (``MaskConfig.init_given``)."""
+
+
+_DEFAULT_INIT = _DefaultInit("torch")
+
+
 def _choices(enum: type[Enum]) -> str:
     return ", ".join(e.value for e in enum)
 
@@ -187,7 +196,7 @@ class MaskConfig:
     hidden: int | None = None
     fusion: Fusion = Fusion.mul
     bound: MaskBound = MaskBound.none
-    init: MaskInit = MaskInit.torch
+    init: MaskInit = _DEFAULT_INIT  # type: ignore[assignment]  # torch; see init_given
     fusion_order: FusionOrder = FusionOrder.mask_first
     generator: GeneratorKind = GeneratorKind.mlp
     rank: int = 16  # r of mask.generator=lowrank (per head when per_head)
@@ -205,6 +214,7 @@ class MaskConfig:
         self.type = _as_enum(MaskType, self.type, "mask.type")
         self.fusion = _as_enum(Fusion, self.fusion, "mask.fusion")
         self.bound = _as_enum(MaskBound, self.bound, "mask.bound")
+        self.init_given = self.init is not _DEFAULT_INIT  # (not a field: not saved or compared)
         self.init = _as_enum(MaskInit, self.init, "mask.init")
         self.fusion_order = _as_enum(FusionOrder, self.fusion_order, "mask.fusion_order")
         self.generator = _as_enum(GeneratorKind, self.generator, "mask.generator")

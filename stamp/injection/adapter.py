@@ -48,6 +48,7 @@ class InjectedStamp(RecordsAttention, nn.Module):
     ``softmax((QKᵀ/√d) ◇ M + bias) V`` on the chosen backend. q is (B, H, Nq, d); k, v are
     (B, H, Nk, d) with Nk >= Nq under a KV cache (the new tokens are the last Nq keys).
     ``attention`` None follows the model's implementation (``source``), see ``auto_backend``.
+    ``context_dim``: the key tokens' width of a cross-attention (``InjectedCrossStamp``).
     """
 
     cross = False  # self-attention only
@@ -61,13 +62,16 @@ class InjectedStamp(RecordsAttention, nn.Module):
         n_max: int | None,
         source: str,
         attention: AttentionConfig | None = None,
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.mask_cfg = mask
         self.attention_cfg = attention
         self.source = source
         self.dim, self.num_heads = dim, num_heads
-        self.generator = MaskGenerator.from_config(mask, dim, n_max, num_heads=num_heads)
+        self.generator = MaskGenerator.from_config(
+            mask, dim, n_max, num_heads=num_heads, context_dim=context_dim
+        )
         self.n_max = self.generator.n_max
         self.lowrank = isinstance(self.generator, LowRankMaskGenerator)
         self.backend = attention.backend if attention is not None else auto_backend(source, mask)

@@ -9,8 +9,9 @@
 (save / load / unload: ``stamp.injection.lifecycle``.)
 
 Supported: Hugging Face transformers attention modules that dispatch through the
-``AttentionInterface`` (BERT, ViT, CLIP text / vision, LLaMA-family decoders with KV cache, and
-the many others written the same way) and timm's ``Attention`` (ViT). See docs/own_model.md.
+``AttentionInterface`` (BERT, ViT, CLIP text / vision, LLaMA-family decoders with KV cache,
+encoder-decoders' self- and cross-attention: BART, T5, Whisper, and the many others written the
+same way) and timm's ``Attention`` (ViT). See docs/own_model.md.
 """
 
 from __future__ import annotations
@@ -18,17 +19,19 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import warnings
 from collections.abc import Callable, Iterable
 from enum import Enum
 
 import torch
 from torch import nn
 
-from stamp.config import AttentionConfig, MaskConfig, MaskType
+from stamp.config import AttentionConfig, MaskConfig, MaskInit, MaskType
 from stamp.injection.adapter import InjectedStamp, as_backend_config
 from stamp.injection.lifecycle import reversible
 
 Targets = None | str | Iterable[str] | Callable[[str, nn.Module], bool]
+KINDS = ("self", "cross", "both")  # which attention modules ``inject`` may target
 
 
 def _families() -> list:
@@ -59,18 +62,14 @@ def _family_of(module: nn.Module) -> str | None:
 
 
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Every self-attention module ``stamp.inject`` can target (name -> module)."""
-    found = {}
-    for name, module in model.named_modules():
-        family = _family_of(module)
-        if family == "hf":
-            from stamp.injection import hf
+    """Every attention module (self and cross) ``stamp.inject`` can target (name -> module)."""
+    return {name: m for name, m in model.named_modules() if _family_of(m) is not None}
 
-            if hf.is_cross_attention(module):
-                continue
-        if family is not None:
-            found[name] = module
-    return found
+
+def _is_cross(name: str, module: nn.Module) -> bool:
+    from stamp.injection import hf
+
+    return _family_of(module) == "hf" and hf.is_cross_attention(module, name)
 
 
 def injected_modules(model: nn.Module) -> dict[str, InjectedStamp]:
@@ -90,9 +89,16 @@ def _matches(name: str, pattern: str) -> bool:
     )
 
 
-def select_targets(model: nn.Module, targets: Targets) -> dict[str, nn.Module]:
-    """The attention modules that ``targets`` selects (see ``inject``)."""
-    candidates = attention_modules(model)
+def select_targets(model: nn.Module, targets: Targets, kind: str = "self") -> dict[str, nn.Module]:
+    """The attention modules of ``kind`` (self / cross / both) that ``targets`` selects (see
+    ``inject``)."""
+    if kind not in KINDS:
+        raise ValueError(f"stamp.inject: kind={kind!r}; choose one of: {', '.join(KINDS)}")
+    candidates = {
+        n: m
+        for n, m in attention_modules(model).items()
+        if kind == "both" or _is_cross(n, m) == (kind == "cross")
+    }
     if targets is None:
         chosen = candidates
     elif callable(targets):
@@ -106,24 +112,35 @@ def select_targets(model: nn.Module, targets: Targets) -> dict[str, nn.Module]:
                 sample = ", ".join(list(candidates)[:4]) + (", ..." if len(candidates) > 4 else "")
                 raise ValueError(
                     f"stamp.inject: target {pattern!r} matches no supported attention module "
-                    f"(there are {len(candidates)}: {sample or 'none'})"
+                    f"of kind={kind!r} (there are {len(candidates)}: {sample or 'none'})"
                 )
             chosen.update(hits)
     if not chosen:
         raise ValueError(
-            "stamp.inject: no attention module selected. Supported: Hugging Face attention "
-            "modules that use transformers' AttentionInterface (self-attention) and timm's "
-            "Attention (ViT)."
+            f"stamp.inject: no attention module selected (kind={kind!r}). Supported: Hugging "
+            "Face attention modules that use transformers' AttentionInterface (self-attention; "
+            "cross-attention with kind='cross' or 'both') and timm's Attention (ViT)."
         )
     return chosen
 
 
 def _default_mask(mask: MaskConfig | dict | None) -> MaskConfig:
+    """The mask config ``inject`` uses: without an explicit ``init`` (None, a mapping without
+    it, or a ``MaskConfig`` built without it) M starts at the identity, so the outputs do not
+    change at injection; an explicit other init is honoured, with a warning."""
     if mask is None:
-        return MaskConfig(type=MaskType.multilayer, init="identity")
-    if isinstance(mask, MaskConfig):
-        return mask
-    return MaskConfig(**{"init": "identity", **{k: mask[k] for k in mask}})
+        return MaskConfig(type=MaskType.multilayer, init=MaskInit.identity)
+    if not isinstance(mask, MaskConfig):
+        mask = MaskConfig(**{"init": MaskInit.identity, **{k: mask[k] for k in mask}})
+    elif not mask.init_given:
+        mask = dataclasses.replace(mask, init=MaskInit.identity)
+    if mask.init is not MaskInit.identity:
+        warnings.warn(
+            f"stamp.inject: mask.init={mask.init} does not start at the identity, so the model's "
+            "outputs change at injection (leave init out, or init='identity', to keep them)",
+            stacklevel=3,
+        )
+    return mask
 
 
 @reversible  # stamp.unload(model) gives the original modules back
@@ -133,18 +150,25 @@ def inject(
     targets: Targets = None,
     attention: AttentionConfig | str | dict | None = None,
     n_max: int | dict[str, int] | None = None,
+    kind: str = "self",
 ) -> nn.Module:
     """Replace the attention of ``model`` (in place) with STAMP attention; returns ``model``.
 
     ``mask``: a ``MaskConfig`` or mapping (default: multi-layer STAMP with ``init=identity``, so
-    the outputs equal the original's at injection; a mapping without ``init`` gets identity).
-    ``targets``: None = every supported self-attention module; a name / glob pattern (matched
+    the outputs equal the original's at injection; one without an explicit ``init`` starts at
+    the identity too; an explicit other init is honoured with a warning).
+    ``targets``: None = every supported module of ``kind``; a name / glob pattern (matched
     against the whole module name or a dotted run of it, e.g. ``"layer.0"``), a list of them,
-    or a predicate ``(name, module) -> bool``. ``attention``: the STAMP backend (``eager``,
-    ``sdpa``, ``flex``, ``fused`` or an ``AttentionConfig``); None follows the model's own
-    implementation (eager -> eager; sdpa -> sdpa for ``fusion=add``, fused for ``mul``).
+    or a predicate ``(name, module) -> bool``. ``kind``: the attention modules ``targets``
+    chooses from: ``"self"`` (default), ``"cross"`` (a decoder's attention over its encoder,
+    e.g. BART's ``encoder_attn``, T5's ``EncDecAttention``: M from the query tokens, the
+    low-rank generator reads the key tokens too) or ``"both"``.
+    ``attention``: the STAMP backend (``eager``, ``sdpa``, ``flex``, ``fused`` or an
+    ``AttentionConfig``); None follows the model's own implementation (eager -> eager; sdpa ->
+    sdpa for ``fusion=add``, fused for ``mul``).
     ``n_max``: the MLP generator's key columns (an int, or attention module name -> int);
-    None = the model's longest sequence (patches + [CLS], or ``max_position_embeddings``).
+    None = the model's longest key sequence (patches + [CLS], an encoder-decoder's source /
+    target length, or ``max_position_embeddings``; T5 has none: pass it).
     The pretrained weights are kept; each targeted module gets a ``stamp`` sub-module.
     """
     mask = _default_mask(mask)
@@ -154,7 +178,7 @@ def inject(
             f"got {mask.type}"
         )
     attention_cfg = as_backend_config(attention)
-    chosen = select_targets(model, targets)
+    chosen = select_targets(model, targets, kind)
     already = [n for n, m in chosen.items() if isinstance(getattr(m, "stamp", None), InjectedStamp)]
     if already:
         raise ValueError(f"stamp.inject: already injected: {', '.join(already)}")
@@ -164,10 +188,11 @@ def inject(
         family = _family_of(module)
         limit = n_max.get(name) if isinstance(n_max, dict) else n_max
         if family == "hf":
+            cross = hf.is_cross_attention(module, name)
             if limit is None:
-                limit = hf.default_n_max(module)
+                limit = hf.default_n_max(module, cross)
             _check_n_max(mask, limit, name)
-            hf.attach(module, hf.make_stamp(module, mask, limit, attention_cfg))
+            hf.attach(module, hf.make_stamp(module, mask, limit, attention_cfg, cross))
         else:
             from stamp.injection import timm_vit
 

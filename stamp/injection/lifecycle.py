@@ -28,6 +28,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -602,13 +603,16 @@ def load(
                     f"no supported attention module named {_some(missing)} (saved targets)"
                 )
             else:
-                inject(
-                    model,
-                    mask=MaskConfig(**saved["mask"]),
-                    targets=lambda name, _: name in set(saved["targets"]),
-                    attention=_attention_of(saved),
-                    n_max=saved["n_max"],
-                )
+                with warnings.catch_warnings():  # the saved weights replace the init anyway
+                    warnings.filterwarnings("ignore", message="stamp.inject: mask.init")
+                    inject(
+                        model,
+                        mask=MaskConfig(**saved["mask"]),
+                        targets=lambda name, _: name in set(saved["targets"]),
+                        attention=_attention_of(saved),
+                        n_max=saved["n_max"],
+                        kind="both",  # the saved targets name self- and cross-attention alike
+                    )
         else:
             problems += _config_differences(saved, injection_config(model))
         if injected_modules(model):

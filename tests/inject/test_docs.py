@@ -14,7 +14,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "own_model.md"
 
 def test_own_model_doc_examples_run(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     for block in blocks:
@@ -40,3 +40,7 @@ def test_own_model_doc_examples_run(tmp_path, monkeypatch):
     assert len(stamp.injected_modules(scope["plain"])) == 2
     files = {p.name for p in (tmp_path / "stamp_adapter").iterdir()}
     assert files == {"stamp_config.json", "adapter_model.safetensors", "README.md"}
+    # the encoder-decoder block: BART's self- and cross-attention, then cached generation
+    bart_stamps = stamp.injected_modules(scope["bart"])
+    assert len(bart_stamps) == 6 and sum(s.cross for s in bart_stamps.values()) == 2
+    assert scope["summary"].shape[0] == 2 and scope["summary"].shape[1] <= 7
