@@ -468,7 +468,11 @@ def checkpoint_overrides(
     choices = {"task": stored["task_name"], "mask": stored["mask"].get("type")}
     choices.update(run.get("choices") or {})
     groups = [f"{g}={c}" for g, c in choices.items() if c is not None and g not in user]
-    # a group the user chose keeps its own settings (another mask / backend is their request)
+    # a group the user sets to the checkpoint's own choice (``task=X mask=Y`` as eval.py took
+    # before) restores its settings; another choice keeps the user's (another mask / backend
+    # is their request)
+    same = {o.key_or_group for o in parsed if choices.get(o.key_or_group) == str(o.value())}
+    user -= same & set(RESTORED_GROUPS)
     sections = {
         "mask": stored.get("mask"),
         "model": stored.get("model"),

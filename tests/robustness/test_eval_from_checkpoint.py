@@ -97,6 +97,9 @@ def test_explicit_overrides_win_and_mismatch_stays_an_error(sized_demo, tmp_path
     with pytest.raises(CheckpointConfigMismatch, match="mask.type: checkpoint 'multilayer'"):
         eval_alone(ckpt, tmp_path / "c", "mask=global")
     assert checkpoint_overrides(ckpt, ["task=qvhighlights"]) == []
+    # the checkpoint's own task and mask named as before: the rest still restored
+    named = checkpoint_overrides(ckpt, ["task=demo", "mask=multilayer"])
+    assert "mask.depth=3" in named and not any(o.startswith(("task=", "mask=")) for o in named)
 
 
 def test_checkpoint_without_data_settings_restores_through_interpolations(sized_demo, tmp_path):
