@@ -289,6 +289,12 @@ def check_checkpoint_config(
                 if trained
                 else ""
             )
+            + (
+                "(eval.py / predict.py ckpt_path=<file> take the checkpoint's settings by "
+                "themselves: the differences come from this command's own overrides)\n"
+                if evaluation
+                else ""
+            )
             + "Or allow_config_mismatch=true to use it anyway (recorded in results.json)."
         )
     if diffs:
