@@ -10,6 +10,7 @@ import os
 import pathlib
 import re
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -487,8 +488,6 @@ def checkpoint_overrides(
         "module": run.get("module"),
     }
     sections = {k: v for k, v in sections.items() if v is not None and k not in user}
-
-    import tempfile
 
     def compose(extra: list[str]) -> DictConfig:
         with tempfile.TemporaryDirectory() as tmp:

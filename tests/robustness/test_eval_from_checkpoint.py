@@ -20,7 +20,7 @@ from tasks.common.checkpoints import (
     with_checkpoint_config,
 )
 from tasks.common.pipeline import evaluate
-from tests.helpers import compose_cfg, run_cfg, run_script
+from tests.helpers import CONFIG_DIR, compose_cfg, run_cfg, run_script
 from tests.robustness.conftest import DEMO, qvh_overrides
 
 IGNORED = ("time", "gflops", "_ms")  # wall-clock metrics
@@ -246,3 +246,20 @@ def test_ave_checkpoint_alone(tmp_path):
     ]
     trained, ckpt = train_run(overrides, tmp_path / "train")
     assert_same_validation(trained, eval_alone(ckpt, tmp_path / "eval"))
+
+
+@pytest.mark.parametrize("config_name", ["eval", "predict"])
+def test_eval_and_predict_configs_compose_with_every_task(config_name, tmp_path):
+    tasks = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
+    assert {"demo", "qvhighlights", "imagenet", "msrvtt", "mad_ad", "ave"} <= set(tasks)
+    for task in tasks:
+        cfg = compose_cfg([f"task={task}", "ckpt_path=x.ckpt"], tmp_path, config_name)
+        assert cfg.task_name == task and cfg.ckpt_path == "x.ckpt"
+
+
+def test_predict_names_the_tasks_it_covers(sized_demo):
+    from tasks.common.predict import Predictor
+
+    _, ckpt = sized_demo
+    with pytest.raises(ValueError, match="no single-input prediction for task 'demo'.*imagenet"):
+        Predictor.from_checkpoint(ckpt)
