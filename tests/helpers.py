@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from tasks.common.launch.compose import CONFIG_DIR, ROOT, compose_config, without_hydra
+from tasks.common.runtime.compose import CONFIG_DIR, ROOT, compose_config, without_hydra
 
 __all__ = ["CONFIG_DIR", "ROOT", "compose_cfg", "run_cfg", "run_script"]
 

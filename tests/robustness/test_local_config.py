@@ -16,7 +16,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tasks.common.launch.compose import compose_config
+from tasks.common.runtime.compose import compose_config
 from tasks.common.runtime.pipeline import core_configs
 from tests.helpers import CONFIG_DIR, ROOT
 

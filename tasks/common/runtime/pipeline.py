@@ -40,6 +40,7 @@ from tasks.common.runtime.checkpoints import (
     SafeCheckpointIO,
     check_checkpoint_config,
     model_config,
+    run_config,
     safe_loading,
 )
 from tasks.common.runtime.mask_stats import MaskDiagnostics
@@ -454,7 +455,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_mask_memory(cfg, net)
     loggers = build_loggers(cfg, out_dir)
     callbacks = build_callbacks(cfg)
-    callbacks.append(ModelConfigInCheckpoint(model_config(cfg)))
+    callbacks.append(ModelConfigInCheckpoint(model_config(cfg), run_config(cfg)))
     if not any(isinstance(cb, EpochSeed) for cb in callbacks):  # exact resume needs it
         callbacks.append(EpochSeed(cfg.seed))
     callbacks.append(StopOnDivergence(cfg.monitor.metric))
