@@ -473,6 +473,25 @@ def _md_header(header: Sequence[str]) -> list[str]:
     return [_md_row(header), "|" + "---|" * len(header)]
 
 
+def _refs_text(spec: TableSpec, sources: Sequence[str]) -> str:
+    refs = [f"{source_label(s)}: {spec.refs[s]}" for s in sources if s in spec.refs]
+    return f" ({'; '.join(refs)})" if refs else ""
+
+
+def _source_notes(sources: Sequence[str], absent: Sequence[str]) -> list[str]:
+    """Under a table's title: what marks a number that differs, and the sources without it."""
+    notes = []
+    if any(s != DEFAULT_SOURCE for s in sources):
+        notes.append(f"{DIFFERS}: differs from the ACL paper")
+    if absent:
+        notes.append(f"not in {', '.join(source_label(s) for s in absent)}")
+    return notes
+
+
+def _note(spec: TableSpec) -> list[str]:
+    return [f"note: {spec.note}"] if spec.note else []
+
+
 def _splits_text(keys: Iterable[str]) -> str:
     return ", ".join(sorted({split_of(k) for k in keys if split_of(k)})) or "—"
 
@@ -588,19 +607,13 @@ def render(
     if profiles:
         summary.append(f"{len(profiles)} compute profiles (scripts/profile_compute.py)")
     if sources:
-        refs = [f"{source_label(s)}: {spec.refs[s]}" for s in sources if s in spec.refs]
-        summary.append("paper numbers beside" + (f" ({'; '.join(refs)})" if refs else ""))
+        summary.append("paper numbers beside" + _refs_text(spec, sources))
     if not records:
         summary.append("no runs")
-    out.append("; ".join(summary))
-    if any(s != DEFAULT_SOURCE for s in sources):
-        out.append(f"{DIFFERS}: differs from the ACL paper")
-    if absent:
-        out.append(f"not in {', '.join(source_label(s) for s in absent)}")
+    out += ["; ".join(summary), *_source_notes(sources, absent)]
     if keys_used and paper_rows:
         out.append(f"metrics read: {', '.join(sorted(keys_used))}")
-    if spec.note:
-        out.append(f"note: {spec.note}")
+    out += _note(spec)
     for key, why in sorted(unavailable.items()):
         out.append(f"n/a: {key} could not be computed: {why}")
     for status in sorted({str(r.get("status")) for r in failed}):  # failed, diverged, running
@@ -731,18 +744,9 @@ def render_max_gain(
             cell = {"metric": metric, "split": split, "mean": mean, "source": src}
             cell |= {"paper": None if ref is None else ref[0], "paper_split": paper_split}
             long_rows.append(_csv_row(spec, row.id, row.label, column.name, **cell))
-    out = [f"## {spec.id} — {spec.title}", ""]
-    refs = [f"{source_label(s)}: {spec.refs[s]}" for s in sources if s in spec.refs]
-    out.append(
-        "measured: the largest Gain (Δ) of the source tables' runs; paper numbers beside"
-        + (f" ({'; '.join(refs)})" if refs else "")
-    )
-    if any(s != DEFAULT_SOURCE for s in sources):
-        out.append(f"{DIFFERS}: differs from the ACL paper")
-    if absent:
-        out.append(f"not in {', '.join(source_label(s) for s in absent)}")
-    if spec.note:
-        out.append(f"note: {spec.note}")
+    measured = "measured: the largest Gain (Δ) of the source tables' runs; paper numbers beside"
+    out = [f"## {spec.id} — {spec.title}", "", measured + _refs_text(spec, sources)]
+    out += [*_source_notes(sources, absent), *_note(spec)]
     return RenderedTable(spec, "\n".join([*out, "", *lines]), long_rows)
 
 
@@ -810,9 +814,7 @@ def render_mean_gain(
         "measured: mean / max over the table's metric columns of the runs' Gain (Δ); "
         "each source's table gives its own mean / max; stated: the text's numbers"
     )
-    out += [f"stated value not given by its own table: {m}" for m in mismatches]
-    if spec.note:
-        out.append(f"note: {spec.note}")
+    out += [f"stated value not given by its own table: {m}" for m in mismatches] + _note(spec)
     return RenderedTable(spec, "\n".join([*out, "", *lines]), long_rows)
 
 
