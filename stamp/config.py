@@ -34,6 +34,14 @@ MaskType = _StrEnum(
     module=__name__,
 )
 MaskType.__doc__ = "Which attention mask a model uses (``mask=`` in the configs)."
+# What a mask mode is, for code outside stamp/ that reads a run's ``mask`` (tables, plots): ask
+# these instead of comparing names. A control (extra_linear / extra_layers) has no generator but
+# is sized after one (``mask.depth``, the generator form), so its generator settings describe it.
+MaskType.is_full_attention = property(lambda self: self is MaskType.none)
+MaskType.uses_generator = property(lambda self: self in (MaskType.global_, MaskType.multilayer))
+MaskType.has_generator_settings = property(
+    lambda self: self not in (MaskType.none, MaskType.sparse)
+)
 
 
 class Fusion(str, Enum):

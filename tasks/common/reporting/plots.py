@@ -398,13 +398,14 @@ def plot_depth_sweep(
     """Fig. S4: ``metric`` against STAMP depth, one line per fusion op (mean ± std over seeds);
     full attention runs as a dashed line; the paper's points as crosses."""
     from tasks.common.reporting.tables import Stat
-    from tasks.common.runtime.results import generator_label
+    from tasks.common.runtime.results import generator_label, mask_type
 
     ok = [r for r in records if r.get("status", "ok") == "ok" and metric in r.get("metrics", {})]
     if not ok:
         raise ValueError(f"no finished run logged {metric}")
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    stamp = [r for r in ok if r.get("mask") not in ("none", None)]
+    kinds = [mask_type(r) for r in ok]
+    stamp = [r for r, k in zip(ok, kinds, strict=True) if k and not k.is_full_attention]
 
     def line_of(r: dict) -> tuple[str, str, str]:
         return str(r.get("fusion")), generator_label(r), stamp_groups_label(r)
@@ -427,7 +428,9 @@ def plot_depth_sweep(
             capsize=3,
             label=f"STAMP, {fusion}" + ("" if form == "mlp" else f", {form}") + groups,
         )
-    full = Stat.of([r["metrics"][metric] for r in ok if r.get("mask") == "none"])
+    full = Stat.of(
+        [r["metrics"][metric] for r, k in zip(ok, kinds, strict=True) if k and k.is_full_attention]
+    )
     if full is not None:
         ax.axhline(full.mean, color="grey", linestyle="--", label=f"full attention ({full.n})")
     for (depth, fusion), value in (paper_points or {}).items():
