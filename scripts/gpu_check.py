@@ -325,7 +325,7 @@ def _inside(path: Path) -> Iterator[None]:
 
 def train_once(overrides: list[str], out: Path) -> dict:
     """train(cfg) in this process, in ``out`` (as the tests run it)."""
-    from tasks.common.launch.compose import compose_config, without_hydra
+    from tasks.common.runtime.compose import compose_config, without_hydra
     from tasks.common.runtime.pipeline import train
 
     cfg = compose_config(overrides, out)
@@ -369,7 +369,7 @@ def check_resume(device: torch.device, work: Path, precision: str = "bf16-mixed"
     ``trainer.deterministic=true``: the same final metrics."""
     from omegaconf import open_dict
 
-    from tasks.common.launch.compose import compose_config, without_hydra
+    from tasks.common.runtime.compose import compose_config, without_hydra
     from tasks.common.runtime.pipeline import train
 
     start = time.perf_counter()

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from tasks.common.launch.compose import compose_config, without_hydra  # noqa: E402
 from tasks.common.reporting.profiling import profile_config, split_overrides  # noqa: E402
 from tasks.common.reporting.tables import generic_spec, load_paper, render, to_csv  # noqa: E402
+from tasks.common.runtime.compose import compose_config, without_hydra  # noqa: E402
 
 log = logging.getLogger("profile_compute")
 

@@ -1,2 +1,2 @@
 """How runs are started: Hydra's submitit launchers, Hydra callbacks around a multirun, and
-composing ``configs/`` outside ``@hydra.main``."""
+prediction from a checkpoint alone (``predict.py``)."""
