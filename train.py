@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from tasks.common.pipeline import run_job, train
-from tasks.common.schemas import register_schemas
+from tasks.common.runtime.pipeline import run_job, train
+from tasks.common.runtime.schemas import register_schemas
 
 register_schemas()
 

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.common.data import DataValidationError  # noqa: E402
+from tasks.common.runtime.data import DataValidationError  # noqa: E402
 from tasks.qvhighlights.data import read_npz_array  # noqa: E402
 from tasks.qvhighlights.metrics import load_jsonl  # noqa: E402
 from tasks.qvhighlights.synthetic import (  # noqa: E402

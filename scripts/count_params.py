@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from tasks.common.compose import compose_config  # noqa: E402
+from tasks.common.runtime.compose import compose_config  # noqa: E402
 
 TOLERANCE = 0.03
 

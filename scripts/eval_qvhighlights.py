@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.common.results import atomic_write_text  # noqa: E402
+from tasks.common.runtime.results import atomic_write_text  # noqa: E402
 from tasks.qvhighlights.metrics import check_submission, eval_submission, load_jsonl  # noqa: E402
 
 

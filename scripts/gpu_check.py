@@ -325,8 +325,8 @@ def _inside(path: Path) -> Iterator[None]:
 
 def train_once(overrides: list[str], out: Path) -> dict:
     """train(cfg) in this process, in ``out`` (as the tests run it)."""
-    from tasks.common.compose import compose_config, without_hydra
-    from tasks.common.pipeline import train
+    from tasks.common.runtime.compose import compose_config, without_hydra
+    from tasks.common.runtime.pipeline import train
 
     cfg = compose_config(overrides, out)
     with _inside(out):
@@ -369,8 +369,8 @@ def check_resume(device: torch.device, work: Path, precision: str = "bf16-mixed"
     ``trainer.deterministic=true``: the same final metrics."""
     from omegaconf import open_dict
 
-    from tasks.common.compose import compose_config, without_hydra
-    from tasks.common.pipeline import train
+    from tasks.common.runtime.compose import compose_config, without_hydra
+    from tasks.common.runtime.pipeline import train
 
     start = time.perf_counter()
     overrides = tiny_run("demo", work / "data") + device_overrides(device, precision)
@@ -381,7 +381,7 @@ def check_resume(device: torch.device, work: Path, precision: str = "bf16-mixed"
         cfg = compose_config(overrides, out)
         with open_dict(cfg):
             cfg.callbacks.interrupt = {
-                "_target_": "tasks.common.callbacks.InterruptAtEpoch",
+                "_target_": "tasks.common.runtime.callbacks.InterruptAtEpoch",
                 "epoch": 1,
             }
         with _inside(out), contextlib.suppress(RuntimeError):

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             samples_per_shard=args.samples_per_shard,
             seed=args.seed,
         )
-    from tasks.common.shards import ShardIndex
+    from tasks.common.runtime.shards import ShardIndex
 
     for split, path in written.items():
         index = ShardIndex.load(path)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.common.tables import (
+from tasks.common.reporting.tables import (
     DEFAULT_SOURCE,
     PAPER_FILE,
     load_paper,
@@ -31,7 +31,7 @@ from tasks.common.tables import (
     to_csv,
     to_markdown,
 )
-from tasks.common.wandb_runs import load_wandb_runs
+from tasks.common.reporting.wandb_runs import load_wandb_runs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.common.plots import (  # noqa: E402
+from tasks.common.reporting.plots import (  # noqa: E402
     collect_attention,
     collect_run,
     load_run,

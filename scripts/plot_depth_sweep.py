@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.common.plots import log_images_to_wandb, plot_depth_sweep  # noqa: E402
-from tasks.common.results import load_results  # noqa: E402
-from tasks.common.tables import load_paper  # noqa: E402
+from tasks.common.reporting.plots import log_images_to_wandb, plot_depth_sweep  # noqa: E402
+from tasks.common.reporting.tables import load_paper  # noqa: E402
+from tasks.common.runtime.results import load_results  # noqa: E402
 
 
 def default_metric(records: list[dict]) -> str:

@@ -23,14 +23,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stamp.diagnostics import MaskStatistics  # noqa: E402
-from tasks.common.plots import (  # noqa: E402
+from tasks.common.reporting.plots import (  # noqa: E402
     collect_run,
     load_run,
     modality_boundaries,
     plot_mask_grid,
     plot_mask_statistics,
 )
-from tasks.common.profiling import forward_fn  # noqa: E402
+from tasks.common.reporting.profiling import forward_fn  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

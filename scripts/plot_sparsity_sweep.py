@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.common.results import load_results  # noqa: E402
+from tasks.common.runtime.results import load_results  # noqa: E402
 
 
 def sweep_points(records: list[dict], metrics: list[str]) -> dict[str, dict[float, list[float]]]:

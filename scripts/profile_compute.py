@@ -9,7 +9,7 @@ Every other argument is a Hydra override of configs/train.yaml (the same config 
 train.py); comma lists are swept (their product); without one, an experiment file's own sweep
 (``hydra.sweeper.params``) is run, and its ``table`` tag labels the rows (``--table`` wins).
 The model is built untrained from the config and run on one batch of the task's datamodule;
-see tasks/common/profiling.py for what is counted. Writes profile.json / profile.md /
+see tasks/common/reporting/profiling.py for what is counted. Writes profile.json / profile.md /
 profile.csv to --out; make_tables.py reads profile.json too (Tables 4 and 7 beside the paper's
 numbers with --table T4 / T7).
 """
@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from tasks.common.compose import compose_config, without_hydra  # noqa: E402
-from tasks.common.profiling import profile_config, split_overrides  # noqa: E402
-from tasks.common.tables import generic_spec, load_paper, render, to_csv  # noqa: E402
+from tasks.common.reporting.profiling import profile_config, split_overrides  # noqa: E402
+from tasks.common.reporting.tables import generic_spec, load_paper, render, to_csv  # noqa: E402
+from tasks.common.runtime.compose import compose_config, without_hydra  # noqa: E402
 
 log = logging.getLogger("profile_compute")
 

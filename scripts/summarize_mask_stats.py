@@ -2,9 +2,9 @@
 
     python scripts/summarize_mask_stats.py <sweep dir> [<sweep dir> ...] [--layers first,last]
 
-Reads ``mask_stats`` from every results.json (written by tasks/common/mask_stats.py at the last
-validation) and prints one markdown table: per row (the run's ``row`` tag) and layer, mean ± std
-over the runs of token dependence, mean |M|, negative share, attention entropy with and without
+Reads ``mask_stats`` from every results.json (written by tasks/common/runtime/mask_stats.py at the
+last validation) and prints one markdown table: per row (the run's ``row`` tag) and layer, mean ±
+std over the runs of token dependence, mean |M|, negative share, attention entropy with and without
 M, and the generator's first-layer gradient norm. What they mean: docs/stamp_diagnostics.md.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stamp.diagnostics import STAT_NAMES  # noqa: E402
-from tasks.common.results import load_results  # noqa: E402
+from tasks.common.runtime.results import load_results  # noqa: E402
 
 COLUMNS = ("token_dependence", "mean_abs", "neg_share", "entropy", "entropy_unmasked")
 

@@ -34,8 +34,10 @@ from stamp.injection import (
     injected_modules,
     load,
     mark_only_stamp_trainable,
+    push_to_hub,
     save,
     stamp_state_dict,
+    unload,
 )
 from stamp.layers import (
     DropPath,
@@ -104,9 +106,11 @@ __all__ = [
     "mask_parameter_count",
     "matched_layer_count",
     "matched_linear_count",
+    "push_to_hub",
     "record_attention",
     "resolve_backend",
     "save",
     "sdpa_attention",
     "stamp_state_dict",
+    "unload",
 ]

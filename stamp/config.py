@@ -1,8 +1,9 @@
 """Typed settings of the STAMP core.
 
-The dataclasses here are plain Python (no Hydra import); ``tasks.common.schemas`` registers them
-as Hydra structured-config schemas so that an invalid value stops at start-up with the valid
-choices listed. Choices are ``str`` enums because OmegaConf validates enums (not ``Literal``).
+The dataclasses here are plain Python (no Hydra import); ``tasks.common.runtime.schemas``
+registers them as Hydra structured-config schemas so that an invalid value stops at start-up
+with the valid choices listed. Choices are ``str`` enums because OmegaConf validates enums (not
+``Literal``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ MaskType = _StrEnum(
     module=__name__,
 )
 MaskType.__doc__ = "Which attention mask a model uses (``mask=`` in the configs)."
+# What a mask mode is, for code outside stamp/ that reads a run's ``mask`` (tables, plots): ask
+# these instead of comparing names. A control (extra_linear / extra_layers) has no generator but
+# is sized after one (``mask.depth``, the generator form), so its generator settings describe it.
+MaskType.is_full_attention = property(lambda self: self is MaskType.none)
+MaskType.uses_generator = property(lambda self: self in (MaskType.global_, MaskType.multilayer))
+MaskType.has_generator_settings = property(
+    lambda self: self not in (MaskType.none, MaskType.sparse)
+)
 
 
 class Fusion(str, Enum):
@@ -158,6 +167,15 @@ class Backend(str, Enum):
         return self.value
 
 
+class _DefaultInit(str):
+    """The default of ``MaskConfig.init``: reads ``"torch"`` (the task models' init) but is told
+    apart from an explicit value, so that ``stamp.inject`` starts at the identity unless an init
+    was asked for (``MaskConfig.init_given``)."""
+
+
+_DEFAULT_INIT = _DefaultInit("torch")
+
+
 def _choices(enum: type[Enum]) -> str:
     return ", ".join(e.value for e in enum)
 
@@ -186,7 +204,7 @@ class MaskConfig:
     hidden: int | None = None
     fusion: Fusion = Fusion.mul
     bound: MaskBound = MaskBound.none
-    init: MaskInit = MaskInit.torch
+    init: MaskInit = _DEFAULT_INIT  # type: ignore[assignment]  # torch; see init_given
     fusion_order: FusionOrder = FusionOrder.mask_first
     generator: GeneratorKind = GeneratorKind.mlp
     rank: int = 16  # r of mask.generator=lowrank (per head when per_head)
@@ -204,6 +222,7 @@ class MaskConfig:
         self.type = _as_enum(MaskType, self.type, "mask.type")
         self.fusion = _as_enum(Fusion, self.fusion, "mask.fusion")
         self.bound = _as_enum(MaskBound, self.bound, "mask.bound")
+        self.init_given = self.init is not _DEFAULT_INIT  # (not a field: not saved or compared)
         self.init = _as_enum(MaskInit, self.init, "mask.init")
         self.fusion_order = _as_enum(FusionOrder, self.fusion_order, "mask.fusion_order")
         self.generator = _as_enum(GeneratorKind, self.generator, "mask.generator")

@@ -14,7 +14,7 @@ For each attention module that receives a mask (a "STAMP layer"):
 
 ``MaskStatistics`` records these over a few forward passes (routing the recorded modules through
 the eager path, as ``record_attention`` does); pure PyTorch, used by the Lightning callback
-``tasks.common.mask_stats.MaskDiagnostics`` and by ``scripts/plot_mask_stats.py``.
+``tasks.common.runtime.mask_stats.MaskDiagnostics`` and by ``scripts/plot_mask_stats.py``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from tasks.common.compose import CONFIG_DIR, ROOT, compose_config, without_hydra
+from tasks.common.runtime.compose import CONFIG_DIR, ROOT, compose_config, without_hydra
 
 __all__ = ["CONFIG_DIR", "ROOT", "compose_cfg", "run_cfg", "run_script"]
 
@@ -23,7 +23,7 @@ def compose_cfg(
 
 def run_cfg(cfg: DictConfig, fn=None) -> dict:
     """Run train(cfg) (or another pipeline function) in-process, inside ``paths.output_dir``."""
-    from tasks.common.pipeline import train
+    from tasks.common.runtime.pipeline import train
 
     fn = fn or train
     cwd = os.getcwd()

@@ -1,7 +1,7 @@
 """The pipeline's submitit launchers (``configs/hydra/launcher/{slurm,local}.yaml``).
 
 Hydra instantiates launchers only from the ``hydra_plugins`` namespace; the behaviour is in
-``tasks/common/launchers.py``. Without the ``cluster`` extra (hydra-submitit-launcher) this
+``tasks/common/launch/launchers.py``. Without the ``cluster`` extra (hydra-submitit-launcher) this
 module defines nothing, and the basic launcher works as before.
 """
 
@@ -13,7 +13,7 @@ try:
 except ImportError:  # pragma: no cover - the cluster extra is not installed
     pass
 else:
-    from tasks.common.launchers import PipelineLauncherMixin
+    from tasks.common.launch.launchers import PipelineLauncherMixin
 
     class StampSlurmLauncher(PipelineLauncherMixin, SlurmLauncher):
         """``hydra/launcher=slurm``: one SLURM array task per sweep job, Lightning's layout."""

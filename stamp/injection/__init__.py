@@ -8,11 +8,10 @@ from stamp.injection.api import (
     attention_modules,
     inject,
     injected_modules,
-    load,
     mark_only_stamp_trainable,
-    save,
     stamp_state_dict,
 )
+from stamp.injection.lifecycle import load, push_to_hub, save, unload
 
 __all__ = [
     "InjectedStamp",
@@ -21,6 +20,8 @@ __all__ = [
     "injected_modules",
     "load",
     "mark_only_stamp_trainable",
+    "push_to_hub",
     "save",
     "stamp_state_dict",
+    "unload",
 ]

@@ -47,12 +47,11 @@ class InjectedStamp(RecordsAttention, nn.Module):
     ``forward(q, k, v, hidden=X, attn_bias=...)`` computes M = F(X) and the masked attention
     ``softmax((QKᵀ/√d) ◇ M + bias) V`` on the chosen backend. q is (B, H, Nq, d); k, v are
     (B, H, Nk, d) with Nk >= Nq under a KV cache (the new tokens are the last Nq keys).
-    A cross-attention passes its key tokens as ``context`` (the low-rank generator reads them;
-    ``context_dim``: their width when it is not the model's).
     ``attention`` None follows the model's implementation (``source``), see ``auto_backend``.
+    ``context_dim``: the key tokens' width of a cross-attention (``InjectedCrossStamp``).
     """
 
-    cross = False  # True once called as a cross-attention (``context`` given)
+    cross = False  # self-attention only
 
     def __init__(
         self,
@@ -99,14 +98,10 @@ class InjectedStamp(RecordsAttention, nn.Module):
         self._transient["cache"] = cache
         self._transient["n_past"] = n_past
 
-    def mask_for(self, hidden: Tensor, keys: Tensor, context: Tensor | None = None) -> Tensor:
+    def mask_for(self, hidden: Tensor, keys: Tensor) -> Tensor:
         """M for the queries ``hidden`` (B, Nq, D) over the keys ``keys`` (B, Nk, d) of one head;
-        under a KV cache the first ``n_past`` keys are past tokens, then come these tokens.
-        ``context`` (B, Nk, D_ctx): the key tokens of a cross-attention (the low-rank generator
-        reads them, as ``StampCrossAttentionLayer``'s)."""
+        under a KV cache the first ``n_past`` keys are past tokens, then come these tokens."""
         nq, n_keys = hidden.shape[1], keys.shape[1]
-        if context is not None:  # cross-attention: Nk key tokens, no KV cache here
-            return self.generator(hidden, n_keys=n_keys, context=context)
         n_past = self._transient.get("n_past", 0)
         if n_keys < n_past + nq:
             raise NotImplementedError(
@@ -162,7 +157,6 @@ class InjectedStamp(RecordsAttention, nn.Module):
         v: Tensor,
         *,
         hidden: Tensor | None = None,
-        context: Tensor | None = None,
         attn_bias: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         dropout_p: float = 0.0,
@@ -179,9 +173,7 @@ class InjectedStamp(RecordsAttention, nn.Module):
                 "(the forward pre-hook did not run); call the attention module itself"
             )
         self._transient["hidden"] = None  # do not keep activations alive between calls
-        if context is not None:
-            self.cross = True  # (diagnostics: its M has no diagonal)
-        mask = self.mask_for(hidden, k[:, 0, : k.shape[2] - extra_keys], context).to(q.dtype)
+        mask = self.mask_for(hidden, k[:, 0, : k.shape[2] - extra_keys]).to(q.dtype)
         if extra_keys:
             mask = F.pad(mask, (0, extra_keys), value=1.0 if self.fusion is Fusion.mul else 0.0)
         return self.masked_attention(

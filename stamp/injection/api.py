@@ -4,11 +4,15 @@
     stamp.mark_only_stamp_trainable(model)            # optional: train the generators only
     stamp.save(model, "stamp_adapter/")               # STAMP weights + mask config (JSON)
     stamp.load(fresh_model, "stamp_adapter/")         # injects (if needed) and loads them
+    stamp.unload(model)                               # the original modules again
+
+(save / load / unload: ``stamp.injection.lifecycle``.)
 
 Supported: Hugging Face transformers attention modules that dispatch through the
-``AttentionInterface`` (BERT, ViT, CLIP text / vision, LLaMA-family decoders with KV cache, and
-the many others written the same way), timm's ``Attention`` (ViT) and PyTorch's
-``nn.MultiheadAttention`` (self- and cross-attention). See docs/own_model.md.
+``AttentionInterface`` (BERT, ViT, CLIP text / vision, LLaMA-family decoders with KV cache,
+encoder-decoders' self- and cross-attention: BART, T5, Whisper, and the many others written the
+same way), timm's ``Attention`` (ViT, DeiT), ``EvaAttention`` and Swin's ``WindowAttention``, and
+PyTorch's ``nn.MultiheadAttention`` (self- and cross-attention). See docs/own_model.md.
 """
 
 from __future__ import annotations
@@ -16,22 +20,19 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import warnings
 from collections.abc import Callable, Iterable
 from enum import Enum
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from stamp.config import AttentionConfig, MaskConfig, MaskType
+from stamp.config import AttentionConfig, MaskConfig, MaskInit, MaskType
 from stamp.injection.adapter import InjectedStamp, as_backend_config
+from stamp.injection.lifecycle import reversible
 
 Targets = None | str | Iterable[str] | Callable[[str, nn.Module], bool]
-
-CONFIG_FILE = "stamp_config.json"
-WEIGHTS_SAFETENSORS = "stamp_model.safetensors"
-WEIGHTS_TORCH = "stamp_model.pt"
-FORMAT = "stamp-inject/1"
+KINDS = ("self", "cross", "both")  # which attention modules ``inject`` may target
 
 
 def _families() -> list:
@@ -67,18 +68,14 @@ def _family_of(module: nn.Module) -> str | None:
 
 
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Every self-attention module ``stamp.inject`` can target (name -> module)."""
-    found = {}
-    for name, module in model.named_modules():
-        family = _family_of(module)
-        if family == "hf":
-            from stamp.injection import hf
+    """Every attention module (self and cross) ``stamp.inject`` can target (name -> module)."""
+    return {name: m for name, m in model.named_modules() if _family_of(m) is not None}
 
-            if hf.is_cross_attention(module):
-                continue
-        if family is not None:
-            found[name] = module
-    return found
+
+def _is_cross(name: str, module: nn.Module) -> bool:
+    from stamp.injection import hf
+
+    return _family_of(module) == "hf" and hf.is_cross_attention(module, name)
 
 
 def injected_modules(model: nn.Module) -> dict[str, InjectedStamp]:
@@ -98,9 +95,16 @@ def _matches(name: str, pattern: str) -> bool:
     )
 
 
-def select_targets(model: nn.Module, targets: Targets) -> dict[str, nn.Module]:
-    """The attention modules that ``targets`` selects (see ``inject``)."""
-    candidates = attention_modules(model)
+def select_targets(model: nn.Module, targets: Targets, kind: str = "self") -> dict[str, nn.Module]:
+    """The attention modules of ``kind`` (self / cross / both) that ``targets`` selects (see
+    ``inject``)."""
+    if kind not in KINDS:
+        raise ValueError(f"stamp.inject: kind={kind!r}; choose one of: {', '.join(KINDS)}")
+    candidates = {
+        n: m
+        for n, m in attention_modules(model).items()
+        if kind == "both" or _is_cross(n, m) == (kind == "cross")
+    }
     if targets is None:
         chosen = candidates
     elif callable(targets):
@@ -114,44 +118,63 @@ def select_targets(model: nn.Module, targets: Targets) -> dict[str, nn.Module]:
                 sample = ", ".join(list(candidates)[:4]) + (", ..." if len(candidates) > 4 else "")
                 raise ValueError(
                     f"stamp.inject: target {pattern!r} matches no supported attention module "
-                    f"(there are {len(candidates)}: {sample or 'none'})"
+                    f"of kind={kind!r} (there are {len(candidates)}: {sample or 'none'})"
                 )
             chosen.update(hits)
     if not chosen:
         raise ValueError(
-            "stamp.inject: no attention module selected. Supported: Hugging Face attention "
-            "modules that use transformers' AttentionInterface (self-attention) and timm's "
-            "Attention (ViT)."
+            f"stamp.inject: no attention module selected (kind={kind!r}). Supported: Hugging "
+            "Face attention modules that use transformers' AttentionInterface (self-attention; "
+            "cross-attention with kind='cross' or 'both') and timm's Attention (ViT)."
         )
     return chosen
 
 
 def _default_mask(mask: MaskConfig | dict | None) -> MaskConfig:
+    """The mask config ``inject`` uses: without an explicit ``init`` (None, a mapping without
+    it, or a ``MaskConfig`` built without it) M starts at the identity, so the outputs do not
+    change at injection; an explicit other init is honoured, with a warning."""
     if mask is None:
-        return MaskConfig(type=MaskType.multilayer, init="identity")
-    if isinstance(mask, MaskConfig):
-        return mask
-    return MaskConfig(**{"init": "identity", **{k: mask[k] for k in mask}})
+        return MaskConfig(type=MaskType.multilayer, init=MaskInit.identity)
+    if not isinstance(mask, MaskConfig):
+        mask = MaskConfig(**{"init": MaskInit.identity, **{k: mask[k] for k in mask}})
+    elif not mask.init_given:
+        mask = dataclasses.replace(mask, init=MaskInit.identity)
+    if mask.init is not MaskInit.identity:
+        warnings.warn(
+            f"stamp.inject: mask.init={mask.init} does not start at the identity, so the model's "
+            "outputs change at injection (leave init out, or init='identity', to keep them)",
+            stacklevel=3,
+        )
+    return mask
 
 
+@reversible  # stamp.unload(model) gives the original modules back
 def inject(
     model: nn.Module,
     mask: MaskConfig | dict | None = None,
     targets: Targets = None,
     attention: AttentionConfig | str | dict | None = None,
     n_max: int | dict[str, int] | None = None,
+    kind: str = "self",
 ) -> nn.Module:
     """Replace the attention of ``model`` (in place) with STAMP attention; returns ``model``.
 
     ``mask``: a ``MaskConfig`` or mapping (default: multi-layer STAMP with ``init=identity``, so
-    the outputs equal the original's at injection; a mapping without ``init`` gets identity).
-    ``targets``: None = every supported self-attention module; a name / glob pattern (matched
+    the outputs equal the original's at injection; one without an explicit ``init`` starts at
+    the identity too; an explicit other init is honoured with a warning).
+    ``targets``: None = every supported module of ``kind``; a name / glob pattern (matched
     against the whole module name or a dotted run of it, e.g. ``"layer.0"``), a list of them,
-    or a predicate ``(name, module) -> bool``. ``attention``: the STAMP backend (``eager``,
-    ``sdpa``, ``flex``, ``fused`` or an ``AttentionConfig``); None follows the model's own
-    implementation (eager -> eager; sdpa -> sdpa for ``fusion=add``, fused for ``mul``).
+    or a predicate ``(name, module) -> bool``. ``kind``: the attention modules ``targets``
+    chooses from: ``"self"`` (default), ``"cross"`` (a decoder's attention over its encoder,
+    e.g. BART's ``encoder_attn``, T5's ``EncDecAttention``: M from the query tokens, the
+    low-rank generator reads the key tokens too) or ``"both"``.
+    ``attention``: the STAMP backend (``eager``, ``sdpa``, ``flex``, ``fused`` or an
+    ``AttentionConfig``); None follows the model's own implementation (eager -> eager; sdpa ->
+    sdpa for ``fusion=add``, fused for ``mul``).
     ``n_max``: the MLP generator's key columns (an int, or attention module name -> int);
-    None = the model's longest sequence (patches + [CLS], or ``max_position_embeddings``).
+    None = the model's longest key sequence (patches + [CLS], an encoder-decoder's source /
+    target length, or ``max_position_embeddings``; T5 has none: pass it).
     The pretrained weights are kept; each targeted module gets a ``stamp`` sub-module.
     """
     mask = _default_mask(mask)
@@ -161,7 +184,7 @@ def inject(
             f"got {mask.type}"
         )
     attention_cfg = as_backend_config(attention)
-    chosen = select_targets(model, targets)
+    chosen = select_targets(model, targets, kind)
     already = [n for n, m in chosen.items() if isinstance(getattr(m, "stamp", None), InjectedStamp)]
     if already:
         raise ValueError(f"stamp.inject: already injected: {', '.join(already)}")
@@ -171,10 +194,11 @@ def inject(
         family = _family_of(module)
         limit = n_max.get(name) if isinstance(n_max, dict) else n_max
         if family == "hf":
+            cross = hf.is_cross_attention(module, name)
             if limit is None:
-                limit = hf.default_n_max(module)
+                limit = hf.default_n_max(module, cross)
             _check_n_max(mask, limit, name)
-            hf.attach(module, hf.make_stamp(module, mask, limit, attention_cfg))
+            hf.attach(module, hf.make_stamp(module, mask, limit, attention_cfg, cross))
         elif family == "mha":
             from stamp.injection import mha
 
@@ -250,7 +274,6 @@ def injection_config(model: nn.Module) -> dict:
     if len(masks) > 1:
         raise ValueError("stamp.save: the injected modules use different mask configs")
     return {
-        "format": FORMAT,
         "mask": _as_dict(first.mask_cfg),
         "attention": _as_dict(first.attention_cfg),
         "targets": list(stamps),
@@ -259,135 +282,3 @@ def injection_config(model: nn.Module) -> dict:
         # with another layer set (a 3-layer model would keep its third layer without STAMP)
         "attention_modules": sorted(attention_modules(model)),
     }
-
-
-def save(model: nn.Module, directory: str | Path) -> Path:
-    """Write the STAMP weights (safetensors if installed, else torch.save) and
-    ``stamp_config.json`` into ``directory``; returns the weights' path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = injection_config(model)
-    weights = {k: v.detach().contiguous().cpu() for k, v in stamp_state_dict(model).items()}
-    try:
-        from safetensors.torch import save_file
-
-        path = directory / WEIGHTS_SAFETENSORS
-        save_file(weights, str(path))
-    except ImportError:  # pragma: no cover - safetensors ships with transformers
-        path = directory / WEIGHTS_TORCH
-        torch.save(weights, path)
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    return path
-
-
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    if (directory / WEIGHTS_SAFETENSORS).exists():
-        from safetensors.torch import load_file
-
-        return load_file(str(directory / WEIGHTS_SAFETENSORS))
-    if (directory / WEIGHTS_TORCH).exists():
-        return _read_weights_safely(directory / WEIGHTS_TORCH)
-    raise FileNotFoundError(
-        f"stamp.load: no {WEIGHTS_SAFETENSORS} or {WEIGHTS_TORCH} in {directory}"
-    )
-
-
-def load(model: nn.Module, directory: str | Path) -> nn.Module:
-    """Load STAMP weights saved by ``save`` into ``model`` (in place; returns it).
-
-    A model without STAMP is injected first with the saved mask config, targets and n_max; an
-    injected one must match them (differences are listed). Every tensor is checked for a
-    missing / unexpected name and its shape before anything is copied.
-    """
-    directory = Path(directory)
-    config_path = directory / CONFIG_FILE
-    if not config_path.exists():
-        raise FileNotFoundError(f"stamp.load: {config_path} not found (written by stamp.save)")
-    saved = json.loads(config_path.read_text())
-    if saved.get("format") != FORMAT:
-        raise ValueError(
-            f"stamp.load: {config_path} has format {saved.get('format')!r}, expected {FORMAT!r}"
-        )
-    if not injected_modules(model):
-        missing = [t for t in saved["targets"] if t not in attention_modules(model)]
-        if missing:
-            raise ValueError(
-                "stamp.load: the model has no supported attention module named "
-                f"{', '.join(missing[:4])} (saved targets); is it the same architecture?"
-            )
-        _check_layer_set(saved, model, config_path)
-        inject(
-            model,
-            mask=MaskConfig(**saved["mask"]),
-            targets=lambda name, _: name in set(saved["targets"]),
-            attention=None if saved["attention"] is None else AttentionConfig(**saved["attention"]),
-            n_max=saved["n_max"],
-        )
-    else:
-        _check_layer_set(saved, model, config_path)
-        problems = _config_differences(saved, injection_config(model))
-        if problems:
-            raise ValueError(
-                "stamp.load: the model's STAMP injection differs from the saved one:\n  "
-                + "\n  ".join(problems)
-            )
-    weights = _read_weights(directory)
-    own = stamp_state_dict(model)
-    problems = [f"missing in the file: {k}" for k in own if k not in weights]
-    problems += [f"not in the model: {k}" for k in weights if k not in own]
-    problems += [
-        f"shape of {k}: file {tuple(weights[k].shape)}, model {tuple(own[k].shape)}"
-        for k in own
-        if k in weights and weights[k].shape != own[k].shape
-    ]
-    if problems:
-        raise ValueError(
-            "stamp.load: the saved STAMP weights do not fit:\n  " + "\n  ".join(problems)
-        )
-    model.load_state_dict(weights, strict=False)
-    return model
-
-
-def _check_layer_set(saved: dict, model: nn.Module, config_path: Path) -> None:
-    """The model has the attention layers of the model the STAMP weights were saved from
-    (files written before this was recorded carry no list and are not checked)."""
-    if saved.get("attention_modules") is None:
-        return
-    before, now = set(saved["attention_modules"]), set(attention_modules(model))
-    if before == now:
-        return
-    lines = [f"only in the model: {', '.join(sorted(now - before))}"] if now - before else []
-    if before - now:
-        lines.append(f"only in the saved model: {', '.join(sorted(before - now))}")
-    raise ValueError(
-        f"stamp.load: {config_path} was saved from a model with another set of attention "
-        f"layers ({len(before)} saved, {len(now)} here):\n  " + "\n  ".join(lines)
-    )
-
-
-def _read_weights_safely(file: Path) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)``: tensors only; a file that pickles code is refused."""
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a weights-only refusal or a corrupt file
-        raise ValueError(
-            f"stamp.load: {file} cannot be read as tensors only ({type(err).__name__}); a file "
-            "that pickles Python objects is refused, since unpickling them could run code"
-        ) from err
-
-
-def _config_differences(saved: dict, current: dict) -> list[str]:
-    out = []
-    for key in ("mask", "attention"):
-        a, b = saved.get(key) or {}, current.get(key) or {}
-        for field in sorted(set(a) | set(b)):
-            if a.get(field) != b.get(field):
-                out.append(f"{key}.{field}: saved {a.get(field)!r}, model {b.get(field)!r}")
-    if sorted(saved["targets"]) != sorted(current["targets"]):
-        only_saved = sorted(set(saved["targets"]) - set(current["targets"]))
-        only_model = sorted(set(current["targets"]) - set(saved["targets"]))
-        out.append(f"targets: only saved {only_saved}, only in the model {only_model}")
-    for name, value in saved.get("n_max", {}).items():
-        if name in current["n_max"] and current["n_max"][name] != value:
-            out.append(f"n_max[{name}]: saved {value}, model {current['n_max'][name]}")
-    return out

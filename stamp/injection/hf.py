@@ -10,11 +10,13 @@ targeted module only:
   ``"stamp"`` (every other attribute is the model's, live), so this module, and no other, calls
   ``stamp_attention_forward``;
 * a forward pre-hook that hands the module's input tokens (and a KV cache's past length) to
-  ``module.stamp``.
+  ``module.stamp``; for a cross-attention (an encoder-decoder's ``encoder_attn`` /
+  ``EncDecAttention``: ``InjectedCrossStamp``) the query tokens and the key-side tokens
+  (``key_value_states``).
 
 The model still builds its attention mask for its own implementation (eager: additive float;
 SDPA: boolean or None for a plain causal mask); ``stamp_attention_forward`` turns it into the
-additive bias of the STAMP backends.
+additive bias of the STAMP backends (plus T5's relative position bias, which stays additive).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from stamp.config import AttentionConfig, MaskConfig
 from stamp.injection.adapter import SOURCE_IMPLEMENTATIONS, InjectedStamp, unsupported_source
+from stamp.injection.cross import InjectedCrossStamp
 
 IMPLEMENTATION = "stamp"
 _registered = False
@@ -90,30 +93,67 @@ def is_hf_attention(module: nn.Module) -> bool:
     return _uses_interface[cls]
 
 
-def is_cross_attention(module: nn.Module) -> bool:
-    return bool(getattr(module, "is_cross_attention", False)) or "Cross" in type(module).__name__
+# the attribute names under which transformers' models keep a decoder's cross-attention (BART,
+# mBART, Marian, Pegasus, Whisper: encoder_attn; T5 / mT5: EncDecAttention; BERT as a decoder:
+# crossattention). Their classes are the self-attention's, so the name is what tells them apart.
+CROSS_ATTENTION_NAMES = ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")
+
+
+def is_cross_attention(module: nn.Module, name: str = "") -> bool:
+    """A cross-attention module: flagged so by its class, or kept under a cross-attention name
+    (``name``: its dotted name in the model)."""
+    if getattr(module, "is_cross_attention", False) or "Cross" in type(module).__name__:
+        return True
+    return name.rsplit(".", 1)[-1] in CROSS_ATTENTION_NAMES
 
 
 def model_dims(module: nn.Module) -> tuple[int, int]:
-    """(model width D, number of query heads) of an HF attention module."""
+    """(model width D, number of query heads) of an HF attention module. The module's own head
+    count comes first: an encoder-decoder config's ``num_attention_heads`` is the encoder's."""
     config = module.config
     dim = getattr(config, "hidden_size", None)
     if dim is None:
         dim = next(m for m in module.modules() if isinstance(m, nn.Linear)).in_features
-    heads = getattr(config, "num_attention_heads", None) or module.num_heads
+    heads = next(
+        (
+            getattr(module, a)
+            for a in ("num_heads", "n_heads", "num_attention_heads")
+            if isinstance(getattr(module, a, None), int)
+        ),
+        None,
+    )
+    heads = heads or getattr(config, "num_attention_heads", None)
     return int(dim), int(heads)
 
 
-def default_n_max(module: nn.Module) -> int | None:
-    """Longest token sequence of the module's model: patches + [CLS] for vision towers (ViT,
-    CLIP vision), ``max_position_embeddings`` otherwise."""
+def key_input_width(module: nn.Module) -> int | None:
+    """Width of the tokens a module projects its keys from (its key Linear's input), if found."""
+    for name in ("k_proj", "k", "key"):
+        layer = getattr(module, name, None)
+        if isinstance(layer, nn.Linear):
+            return layer.in_features
+    return None
+
+
+def default_n_max(module: nn.Module, cross: bool = False) -> int | None:
+    """Longest key sequence of the module: patches + [CLS] for vision towers (ViT, CLIP vision);
+    an encoder-decoder's source length for a cross-attention or an encoder
+    (``max_source_positions``, Whisper), its target length for a decoder's self-attention
+    (``max_target_positions``); ``max_position_embeddings`` otherwise (BART, BERT, LLaMA).
+    None where the model has no such length (T5's relative positions): pass ``n_max=``."""
     config = module.config
     image, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
     if image is not None and patch is not None:
         ih, iw = (image, image) if isinstance(image, int) else image
         ph, pw = (patch, patch) if isinstance(patch, int) else patch
         return (ih // ph) * (iw // pw) + 1
-    return getattr(config, "max_position_embeddings", None)
+    decoder_self = not cross and getattr(module, "is_decoder", False)
+    own = "max_target_positions" if decoder_self else "max_source_positions"
+    for attribute in (own, "max_position_embeddings"):
+        value = getattr(config, attribute, None)
+        if value is not None:
+            return int(value)
+    return None
 
 
 def source_implementation(module: nn.Module) -> str:
@@ -123,8 +163,35 @@ def source_implementation(module: nn.Module) -> str:
     return config._attn_implementation or "eager"
 
 
+# the argument that carries a cross-attention's key-side tokens (BART, T5, Whisper: the first;
+# BertCrossAttention: the second), by class: (its name, its position) or None
+KEY_TOKEN_ARGUMENTS = ("key_value_states", "encoder_hidden_states")
+_key_token_argument: dict[type, tuple[str, int] | None] = {}
+
+
+def _key_value_states(module: nn.Module, args: tuple, kwargs: dict) -> Tensor | None:
+    """The key-side tokens of an HF attention call (keyword or positional), None if none."""
+    cls = type(module)
+    if cls not in _key_token_argument:
+        params = list(inspect.signature(module.forward).parameters)
+        found = [(name, params.index(name)) for name in KEY_TOKEN_ARGUMENTS if name in params]
+        _key_token_argument[cls] = found[0] if found else None
+    if _key_token_argument[cls] is None:
+        return None
+    name, position = _key_token_argument[cls]
+    if name in kwargs:
+        return kwargs[name]
+    return args[position] if len(args) > position else None
+
+
 def _pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
     hidden = args[0] if args else kwargs.get("hidden_states")
+    if _key_value_states(module, args, kwargs) is not None:
+        raise RuntimeError(
+            f"stamp.inject: {type(module).__name__} was injected as a self-attention but is "
+            "called with key-side tokens (a cross-attention); inject it with kind='cross' or "
+            "kind='both'"
+        )
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if cache is not None and hasattr(cache, "self_attention_cache"):  # encoder-decoder cache
         cache = cache.self_attention_cache
@@ -134,6 +201,22 @@ def _pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
     module.stamp.capture(hidden, cache=cache, n_past=n_past)
 
 
+def _cross_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    context = _key_value_states(module, args, kwargs)
+    if context is None:
+        raise RuntimeError(
+            f"stamp.inject: the cross-attention {type(module).__name__} was called without "
+            f"{' / '.join(KEY_TOKEN_ARGUMENTS)} (its key-side tokens)"
+        )
+    # an encoder-decoder cache holding this layer's cross-attention keys: the model reads them
+    # back instead of projecting the key tokens again (the low-rank key factors follow)
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    updated = getattr(cache, "is_updated", None)
+    keys_cached = isinstance(updated, dict) and bool(updated.get(getattr(module, "layer_idx", 0)))
+    module.stamp.capture(hidden, context=context, cache=cache, keys_cached=keys_cached)
+
+
 def attach(module: nn.Module, stamp: InjectedStamp) -> None:
     """Make ``module`` (an HF attention module) run STAMP; its weights stay where they are."""
     register()
@@ -141,24 +224,32 @@ def attach(module: nn.Module, stamp: InjectedStamp) -> None:
         part._is_hf_initialized = True
     module.stamp = stamp
     module.config = StampConfigView(module.config)
-    module._stamp_hook = module.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+    hook = _cross_pre_hook if stamp.cross else _pre_hook
+    module._stamp_hook = module.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def make_stamp(
-    module: nn.Module, mask: MaskConfig, n_max: int | None, attention: AttentionConfig | None
+    module: nn.Module,
+    mask: MaskConfig,
+    n_max: int | None,
+    attention: AttentionConfig | None,
+    cross: bool = False,
 ) -> InjectedStamp:
-    """The ``InjectedStamp`` of an HF attention module, on its device and dtype."""
+    """The ``InjectedStamp`` of an HF attention module (``InjectedCrossStamp`` with ``cross``),
+    on its device and dtype."""
     source = source_implementation(module)
     if source not in SOURCE_IMPLEMENTATIONS:  # its mask (flex BlockMask, varlen) has no bias form
         raise ValueError(unsupported_source(source))
     dim, heads = model_dims(module)
-    stamp = InjectedStamp(
+    kind = InjectedCrossStamp if cross else InjectedStamp
+    stamp = kind(
         mask,
         dim=dim,
         num_heads=heads,
         n_max=n_max,
         source=source,
         attention=attention,
+        context_dim=key_input_width(module) if cross else None,
     )
     ref = next(module.parameters(), None)
     if ref is not None:
@@ -210,7 +301,7 @@ def stamp_attention_forward(
     """The ``AttentionInterface`` function of injected modules: (B, Nq, H, d) output and the
     probabilities (eager backend) or None."""
     # (a sliding window is already in the mask the model built for eager / SDPA)
-    for unsupported in ("softcap", "position_bias", "s_aux"):
+    for unsupported in ("softcap", "s_aux"):
         if kwargs.get(unsupported) is not None:
             raise NotImplementedError(
                 f"stamp.inject: attention with {unsupported!r} is not supported "
@@ -230,6 +321,10 @@ def stamp_attention_forward(
     if is_causal is None:
         is_causal = getattr(module, "is_causal", False)
     bias = additive_bias(attention_mask, query, key, causal=source == "sdpa" and bool(is_causal))
+    position_bias = kwargs.get("position_bias")
+    if position_bias is not None:  # T5: a relative position bias, added to the logits as HF does
+        position_bias = position_bias.to(query.dtype)
+        bias = position_bias if bias is None else position_bias + bias
     out, probs = stamp(
         query,
         key,

@@ -2,17 +2,19 @@
 
 The module's class becomes ``StampMultiheadAttention``, a subclass whose forward is PyTorch's
 (``F.multi_head_attention_forward``: in-projection, masks, dropout, out-projection) with the
-attention product run by ``module.stamp`` (an ``InjectedStamp``: the generator and the shared
-masked-attention core). The weights (``in_proj_weight`` or ``q/k/v_proj_weight``,
-``in_proj_bias``, ``out_proj``) and their names do not change, and it is still an
-``nn.MultiheadAttention`` for the code around it (``nn.Transformer*Layer``, DETR / Moment-DETR /
-QD-DETR layers, torchvision's ViT, OpenCLIP's towers).
+attention product run by ``module.stamp`` (an ``InjectedCrossStamp``, as Hugging Face
+cross-attention modules get: the generator and the shared masked-attention core). The weights
+(``in_proj_weight`` or ``q/k/v_proj_weight``, ``in_proj_bias``, ``out_proj``) and their names
+do not change, and it is still an ``nn.MultiheadAttention`` for the code around it
+(``nn.Transformer*Layer``, DETR / Moment-DETR / QD-DETR layers, torchvision's ViT, OpenCLIP).
 
-Self- or cross-attention is decided per call, as the module itself does not know: when ``key``
-is ``query`` (the same tensor, as every self-attention caller passes it) the generator reads
-the query tokens; otherwise it reads the query tokens and, the low-rank generator, the key
-tokens too (the paper's cross-attention, ``StampCrossAttentionLayer``). The keys that come from
-no token (``add_bias_kv``'s learnt key, ``add_zero_attn``'s zero key) keep M at the identity.
+The module itself does not know whether it is a self- or a cross-attention, so each call hands
+the stamp its query tokens and its key tokens: M = F(query tokens) (one column per key
+position), and the low-rank generator also reads the key tokens (the paper's cross-attention,
+``StampCrossAttentionLayer``); in a self-attention (``key is query``, as every self-attention
+caller passes it) the key tokens are the query tokens, which is the self-attention's M. The
+keys that come from no token (``add_bias_kv``'s learnt key, ``add_zero_attn``'s zero key) keep
+M at the identity.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stamp.config import AttentionConfig, MaskConfig
-from stamp.injection.adapter import InjectedStamp
+from stamp.injection.cross import InjectedCrossStamp
 
 # attributes of an nn.Module that hold a learnt position embedding (..., N, D): torchvision's
 # ViT encoder (pos_embedding), OpenCLIP's towers (positional_embedding), timm-style (pos_embed)
@@ -37,7 +39,7 @@ class StampMultiheadAttention(nn.MultiheadAttention):
     then runs; the weights are the probabilities before attention dropout), else None.
     """
 
-    stamp: InjectedStamp
+    stamp: InjectedCrossStamp
 
     def forward(  # type: ignore[override]
         self,
@@ -71,6 +73,10 @@ class StampMultiheadAttention(nn.MultiheadAttention):
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         B, nq, _ = query.shape
         nk = key.shape[1]
+        # the generator's tokens: the query tokens and the key tokens (the low-rank generator
+        # reads them in a cross-attention; in a self-attention they are the query tokens)
+        self.stamp.capture(query, context=key)
+        self.stamp.cross = cross  # (diagnostics: a self-attention's M has a diagonal)
         q, k, v = self._project(query, key, value)
         bias, padding = self._bias(attn_mask, key_padding_mask, B, nq, nk, q.dtype)
         k, v, extra = self._extra_keys(k, v)
@@ -81,8 +87,6 @@ class StampMultiheadAttention(nn.MultiheadAttention):
             q,
             k,
             v,
-            hidden=query,
-            context=key if cross else None,
             attn_bias=bias,
             key_padding_mask=padding,
             dropout_p=self.dropout if self.training else 0.0,
@@ -211,12 +215,12 @@ def make_stamp(
     mask: MaskConfig,
     n_max: int | None,
     attention: AttentionConfig | None,
-) -> InjectedStamp:
-    """The ``InjectedStamp`` of ``module`` (on its device and dtype). The model's own
+) -> InjectedCrossStamp:
+    """The ``InjectedCrossStamp`` of ``module`` (on its device and dtype). The model's own
     implementation counts as ``sdpa`` (PyTorch's default path); the low-rank generator of a
     module whose keys have another width (``kdim``) maps them to the model width."""
     kdim = module.kdim if module.kdim != module.embed_dim else None
-    stamp = InjectedStamp(
+    stamp = InjectedCrossStamp(
         mask,
         dim=module.embed_dim,
         num_heads=module.num_heads,
@@ -234,7 +238,7 @@ def _off_fused_layer_path(module: nn.Module, args: tuple) -> None:
     inference kernel (which never calls ``self_attn``) when any sub-module has a hook."""
 
 
-def attach(model: nn.Module, module: nn.MultiheadAttention, stamp: InjectedStamp) -> None:
+def attach(model: nn.Module, module: nn.MultiheadAttention, stamp: InjectedCrossStamp) -> None:
     """Make ``module`` STAMP's in place; keep ``nn.TransformerEncoder`` off the paths that
     bypass its forward (the fused layer kernel, the nested-tensor fast path)."""
     module.__class__ = StampMultiheadAttention

@@ -50,7 +50,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from tasks.ave.audio import NUM_SEGMENTS, audio_segments
-from tasks.common.data import DataValidationError, EpochShuffleSampler, current_epoch
+from tasks.common.runtime.data import DataValidationError, EpochShuffleSampler, current_epoch
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from stamp import AttentionConfig, MaskConfig
 from tasks.ave.metrics import SegmentAccuracy
-from tasks.common.module import TaskModule
+from tasks.common.runtime.module import TaskModule
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.common.data import EpochShuffleSampler, current_epoch
+from tasks.common.runtime.data import EpochShuffleSampler, current_epoch
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from tasks.common.module import TaskModule
+from tasks.common.runtime.module import TaskModule
 from tasks.demo.data import DemoBatch
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
 
-from tasks.common.data import (
+from tasks.common.runtime.data import (
     DataValidationError,
     EpochShuffleSampler,
     SeededItems,

@@ -6,8 +6,9 @@
 * lr: ``blr * effective batch / 256`` with effective batch = batch size x gradient accumulation x
   devices (MAE's ``main_finetune.py``), unless ``lr`` is given.
 * AdamW groups with layer-wise lr decay (``tasks.imagenet.lr_decay``); the schedule (a
-  ``tasks.common.schedules.warmup_cosine`` partial) gets ``warmup_epochs`` turned into optimiser
-  steps and the floor ``min_lr / lr``, which reproduces MAE's per-step ``adjust_learning_rate``.
+  ``tasks.common.runtime.schedules.warmup_cosine`` partial) gets ``warmup_epochs`` turned into
+  optimiser steps and the floor ``min_lr / lr``, which reproduces MAE's per-step
+  ``adjust_learning_rate``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from tasks.common.module import TaskModule
+from tasks.common.runtime.module import TaskModule
 from tasks.imagenet.lr_decay import layer_decay_param_groups
 
 log = logging.getLogger(__name__)

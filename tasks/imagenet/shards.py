@@ -1,4 +1,4 @@
-"""ImageNet as streamed tar shards (tasks/common/shards.py): converter and data module.
+"""ImageNet as streamed tar shards (tasks/common/runtime/shards.py): converter and data module.
 
     python scripts/make_shards.py imagenet --root <imagenet> --out <shards>   # train/ and val/
     python train.py task=imagenet data._target_=tasks.imagenet.shards.ImageNetShardsDataModule \
@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets
 
-from tasks.common.shards import (
+from tasks.common.runtime.shards import (
     ShardedDataset,
     ShardIndex,
     ShardWriter,

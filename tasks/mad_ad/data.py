@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.common.data import (
+from tasks.common.runtime.data import (
     DataValidationError,
     EpochShuffleSampler,
     check_finite,
@@ -611,7 +611,7 @@ class MadADDataModule(L.LightningDataModule):
             if note:
                 log.warning("%s", note)
         moments, report = load_ads(annotations, columns, self.visual, self.audio, fps)
-        # results.json data_report (tasks.common.pipeline): what reading the files changed
+        # results.json data_report (tasks.common.runtime.pipeline): what reading the files changed
         self.data_report = {
             "annotations": report.as_dict(),
             "notes": [n for n in (visual_note, audio_note) if n],

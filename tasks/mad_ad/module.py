@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tasks.common.caption_metrics import CaptionMetrics, RecallWithinNeighbours
-from tasks.common.module import TaskModule
+from tasks.common.runtime.caption_metrics import CaptionMetrics, RecallWithinNeighbours
+from tasks.common.runtime.module import TaskModule
 from tasks.mad_ad.model import LlamaAdapterAV
 
 log = logging.getLogger(__name__)

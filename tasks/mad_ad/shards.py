@@ -1,4 +1,4 @@
-"""MAD-v2 audio description as streamed tar shards (tasks/common/shards.py).
+"""MAD-v2 audio description as streamed tar shards (tasks/common/runtime/shards.py).
 
     python scripts/make_shards.py mad --root <mad> --out <shards>        # train/ val/ test/
     python train.py task=mad_ad data._target_=tasks.mad_ad.shards.MadADShardsDataModule \
@@ -27,7 +27,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from tasks.common.shards import (
+from tasks.common.runtime.shards import (
     ShardedDataset,
     ShardIndex,
     ShardWriter,

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.common.data import (
+from tasks.common.runtime.data import (
     DataValidationError,
     EpochShuffleSampler,
     SeededItems,

@@ -4,7 +4,7 @@ Training: masked-token cross-entropy on the masked caption positions, plus the m
 loss (SwinBERT's sparsity loss for ``mask=sparse``). Optimiser groups as in SwinBERT's
 ``mixed_precision_init``: the Video Swin backbone at ``backbone_lr_scale`` x lr, no weight decay
 on biases and LayerNorm weights. Validation / test: decode a caption per video (greedy or beam)
-and score BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE with ``tasks.common.caption_metrics``; the
+and score BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE with ``tasks.common.runtime.caption_metrics``; the
 predictions, scores and the reasons for any unavailable metric go to
 ``<run dir>/captions/<split>_epoch<NNN>.json``.
 """
@@ -21,9 +21,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tasks.common.caption_metrics import CaptionMetrics
-from tasks.common.module import TaskModule
-from tasks.common.results import atomic_write_text
+from tasks.common.runtime.caption_metrics import CaptionMetrics
+from tasks.common.runtime.module import TaskModule
+from tasks.common.runtime.results import atomic_write_text
 
 log = logging.getLogger(__name__)
 

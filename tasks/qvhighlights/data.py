@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.common.data import (
+from tasks.common.runtime.data import (
     DataValidationError,
     EpochShuffleSampler,
     SeededItems,

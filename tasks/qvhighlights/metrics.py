@@ -78,7 +78,7 @@ def load_jsonl(path: str | Path) -> list[dict]:
 
 def save_jsonl(rows: Iterable[dict], path: str | Path) -> None:
     """One JSON object a line, written atomically (temporary file + rename)."""
-    from tasks.common.results import atomic_write_text
+    from tasks.common.runtime.results import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from tasks.common.module import TaskModule
+from tasks.common.runtime.module import TaskModule
 from tasks.qvhighlights.data import collate
 from tasks.qvhighlights.losses import QDDETRLoss
 from tasks.qvhighlights.metrics import eval_submission, save_jsonl

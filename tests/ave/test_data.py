@@ -28,7 +28,7 @@ from tasks.ave.data import (
     read_annotations,
     read_wav,
 )
-from tasks.common.data import DataValidationError
+from tasks.common.runtime.data import DataValidationError
 from tests.ave.test_audio import reference_kaldi_fbank
 
 

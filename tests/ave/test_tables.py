@@ -3,7 +3,7 @@ supplement's parameter counts (params/report_*), Table 9's throughput as ratios 
 
 from __future__ import annotations
 
-from tasks.common.tables import load_paper, make_tables
+from tasks.common.reporting.tables import load_paper, make_tables
 
 
 def _record(table: str, row: str, metrics: dict, params: dict | None = None, seed: int = 0):

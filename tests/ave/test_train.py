@@ -105,7 +105,7 @@ def test_paper_configs_refuse_to_start_without_weights(tmp_path: Path, small_ave
     from hydra.errors import InstantiationException
 
     from stamp import MaskConfig
-    from tasks.common.pipeline import instantiate
+    from tasks.common.runtime.pipeline import instantiate
 
     cfg = compose_cfg(
         ["experiment=ave_t7", "model.vit=tiny", f"model.vit_checkpoint={tmp_path}/absent.pth"],

@@ -11,7 +11,7 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from tasks.common.caption_metrics import (  # noqa: E402
+from tasks.common.runtime.caption_metrics import (  # noqa: E402
     CaptionMetrics,
     RecallWithinNeighbours,
     normalize_caption,

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from tasks.common.schedules import warmup_cosine
+from tasks.common.runtime.schedules import warmup_cosine
 
 
 def replaced_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:

@@ -303,8 +303,23 @@ def experiment_task(root: Path, experiment: str) -> str | None:
     return None
 
 
+def checkpoint_task(root: Path, path: str) -> str | None:
+    """The task a checkpoint was trained on (its stored config), for ``eval.py ckpt_path=<file>``
+    without ``task=``; None when it is not there (yet) or carries no config."""
+    from tasks.common.runtime.checkpoints import CONFIG_KEY, read_checkpoint
+
+    found = sorted(root.glob(path)) if not Path(path).is_absolute() else [Path(path)]
+    if len(found) != 1 or not found[0].is_file():
+        return None
+    try:
+        return (read_checkpoint(found[0]).get(CONFIG_KEY) or {}).get("task_name")
+    except ValueError:
+        return None
+
+
 def command_task(root: Path, words: list[str]) -> str:
-    """The task a train.py / eval.py command line runs (``task=``, ``experiment=``, else demo)."""
+    """The task a train.py / eval.py command line runs (``task=``, ``experiment=``, the
+    checkpoint's of ``ckpt_path=<file>``, else demo)."""
     for word in words:
         if word.startswith("task="):
             return word.split("=", 1)[1].split(",")[0]
@@ -313,6 +328,9 @@ def command_task(root: Path, words: list[str]) -> str:
             task = experiment_task(root, word.split("=", 1)[1].split(",")[0])
             if task:
                 return task
+    for word in words:
+        if word.startswith("ckpt_path=") and (task := checkpoint_task(root, word.split("=", 1)[1])):
+            return task
     return "demo"
 
 

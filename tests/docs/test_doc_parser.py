@@ -211,3 +211,21 @@ def test_a_command_fails_on_exit_code_missing_output_and_time_limit(tmp_path, mo
     start = time.monotonic()
     assert "still running after 1s" in run("bash -c 'sleep 30'")
     assert time.monotonic() - start < 10
+
+
+def test_shrink_of_eval_with_a_checkpoint_alone(tmp_path):
+    """``eval.py ckpt_path=<file>`` without ``task=`` gets the overrides of the checkpoint's
+    task (its stored config), a checkpoint that is not there those of the demo."""
+    import torch
+
+    from tasks.common.runtime.checkpoints import CONFIG_KEY
+
+    ckpt = tmp_path / "run" / "best.ckpt"
+    ckpt.parent.mkdir()
+    stored = {"task_name": "qvhighlights", "mask": {}, "model": {}}
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2", CONFIG_KEY: stored}, ckpt)
+    qvh = SHRINK["train.py qvhighlights"]
+    assert shrink(tmp_path, "python eval.py ckpt_path=run/best.ckpt") == qvh
+    assert shrink(tmp_path, "python eval.py ckpt_path=run/best*.ckpt split=test") == qvh
+    assert shrink(tmp_path, f"python eval.py ckpt_path={ckpt}") == qvh
+    assert shrink(tmp_path, "python eval.py ckpt_path=run/none.ckpt") == SHRINK["train.py demo"]

@@ -11,7 +11,7 @@ import torch
 
 from scripts.make_imagenet_folder import make_imagenet_folder
 from stamp import LowRankMaskGenerator, MaskConfig, MaskGenerator, record_attention
-from tasks.common.tables import row_id
+from tasks.common.reporting.tables import row_id
 from tasks.imagenet.model import StampViT
 from tests.helpers import compose_cfg, run_cfg
 from tests.imagenet.conftest import TINY, TOKENS

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stamp import MaskConfig
-from tasks.common.schedules import warmup_cosine
+from tasks.common.runtime.schedules import warmup_cosine
 from tasks.imagenet.lr_decay import layer_decay_param_groups
 from tasks.imagenet.model import StampViT
 from tasks.imagenet.module import ImageNetModule

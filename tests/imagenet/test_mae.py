@@ -17,7 +17,7 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 from scripts.make_imagenet_folder import make_imagenet_folder
 from stamp import MaskConfig
-from tasks.common.schedules import warmup_cosine
+from tasks.common.runtime.schedules import warmup_cosine
 from tasks.imagenet.mae import (
     MaskedAutoencoderViT,
     patchify,

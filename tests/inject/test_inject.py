@@ -123,8 +123,7 @@ def test_save_load_round_trip(name, mask, tmp_path):
     family = FAMILIES[name]
     model = _trained(name, mask)
     path = stamp.save(model, tmp_path / "adapter")
-    assert path.name == "stamp_model.safetensors"
-    assert (tmp_path / "adapter" / "stamp_config.json").exists()
+    assert (path / "adapter_model.safetensors").exists() and (path / "stamp_config.json").exists()
     fresh = family.build("eager").eval()  # the same base weights, no STAMP
     stamp.load(fresh, tmp_path / "adapter")  # injects with the saved config, then loads
     with torch.no_grad():
@@ -146,8 +145,8 @@ def test_load_names_what_differs(tmp_path):
         stamp.load(partial, tmp_path)
     with pytest.raises(ValueError, match="no supported attention module named"):
         stamp.load(FAMILIES["vit"].build("eager"), tmp_path)
-    (tmp_path / "stamp_model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="stamp_model"):
+    (tmp_path / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="adapter_model"):
         stamp.load(FAMILIES["bert"].build("eager"), tmp_path)
 
 

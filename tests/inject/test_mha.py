@@ -187,19 +187,23 @@ def test_mask_modes_start_at_identity_and_one_step_moves_them(mode, kind):
 
 def test_lowrank_cross_attention_mask_reads_the_key_tokens():
     """M of a cross-attention's low-rank generator changes with the key tokens (the MLP
-    generator's does not: its columns are key positions)."""
+    generator's does not: its columns are key positions); the stamp tells self from cross by
+    the last call."""
     reference = build(True, "cross")
     model = injected(reference, mask={"generator": "lowrank", "init": "kaiming", "rank": 4})
     q, k, v = inputs(True, "cross")
     stamp_ = model["attn"].stamp
     with torch.no_grad():
-        m1 = stamp_.mask_for(q, k, context=k)
-        m2 = stamp_.mask_for(q, k, context=k + 1.0)
+        stamp_.capture(q, context=k)
+        m1 = stamp_.mask_for(q, k)
+        stamp_.capture(q, context=k + 1.0)
+        m2 = stamp_.mask_for(q, k)
     assert m1.shape == (B, NQ, NK)
     assert (m1 - m2).abs().max() > 1e-3
-    assert stamp_.cross is False  # set by the first cross-attention call
     model["attn"](q, k, v)
     assert stamp_.cross is True
+    model["attn"](q, q, q)
+    assert stamp_.cross is False
 
 
 @pytest.mark.parametrize("backend", ["fused", "sdpa", "eager"])

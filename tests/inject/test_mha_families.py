@@ -168,3 +168,28 @@ def test_record_attention_sees_self_and_cross_attention():
         )
     cross = next(r for r in records if r["name"] == "decoder.0.multihead_attn.stamp")
     assert torch.equal(cross["attn"][1, ..., 6:], torch.zeros(4, 5, 3))
+
+
+@pytest.mark.parametrize("name", ["transformer_batch_first", "open_clip_coca"])
+def test_unload_gives_the_original_back(name):
+    """stamp.unload reverts the class swap, the pre-hook and nn.TransformerEncoder's
+    use_nested_tensor: PyTorch's own modules and outputs, bit for bit, after a training step."""
+    family = FAMILIES[name]
+    model = family.build().eval()
+    with torch.no_grad():
+        want = family.run(model)
+    inject(family, model)
+    stamp.mark_only_stamp_trainable(model)
+    loss_of(family.run(model)).backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5).step()
+    stamp.unload(model)
+    for p in model.parameters():  # mark_only_stamp_trainable's flags are the caller's to undo
+        p.requires_grad_(True)  # (PyTorch picks other kernels without them: 1.7e-6 apart)
+    assert {type(m) for m in model.modules() if isinstance(m, nn.MultiheadAttention)} == {
+        nn.MultiheadAttention
+    }
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    if name.startswith("transformer"):
+        assert model.encoder.use_nested_tensor
+    with torch.no_grad():
+        assert torch.equal(family.run(model), want)

@@ -142,3 +142,16 @@ def test_swin_window_mask_and_bias_reach_the_core():
         want = attn(x, mask)
         torch.testing.assert_close(model["attn"](x, mask), want, atol=1e-5, rtol=1e-5)
         assert (model["attn"](x) - want).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["eva", "swin"])
+def test_unload_gives_timm_back(name):
+    model = build(name, False).eval()
+    with torch.no_grad():
+        want = features(model)
+    stamp.unload(stamp.inject(model))
+    assert not any(
+        isinstance(m, (StampEvaAttention, StampWindowAttention)) for m in model.modules()
+    )
+    with torch.no_grad():
+        assert torch.equal(features(model), want)

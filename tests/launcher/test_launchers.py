@@ -14,7 +14,7 @@ from tests.helpers import DEMO_TINY, compose_cfg, run_cfg, run_script
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
-from tasks.common.launchers import resume_overrides, trainer_overrides  # noqa: E402
+from tasks.common.launch.launchers import resume_overrides, trainer_overrides  # noqa: E402
 
 
 def _launcher(name: str, *overrides: str):
@@ -66,7 +66,7 @@ def test_requeue_resumes_from_last_ckpt_only_when_it_exists(tmp_path):
 def test_checkpoint_resubmits_with_resume(tmp_path, monkeypatch):
     """submitit calls launcher.checkpoint(*args) on preemption / timeout and requeues what it
     returns: the same job, resuming from the run directory's last.ckpt."""
-    import tasks.common.launchers as launchers
+    import tasks.common.launch.launchers as launchers
     from hydra_plugins.stamp_launchers import StampSlurmLauncher
 
     (tmp_path / "checkpoints").mkdir()
@@ -174,7 +174,7 @@ def test_restarted_job_resumes_from_last_ckpt(tmp_path):
     sweep = tmp_path / "sweep"
     common = ["train.py", "-m", "mask=multilayer", *TINY, "hydra/launcher=local"]
     interrupt = [
-        "+callbacks.interrupt._target_=tasks.common.callbacks.InterruptAtEpoch",
+        "+callbacks.interrupt._target_=tasks.common.runtime.callbacks.InterruptAtEpoch",
         "+callbacks.interrupt.epoch=1",
     ]
     first = run_script([*common, *interrupt, f"hydra.sweep.dir={sweep}"])

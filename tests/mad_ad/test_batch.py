@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 from test_train import compose_train
 
-from tasks.common.schemas import device_count, effective_accumulation
+from tasks.common.runtime.schemas import device_count, effective_accumulation
 from tasks.mad_ad.module import MadADModule
 
 

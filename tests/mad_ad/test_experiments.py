@@ -11,7 +11,7 @@ from mad_testing import minilm_dir
 from omegaconf import OmegaConf
 from test_train import compose_train
 
-from tasks.common.pipeline import train
+from tasks.common.runtime.pipeline import train
 
 EXPERIMENTS = {
     "mad_ad_t1a": ("T1a", "mad-v2-ad-named.csv", "mask: none,multilayer"),
@@ -73,7 +73,7 @@ def test_table3_has_both_linear_controls_as_separate_rows(tmp_path):
         "multilayer",
     ]
     # make_tables: the paper's numbers stand beside the plain form only
-    from tasks.common.tables import load_paper
+    from tasks.common.reporting.tables import load_paper
 
     paper = {r.id: r for r in load_paper()["T3"].rows}
     assert paper["extra_linear"].paper["C"] == (12.87, None)

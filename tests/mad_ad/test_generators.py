@@ -19,8 +19,8 @@ from stamp import (
     MaskGenerator,
     record_attention,
 )
-from tasks.common.pipeline import train
-from tasks.common.tables import row_id
+from tasks.common.reporting.tables import row_id
+from tasks.common.runtime.pipeline import train
 from tasks.mad_ad.model import AudioVisualEncoder
 
 S, DIM, HEADS = 5, 32, 4

@@ -55,7 +55,7 @@ def test_each_stage_updates_only_its_groups(tiny_llama):
 
 
 def test_ad_metrics_group_movies_in_temporal_order():
-    from tasks.common.caption_metrics import CaptionMetrics
+    from tasks.common.runtime.caption_metrics import CaptionMetrics
 
     class RecordingRecall:
         def compute(self, movies):

@@ -13,7 +13,7 @@ import soundfile
 from omegaconf import OmegaConf
 from test_train import compose_train
 
-from tasks.common import plots
+from tasks.common.reporting import plots
 from tasks.mad_ad.synthetic import VAL_MOVIES
 
 SECONDS, FPS, RATE = 20, 5, 16000

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tasks.common.data import DataValidationError
+from tasks.common.runtime.data import DataValidationError
 from tasks.mad_ad.data import (
     MAD_V1_VISUAL_FILE,
     MAD_VISUAL_FILE,
@@ -138,7 +138,7 @@ def test_csv_movie_without_features_is_refused(tmp_path, tiny_llama):
 
 
 def test_official_b32_name_is_the_default_and_mad_v1_name_is_accepted(tmp_path, tiny_llama, caplog):
-    from tasks.common.schemas import register_schemas
+    from tasks.common.runtime.schemas import register_schemas
 
     register_schemas()
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):

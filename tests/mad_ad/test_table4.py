@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from stamp.mask import matched_linear_count
-from tasks.common.tables import load_paper
+from tasks.common.reporting.tables import load_paper
 
 TOKENS, DIM, LAYERS, DEPTH = 5, 32, 2, 2  # 5 + 5 AV tokens of width 32, 2 layers, depth-2 STAMP
 

@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_dir
 from mad_testing import minilm_dir
 from omegaconf import DictConfig
 
-from tasks.common.pipeline import train
-from tasks.common.schemas import register_schemas
+from tasks.common.runtime.pipeline import train
+from tasks.common.runtime.schemas import register_schemas
 from tasks.mad_ad.module import MadADModule
 from tasks.mad_ad.synthetic import QUIRK_COUNTS
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stamp import LowRankMaskGenerator, MaskConfig, MaskGenerator, record_attention
-from tasks.common.tables import row_id
+from tasks.common.reporting.tables import row_id
 from tasks.msrvtt.model import embed_block_mask
 from tests.helpers import compose_cfg, run_cfg
 from tests.msrvtt.conftest import IMG_RES, MAX_TEXT, N_VIDEO, NUM_FRAMES

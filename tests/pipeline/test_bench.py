@@ -12,6 +12,7 @@ from tests.helpers import run_script
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 import bench_attention  # noqa: E402
+import bench_report  # noqa: E402
 
 from stamp import LowRankMaskGenerator, MaskGenerator  # noqa: E402
 
@@ -99,6 +100,21 @@ def test_bench_attention_writes_ratios(tmp_path):
     markdown = (tmp_path / "bench_attention.md").read_text()
     assert markdown.startswith("Device: cpu") and "## Targets" in markdown
     assert "### Generators at qvh_cross" in markdown and "| lowrank r16 | 24,609 |" in markdown
+    # the report renders the same tables again from the JSON alone, without measuring
+    again = tmp_path / "again"
+    assert (
+        bench_report.main(
+            [
+                str(tmp_path / "bench_attention.json"),
+                "--md",
+                str(again / "b.md"),
+                "--plot",
+                str(again / "s.png"),
+            ]
+        )
+        == markdown
+    )
+    assert (again / "b.md").read_text() == markdown and (again / "s.png").stat().st_size > 0
 
 
 def test_summary_marks_missed_targets_with_reason():
@@ -119,7 +135,7 @@ def test_summary_marks_missed_targets_with_reason():
             "time_ratio_ckpt_vs_no_ckpt": 1.4,
         },
     }
-    status = {r["what"]: r for r in bench_attention.summary_rows(results)}
+    status = {r["what"]: r for r in bench_report.summary_rows(results)}
     time_row = next(r for k, r in status.items() if "time/FLOP" in k)
     assert time_row["status"] == "**missed**" and "1.40x" in time_row["reason"]
     assert next(r for k, r in status.items() if "attention memory" in k)["status"] == "met"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.common.compose import ROOT, compose_config
+from tasks.common.runtime.compose import ROOT, compose_config
 
 
 def test_compose_config_roots_at_the_current_directory(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import importlib
 import pytest
 from omegaconf import OmegaConf
 
-from tasks.common.pipeline import core_configs
+from tasks.common.runtime.pipeline import core_configs
 from tests.helpers import CONFIG_DIR, compose_cfg
 
 TASKS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
@@ -68,7 +68,7 @@ def test_schemas_validate_but_are_not_choices(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
 
     from stamp.config import AttentionConfig, MaskConfig
-    from tasks.common.schemas import register_schemas
+    from tasks.common.runtime.schemas import register_schemas
 
     register_schemas()
     GlobalHydra.instance().clear()

@@ -12,8 +12,8 @@ import torch
 from hydra.utils import instantiate
 
 from stamp import LowRankMaskGenerator, MaskConfig, MaskGenerator
-from tasks.common.pipeline import core_configs
-from tasks.common.tables import row_id
+from tasks.common.reporting.tables import row_id
+from tasks.common.runtime.pipeline import core_configs
 from tasks.demo.model import DemoClassifier
 from tests.helpers import DEMO_TINY, compose_cfg, run_cfg
 

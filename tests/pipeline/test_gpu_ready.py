@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tasks.common.compose import without_hydra
+from tasks.common.runtime.compose import without_hydra
 from tests.helpers import DEMO_TINY, ROOT, compose_cfg, run_cfg, run_script
 
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from stamp import MaskGenerator, identity_preactivation
-from tasks.common.pipeline import core_configs
+from tasks.common.runtime.pipeline import core_configs
 from tests.helpers import compose_cfg
 
 # size overrides that make each task's model small enough to build in a second

@@ -62,7 +62,7 @@ def test_resumed_run_ends_with_the_same_metrics(tmp_path):
     interrupted = compose_cfg(overrides, tmp_path / "resumed")
     with open_dict(interrupted):
         interrupted.callbacks.interrupt = {
-            "_target_": "tasks.common.callbacks.InterruptAtEpoch",
+            "_target_": "tasks.common.runtime.callbacks.InterruptAtEpoch",
             "epoch": 2,
         }
     with pytest.raises(RuntimeError, match="simulated interruption"):
@@ -145,7 +145,7 @@ def test_multirun_reports_a_failed_job_and_keeps_the_others(tmp_path):
 def test_eval_reproduces_the_validation_metrics_of_a_checkpoint(tmp_path):
     train_cfg = compose_cfg([*TINY, "trainer.max_epochs=1", "mask=global"], tmp_path / "train")
     record = run_cfg(train_cfg)
-    from tasks.common.pipeline import evaluate
+    from tasks.common.runtime.pipeline import evaluate
 
     eval_cfg = compose_cfg(
         [
@@ -180,7 +180,7 @@ def test_readme_main_command_exists():
 def test_results_keep_float32_metrics_at_their_precision():
     import torch
 
-    from tasks.common.pipeline import _clean
+    from tasks.common.runtime.pipeline import _clean
 
     cleaned = _clean(
         {

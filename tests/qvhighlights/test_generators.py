@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stamp import LowRankMaskGenerator, MaskConfig, MaskGenerator, record_attention
-from tasks.common.tables import row_id
+from tasks.common.reporting.tables import row_id
 from tasks.qvhighlights.model import QDDETR
 from tests.helpers import compose_cfg, run_cfg
 from tests.qvhighlights.test_model import INPUTS, random_batch

@@ -74,7 +74,7 @@ def test_train_validate_test_end_to_end(features: Path, tmp_path: Path) -> None:
     check_submission(out, saved["metrics"]["val/MR-full-mAP"])
 
     # eval.py on the best checkpoint reproduces the final validation metrics
-    from tasks.common.pipeline import evaluate
+    from tasks.common.runtime.pipeline import evaluate
 
     eval_overrides = [o for o in tiny(features) if not o.startswith(("callbacks", "+trainer"))]
     ckpt = saved["best"]["ckpt"]
@@ -173,7 +173,7 @@ def test_s4_cross_attention_only_variant_masks_the_t2v_layers_only(tmp_path: Pat
     from hydra.utils import instantiate
 
     from stamp.mask import mask_parameter_count
-    from tasks.common.pipeline import core_configs
+    from tasks.common.runtime.pipeline import core_configs
 
     counts = {}
     for layers in ("both", "t2v"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.common.checkpoints import (
+from tasks.common.runtime.checkpoints import (
     CONFIG_KEY,
     CheckpointConfigMismatch,
     config_differences,
@@ -18,7 +18,7 @@ from tasks.common.checkpoints import (
     suggested_overrides,
     training_overrides,
 )
-from tasks.common.pipeline import evaluate
+from tasks.common.runtime.pipeline import evaluate
 from tests.helpers import compose_cfg, run_cfg
 from tests.robustness.conftest import DEMO
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import stamp
-from tasks.common.pipeline import core_configs
+from tasks.common.runtime.pipeline import core_configs
 from tests.helpers import compose_cfg, run_cfg
 from tests.robustness.conftest import DEMO
 

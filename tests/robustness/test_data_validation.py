@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.common.data import DataValidationError
+from tasks.common.runtime.data import DataValidationError
 from tests.helpers import compose_cfg, run_cfg
 from tests.robustness.conftest import qvh_overrides
 

@@ -14,12 +14,12 @@ import tempfile
 
 import pytest
 
-import tasks.common.checkpoints as checkpoints
-import tasks.common.pipeline as pipeline
-from tasks.common.callbacks import RunDiverged
-from tasks.common.pipeline import run_job, train
-from tasks.common.results import load_results, write_json
-from tasks.common.tables import load_records, make_tables
+import tasks.common.runtime.checkpoints as checkpoints
+import tasks.common.runtime.pipeline as pipeline
+from tasks.common.reporting.tables import load_records, make_tables
+from tasks.common.runtime.callbacks import RunDiverged
+from tasks.common.runtime.pipeline import run_job, train
+from tasks.common.runtime.results import load_results, write_json
 from tests.helpers import compose_cfg, run_cfg
 from tests.robustness.conftest import DEMO
 
@@ -153,7 +153,7 @@ def test_checkpoint_is_written_beside_its_final_name(tmp_path, monkeypatch):
     """A kill -9 during a checkpoint write used to leave ~1 MB temporary files in /tmp
     (fsspec's transaction); the temporary file is now in the checkpoint's own directory, under a
     hidden name, and becomes the final file by an atomic rename."""
-    import tasks.common.results as results
+    import tasks.common.runtime.results as results
 
     seen = []
     real = results.atomic_temp
@@ -177,7 +177,7 @@ def test_a_non_finite_monitored_metric_is_a_divergence_other_metrics_are_not():
 
     import torch
 
-    from tasks.common.callbacks import StopOnDivergence
+    from tasks.common.runtime.callbacks import StopOnDivergence
 
     guard = StopOnDivergence(monitor="val/acc")
     trainer = SimpleNamespace(global_step=7, sanity_checking=False, callback_metrics={})

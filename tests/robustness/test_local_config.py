@@ -16,8 +16,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tasks.common.compose import compose_config
-from tasks.common.pipeline import core_configs
+from tasks.common.runtime.compose import compose_config
+from tasks.common.runtime.pipeline import core_configs
 from tests.helpers import CONFIG_DIR, ROOT
 
 TASKS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))

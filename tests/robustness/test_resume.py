@@ -4,8 +4,8 @@ same metrics as an uninterrupted run with the same seed.
 
 Lightning writes last.ckpt at every epoch end; a run killed in the middle of epoch e resumes
 from the end of epoch e-1 and replays epoch e exactly: shuffling and per-item randomness are
-functions of (seed, epoch, index), and every RNG is reseeded per batch (tasks/common/data.py,
-tasks/common/callbacks.py).
+functions of (seed, epoch, index), and every RNG is reseeded per batch
+(tasks/common/runtime/data.py, tasks/common/runtime/callbacks.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from tasks.common.callbacks import SimulatedInterruption
+from tasks.common.runtime.callbacks import SimulatedInterruption
 from tests.helpers import ROOT, compose_cfg, run_cfg
 from tests.robustness.conftest import DEMO, qvh_overrides
 
@@ -35,7 +35,10 @@ def interrupted_then_resumed(overrides: list[str], tmp_path: Path, step: int) ->
     full = run_cfg(compose_cfg(overrides, tmp_path / "full"))
     cfg = compose_cfg(overrides, tmp_path / "resumed")
     with open_dict(cfg):
-        cfg.callbacks.fault = {"_target_": "tasks.common.callbacks.FailAtStep", "step": step}
+        cfg.callbacks.fault = {
+            "_target_": "tasks.common.runtime.callbacks.FailAtStep",
+            "step": step,
+        }
     with pytest.raises(SimulatedInterruption):
         run_cfg(cfg)
     assert (tmp_path / "resumed" / "checkpoints" / "last.ckpt").exists()

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks.common import run_lock
-from tasks.common.pipeline import run_job, train
-from tasks.common.run_lock import LOCK_FILE, RunDirLocked, acquire, release, run_dir_lock
+from tasks.common.runtime import run_lock
+from tasks.common.runtime.pipeline import run_job, train
+from tasks.common.runtime.run_lock import LOCK_FILE, RunDirLocked, acquire, release, run_dir_lock
 from tests.helpers import ROOT, compose_cfg, run_cfg, run_script
 from tests.robustness.conftest import DEMO
 
 HOLD = (
-    "import sys, time; from tasks.common.run_lock import acquire; acquire(sys.argv[1]); "
+    "import sys, time; from tasks.common.runtime.run_lock import acquire; acquire(sys.argv[1]); "
     "print('locked', flush=True); time.sleep(60)"
 )
 

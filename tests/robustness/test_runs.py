@@ -12,9 +12,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-import tasks.common.pipeline as pipeline
-from tasks.common.pipeline import RunExistsError, run_job, train
-from tasks.common.results import load_results, write_json
+import tasks.common.runtime.pipeline as pipeline
+from tasks.common.runtime.pipeline import RunExistsError, run_job, train
+from tasks.common.runtime.results import load_results, write_json
 from tests.helpers import compose_cfg, run_cfg
 from tests.robustness.conftest import DEMO
 
@@ -108,7 +108,7 @@ def test_load_results_skips_unreadable_files_with_a_warning(tmp_path, caplog):
     assert [r["task"] for r in records] == ["demo"]
     for name in ("empty", "truncated", "list"):
         assert str(tmp_path / name / "results.json") in caplog.text
-    from tasks.common.tables import load_records  # what make_tables reads through
+    from tasks.common.reporting.tables import load_records  # what make_tables reads through
 
     assert [r["task"] for r in load_records([tmp_path])] == ["demo"]
 
@@ -166,7 +166,7 @@ def test_prediction_epoch_is_the_evaluated_checkpoints(demo_run):
     import lightning as L
     from lightning.pytorch.trainer.states import TrainerFn
 
-    from tasks.common.module import TaskModule
+    from tasks.common.runtime.module import TaskModule
 
     module = TaskModule(torch.nn.Linear(2, 2), optimizer=torch.optim.SGD)
     trainer = L.Trainer(max_epochs=10, logger=False, enable_checkpointing=False)

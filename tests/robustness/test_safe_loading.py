@@ -7,6 +7,7 @@ runs (its marker file is never written)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import re
@@ -17,13 +18,13 @@ import pytest
 import torch
 
 import stamp
-from tasks.common.checkpoints import (
+from tasks.common.runtime.checkpoints import (
     SafeCheckpointIO,
     UnsafeCheckpointError,
     read_checkpoint,
     safe_load,
 )
-from tasks.common.pipeline import evaluate, run_job, train
+from tasks.common.runtime.pipeline import evaluate, run_job, train
 from tests.helpers import ROOT, compose_cfg, run_cfg
 from tests.robustness.conftest import DEMO
 
@@ -103,7 +104,7 @@ def test_train_refuses_a_crafted_checkpoint(tmp_path, marker, how):
 def test_lightnings_own_load_inside_fit_is_safe(demo_run, tmp_path, marker, monkeypatch):
     """Even with the pre-check skipped, Trainer.fit(ckpt_path=...) reads through
     SafeCheckpointIO (weights only), never Lightning's unrestricted load."""
-    import tasks.common.pipeline as pipeline
+    import tasks.common.runtime.pipeline as pipeline
 
     with pytest.raises(UnsafeCheckpointError, match=REFUSED):
         SafeCheckpointIO().load_checkpoint(crafted_checkpoint(tmp_path / "a.ckpt", marker))
@@ -125,7 +126,7 @@ def _run_with_crafted_best(demo_run, tmp_path, marker) -> tuple[Path, Path]:
 
 
 def test_plots_refuse_a_crafted_checkpoint(demo_run, tmp_path, marker):
-    from tasks.common.plots import load_run
+    from tasks.common.reporting.plots import load_run
 
     run, evil = _run_with_crafted_best(demo_run, tmp_path, marker)
     with pytest.raises(UnsafeCheckpointError, match=REFUSED):
@@ -147,10 +148,13 @@ def test_stamp_load_refuses_crafted_weights(tmp_path, marker):
     from tests.inject.models import FAMILIES
 
     model = stamp.inject(FAMILIES["bert"].build("eager"))
-    stamp.save(model, tmp_path / "adapter")
-    (tmp_path / "adapter" / "stamp_model.safetensors").unlink()
+    stamp.save(model, tmp_path / "adapter")  # safetensors only; the first format's .pt fallback:
+    config = json.loads((tmp_path / "adapter" / "stamp_config.json").read_text())
+    legacy = json.dumps({**config, "format": "stamp-inject/1"})
+    (tmp_path / "adapter" / "stamp_config.json").write_text(legacy)
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
     torch.save({"w": ShellCommand(marker)}, tmp_path / "adapter" / "stamp_model.pt")
-    with pytest.raises(ValueError, match="cannot be read as tensors only .*could run code"):
+    with pytest.raises(ValueError, match="is a torch.save \\(pickle\\) file.*could run code"):
         stamp.load(FAMILIES["bert"].build("eager"), tmp_path / "adapter")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from tasks.common.data import EpochShuffleSampler, SeededItems
+from tasks.common.runtime.data import EpochShuffleSampler, SeededItems
 
 
 def _indices(sampler) -> list[int]:

@@ -28,7 +28,7 @@ def test_failed_job_finishes_its_run_and_the_next_job_starts_a_new_one(tmp_path)
             *[o for o in DEMO if o != "logger=csv"],
             "logger=wandb",
             "trainer.max_epochs=2",
-            "+callbacks.interrupt._target_=tasks.common.callbacks.InterruptAtEpoch",
+            "+callbacks.interrupt._target_=tasks.common.runtime.callbacks.InterruptAtEpoch",
             "+callbacks.interrupt.epoch=1,9",  # job 0 fails at its 2nd epoch, job 1 does not
             f"paths.log_dir={tmp_path}",
         ],
@@ -46,7 +46,9 @@ def test_failed_job_finishes_its_run_and_the_next_job_starts_a_new_one(tmp_path)
     assert failed_run.name.split("-")[-1] != ok_run.name.split("-")[-1]
     assert exit_code(failed_run) == 1 and exit_code(ok_run) == 0
     # each run holds its own job's config: the second job did not log into the first's run
-    interrupt = r"'interrupt': \{'_target_': 'tasks.common.callbacks.InterruptAtEpoch', 'epoch': "
+    interrupt = (
+        r"'interrupt': \{'_target_': 'tasks.common.runtime.callbacks.InterruptAtEpoch', 'epoch': "
+    )
     failed_log = (failed_run / "logs" / "debug.log").read_text()
     ok_log = (ok_run / "logs" / "debug.log").read_text()
     assert re.search(interrupt + "1}", failed_log) and not re.search(interrupt + "9}", failed_log)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision import datasets
 
-from tasks.common.shards import (
+from tasks.common.runtime.shards import (
     ShardedDataset,
     ShardIndex,
     _segments,

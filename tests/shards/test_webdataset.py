@@ -7,7 +7,7 @@ import hashlib
 
 import webdataset as wds
 
-from tasks.common.shards import ShardedDataset, ShardIndex, ShardWriter, read_segment
+from tasks.common.runtime.shards import ShardedDataset, ShardIndex, ShardWriter, read_segment
 
 SAMPLES = [
     {

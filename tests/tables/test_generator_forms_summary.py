@@ -7,8 +7,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from tasks.common import plots
-from tasks.common.results import format_summary, generator_label
+from tasks.common.reporting import plots
+from tasks.common.runtime.results import format_summary, generator_label
 
 
 def _record(generator: str, per_head: bool, depth: int, value: float) -> dict:

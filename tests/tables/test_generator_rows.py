@@ -10,7 +10,7 @@ import io
 import pytest
 
 from scripts.make_tables import main as make_tables_main
-from tasks.common.tables import load_records, make_tables, row_id, to_csv
+from tasks.common.reporting.tables import load_records, make_tables, row_id, to_csv
 from tests.tables.test_tables import fake_run
 
 # (generator, per_head, seed) -> val/MR-full-mAP

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.common.tables import load_paper, load_records, make_tables
+from tasks.common.reporting.tables import load_paper, load_records, make_tables
 from tests.tables.test_tables import cell, fake_run, rows_of
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.common.plots import attention_weights, modality_boundaries, pick_layers
+from tasks.common.reporting.plots import attention_weights, modality_boundaries, pick_layers
 from tests.helpers import DEMO_TINY, compose_cfg, run_cfg
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stamp import AttentionConfig, StampAttention
-from tasks.common.profiling import (
+from tasks.common.reporting.profiling import (
     attention_flops,
     count_flops,
     self_attention_layer_flops,

@@ -7,8 +7,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from tasks.common import plots
-from tasks.common.tables import load_paper, load_records, make_tables
+from tasks.common.reporting import plots
+from tasks.common.reporting.tables import load_paper, load_records, make_tables
 from tests.tables.test_tables import cell, fake_run, rows_of
 
 

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from tasks.common.tables import load_paper, load_records, make_tables, to_csv
+from tasks.common.reporting.tables import load_paper, load_records, make_tables, to_csv
 from tests.tables.test_tables import T1B, cell, rows_of, runs  # noqa: F401 - fixture
 
 

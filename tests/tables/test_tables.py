@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.common.tables import load_paper, load_records, make_tables, to_csv
+from tasks.common.reporting.tables import load_paper, load_records, make_tables, to_csv
 from tests.helpers import ROOT
 
 
@@ -204,7 +204,7 @@ def test_every_experiment_paper_table_tag_has_the_papers_numbers():
 
 
 def test_wandb_runs_become_records_like_results_files():
-    from tasks.common.tables import record_from_wandb
+    from tasks.common.reporting.tables import record_from_wandb
 
     config = {
         "task_name": "qvhighlights",
@@ -316,7 +316,7 @@ REBUTTAL_DIFFERS = {
 
 
 def test_iclr_and_rebuttal_numbers_that_differ_from_the_acl_paper():
-    from tasks.common.tables import differs
+    from tasks.common.reporting.tables import differs
 
     paper = load_paper()
     for source, expected in [("iclr", ICLR_DIFFERS), ("rebuttal", REBUTTAL_DIFFERS)]:
@@ -350,7 +350,7 @@ def test_sources_are_columns_with_differences_marked(runs):
 
 
 def test_table_8_paper_values_are_the_max_gain_of_their_tables():
-    from tasks.common.tables import paper_gain_of
+    from tasks.common.reporting.tables import paper_gain_of
 
     paper = load_paper()
     for row in paper["T8"].rows:

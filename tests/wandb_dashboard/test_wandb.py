@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.common.tables import load_paper
-from tasks.common.wandb_dashboard import log_sweep_tables
-from tasks.common.wandb_runs import (
+from tasks.common.reporting.tables import load_paper
+from tasks.common.reporting.wandb_dashboard import log_sweep_tables
+from tasks.common.reporting.wandb_runs import (
     SUMMARY_JOB,
     load_wandb_runs,
     read_offline_run,

@@ -1,9 +1,9 @@
 """Runs read back from W&B: offline run folders (the ``.wandb`` file) or an online project.
 
 ``load_wandb_runs(spec)`` returns records shaped like ``results.json`` (what
-``tasks.common.tables`` aggregates): ``spec`` is a run folder / a ``.wandb`` file / a directory
-holding ``offline-run-*`` folders (read here, no account or network), or ``entity/project``
-(W&B's public API, after ``wandb login``).
+``tasks.common.reporting.tables`` aggregates): ``spec`` is a run folder / a ``.wandb`` file / a
+directory holding ``offline-run-*`` folders (read here, no account or network), or
+``entity/project`` (W&B's public API, after ``wandb login``).
 
 A ``.wandb`` file is W&B's transaction log: a 7-byte header (``:W&B``, magic 0xBEE1, version)
 followed by LevelDB-log records (32 KiB blocks; 7-byte chunk headers: crc32, length, type
@@ -169,7 +169,7 @@ def find_offline_runs(root: str | Path) -> list[Path]:
 
 def record_of(run: OfflineRun) -> dict[str, Any]:
     """A results.json-like record of an offline training run."""
-    from tasks.common.tables import record_from_wandb
+    from tasks.common.reporting.tables import record_from_wandb
 
     summary = {k: v for k, v in run.summary.items() if not k.startswith("_")}
     record = record_from_wandb(run.config, summary, run.state, run.name)
@@ -184,6 +184,6 @@ def load_wandb_runs(spec: str | Path) -> list[dict[str, Any]]:
     if Path(spec).exists():
         runs = [read_offline_run(p) for p in find_offline_runs(spec)]
         return [record_of(r) for r in runs if r.job_type != SUMMARY_JOB and r.config]
-    from tasks.common.tables import load_wandb_records
+    from tasks.common.reporting.tables import load_wandb_records
 
     return [r for r in load_wandb_records(str(spec)) if r.get("task")]

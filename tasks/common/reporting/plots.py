@@ -24,9 +24,9 @@ from omegaconf import OmegaConf, open_dict  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from stamp import record_attention  # noqa: E402
-from tasks.common.checkpoints import read_checkpoint  # noqa: E402
-from tasks.common.profiling import first_batch, forward_fn  # noqa: E402
-from tasks.common.results import RESULTS_FILE, load_results  # noqa: E402
+from tasks.common.reporting.profiling import first_batch, forward_fn  # noqa: E402
+from tasks.common.runtime.checkpoints import read_checkpoint  # noqa: E402
+from tasks.common.runtime.results import RESULTS_FILE, load_results  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", batch_size: int | No
     """Rebuild a finished run's model from its results.json config and load its checkpoint
     (``best``, ``last``, ``none`` for the initial weights, or a path). Returns
     (record, module, datamodule)."""
-    from tasks.common.pipeline import build, core_configs
+    from tasks.common.runtime.pipeline import build, core_configs
 
     run_dir = Path(run_dir)
     if not (run_dir / RESULTS_FILE).is_file():
@@ -397,14 +397,15 @@ def plot_depth_sweep(
 ) -> Path:
     """Fig. S4: ``metric`` against STAMP depth, one line per fusion op (mean ± std over seeds);
     full attention runs as a dashed line; the paper's points as crosses."""
-    from tasks.common.results import generator_label
-    from tasks.common.tables import Stat
+    from tasks.common.reporting.tables import Stat
+    from tasks.common.runtime.results import generator_label, mask_type
 
     ok = [r for r in records if r.get("status", "ok") == "ok" and metric in r.get("metrics", {})]
     if not ok:
         raise ValueError(f"no finished run logged {metric}")
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    stamp = [r for r in ok if r.get("mask") not in ("none", None)]
+    kinds = [mask_type(r) for r in ok]
+    stamp = [r for r, k in zip(ok, kinds, strict=True) if k and not k.is_full_attention]
 
     def line_of(r: dict) -> tuple[str, str, str]:
         return str(r.get("fusion")), generator_label(r), stamp_groups_label(r)
@@ -427,7 +428,9 @@ def plot_depth_sweep(
             capsize=3,
             label=f"STAMP, {fusion}" + ("" if form == "mlp" else f", {form}") + groups,
         )
-    full = Stat.of([r["metrics"][metric] for r in ok if r.get("mask") == "none"])
+    full = Stat.of(
+        [r["metrics"][metric] for r, k in zip(ok, kinds, strict=True) if k and k.is_full_attention]
+    )
     if full is not None:
         ax.axhline(full.mean, color="grey", linestyle="--", label=f"full attention ({full.n})")
     for (depth, fusion), value in (paper_points or {}).items():

@@ -95,7 +95,7 @@ class MaskHeatmapCallback(L.Callback):
         return records
 
     def _plot(self, trainer: L.Trainer, pl_module: L.LightningModule, records: list[dict]) -> None:
-        from tasks.common.plots import first_calls, modality_boundaries, plot_run_mask
+        from tasks.common.reporting.plots import first_calls, modality_boundaries, plot_run_mask
 
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "plots")
         boundaries = self.boundaries or modality_boundaries(pl_module)

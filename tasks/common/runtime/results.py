@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from stamp.config import MaskType
+
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
@@ -150,6 +152,21 @@ def mask_setting(record: dict[str, Any], name: str) -> Any:
     return (config.get("mask") or {}).get(name) if isinstance(config, dict) else None
 
 
+def mask_type(record: dict[str, Any]) -> MaskType | None:
+    """A run's mask mode (results.json ``mask``); None for a record without one. Code outside
+    ``stamp/`` asks it what it is (``uses_generator``, ...) instead of comparing names."""
+    mask = record.get("mask")
+    if mask is None:
+        return None
+    try:
+        return MaskType(str(mask))
+    except ValueError:
+        raise ValueError(
+            f"{record.get('run_dir', 'a run record')}: mask {mask!r} is not one of "
+            f"{', '.join(m.value for m in MaskType)}"
+        ) from None
+
+
 def is_true(value: Any) -> bool:
     """A flag read from a record, a config or a W&B export (bool or its text)."""
     return value is True or str(value).lower() in ("true", "1", "yes")
@@ -190,7 +207,8 @@ def format_summary(records: list[dict[str, Any]], max_metrics: int = 8) -> str:
     ]
     rows = []
     for r in records:
-        masked = r.get("mask") not in (None, "none")
+        kind = mask_type(r)
+        masked = kind is not None and not kind.is_full_attention
         rows.append(
             [
                 Path(r.get("run_dir", "")).name,

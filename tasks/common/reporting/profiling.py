@@ -148,8 +148,8 @@ def profile_config(
     (results.json-like: task, mask, attention, table/row tags, ``metrics`` under compute/)."""
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
-    from tasks.common.module import parameter_counts
-    from tasks.common.pipeline import build, core_configs
+    from tasks.common.runtime.module import parameter_counts
+    from tasks.common.runtime.pipeline import build, core_configs
 
     device = torch.device(device)
     mask, attention = core_configs(cfg)

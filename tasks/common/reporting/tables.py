@@ -7,30 +7,28 @@ the paper's (``mask.generator=lowrank``, ``mask.per_head=true``) is part of the 
 (``multilayer +lowrank(r=16)``, ``multilayer +per-head``; a row id that names the form, such
 as an experiment's variant ``multilayer-lowrank``, is kept): such runs are rows of their own,
 never averaged with the MLP generator's runs nor shown beside the paper's numbers. Seeds of one
-configuration are aggregated as mean ± sample std (ddof=1) with the run count. The paper's
-numbers and the metric each column reads come from ``paper/results.yaml``: one column per
-selected source (ACL paper, ICLR submission, rebuttal), the split of every number (measured:
-the metric key's prefix or an eval record's ``split``; paper: ``paper_split``), and Table 8
-computed from the gain rows. eval.py records (``kind: eval``) are tabulated apart from training
-runs.
+configuration are aggregated as mean ± sample std (ddof=1, pandas) with the run count. The
+paper's numbers and the metric each column reads come from ``paper/results.yaml``: one column
+per selected source (ACL paper, ICLR submission, rebuttal), the split of every number
+(measured: the metric key's prefix or an eval record's ``split``; paper: ``paper_split``), and
+Table 8 computed from the gain rows. eval.py records (``kind: eval``) are tabulated apart from
+training runs. tests/common/test_tables_golden.py holds the output byte for byte.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
-from tasks.common.results import is_true, load_results, mask_setting
+from tasks.common.runtime.results import is_true, load_results, mask_setting, mask_type
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PAPER_FILE = ROOT / "paper" / "results.yaml"
 PROFILE_FILE = "profile.json"  # written by scripts/profile_compute.py
 CONFIG_FIELDS = ("fusion", "depth", "attention", "compiled")  # shown where they vary in a row
@@ -58,14 +56,13 @@ class Stat:
     n: int
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> Stat | None:
-        values = [v for v in values if v is not None and not math.isnan(v)]
-        if not values:
+    def of(cls, values: Iterable[float | None]) -> Stat | None:
+        """pandas' mean and std (ddof=1) of the values that are not None / NaN."""
+        series = pd.Series(list(values), dtype=float).dropna()
+        if series.empty:
             return None
-        n = len(values)
-        mean = sum(values) / n
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-        return cls(mean, std, n)
+        std = float(series.std()) if len(series) > 1 else None
+        return cls(float(series.mean()), std, len(series))
 
 
 @dataclass
@@ -114,6 +111,12 @@ class TableSpec:
 
     def row_split(self, row: PaperRow) -> str | None:
         return row.paper_split or self.paper_split
+
+    @property
+    def baseline_and_ours(self) -> tuple[PaperRow | None, PaperRow | None]:
+        """The rows a Gain (Δ) compares: ours - baseline."""
+        base = next((r for r in self.rows if r.baseline), None)
+        return base, next((r for r in self.rows if r.ours), None)
 
     @property
     def has_splits(self) -> bool:
@@ -186,9 +189,6 @@ def load_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return records
 
 
-GENERATOR_MASKS = ("global", "multilayer")  # mask types whose M comes from a generator
-
-
 DEFAULT_RANK = 16  # MaskConfig.rank
 
 
@@ -199,7 +199,8 @@ def generator_tag(record: dict[str, Any], row: str = "") -> str:
     form, the ACL reading and masks without a generator). A ``row`` that already names the form (an
     experiment's variant such as ``multilayer-lowrank-perhead``) gets only what it does not
     say: the rank when it is not the default."""
-    if str(record.get("mask")) not in GENERATOR_MASKS:
+    kind = mask_type(record)
+    if kind is None or not kind.uses_generator:
         return ""
     named = row.lower().replace("-", "").replace("_", "")
     tags = []
@@ -342,26 +343,25 @@ def ratio_stat(
 
 
 def _field(record: dict[str, Any], name: str) -> Any:
-    """A config field of a run; fusion and depth mean nothing without a generated mask."""
-    if name in ("fusion", "depth") and record.get("mask") in ("none", "sparse", None):
+    """A config field of a run; fusion and depth mean nothing without generator settings."""
+    kind = mask_type(record)
+    if name in ("fusion", "depth") and (kind is None or not kind.has_generator_settings):
         return None
     return record.get(name)
 
 
 def group_configs(records: list[dict[str, Any]]) -> list[ConfigGroup]:
-    """Runs of one table -> one group per row id (with its generator tag, ``row_id``) + the
-    config fields that vary inside it."""
-    by_row: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        by_row.setdefault(row_id(r), []).append(r)
+    """Runs of one table -> one group per row id (with its generator tag, ``row_id``; in order
+    of first appearance) + the config fields that vary inside it (sorted by their values)."""
+    fields = [[_field(r, f) for f in CONFIG_FIELDS] for r in records]
+    fields = pd.DataFrame(fields, columns=list(CONFIG_FIELDS), dtype=object)
     groups = []
-    for row, rows in by_row.items():
-        varying = [f for f in CONFIG_FIELDS if len({str(_field(r, f)) for r in rows}) > 1]
-        by_key: dict[tuple, list[dict[str, Any]]] = {}
-        for r in rows:
-            by_key.setdefault(tuple((f, _field(r, f)) for f in varying), []).append(r)
-        for extras, members in sorted(by_key.items(), key=lambda kv: str(kv[0])):
-            groups.append(ConfigGroup(row, extras, members))
+    for row, frame in fields.groupby(pd.Series(map(row_id, records), dtype=object), sort=False):
+        varying = [f for f in CONFIG_FIELDS if frame[f].astype(str).nunique() > 1]
+        extras = [tuple(zip(varying, values, strict=True)) for values in frame[varying].values]
+        extras = pd.Series(extras, index=frame.index, dtype=object)
+        for _, members in extras.groupby(extras.map(str)):
+            groups.append(ConfigGroup(row, members.iloc[0], [records[i] for i in members.index]))
     return groups
 
 
@@ -465,6 +465,33 @@ def sources_of(spec: TableSpec, sources: Sequence[str]) -> tuple[list[str], list
     return shown, absent
 
 
+def _md_row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _md_header(header: Sequence[str]) -> list[str]:
+    return [_md_row(header), "|" + "---|" * len(header)]
+
+
+def _refs_text(spec: TableSpec, sources: Sequence[str]) -> str:
+    refs = [f"{source_label(s)}: {spec.refs[s]}" for s in sources if s in spec.refs]
+    return f" ({'; '.join(refs)})" if refs else ""
+
+
+def _source_notes(sources: Sequence[str], absent: Sequence[str]) -> list[str]:
+    """Under a table's title: what marks a number that differs, and the sources without it."""
+    notes = []
+    if any(s != DEFAULT_SOURCE for s in sources):
+        notes.append(f"{DIFFERS}: differs from the ACL paper")
+    if absent:
+        notes.append(f"not in {', '.join(source_label(s) for s in absent)}")
+    return notes
+
+
+def _note(spec: TableSpec) -> list[str]:
+    return [f"note: {spec.note}"] if spec.note else []
+
+
 def _splits_text(keys: Iterable[str]) -> str:
     return ", ".join(sorted({split_of(k) for k in keys if split_of(k)})) or "—"
 
@@ -494,8 +521,14 @@ def render(
     groups = group_configs(ok)
     paper_rows = {r.id: r for r in spec.rows}
     sources, absent = sources_of(spec, sources) if paper_rows else ([], [])
-    order = {r.id: i for i, r in enumerate(spec.rows)} or {"none": 0}  # baseline first
-    groups.sort(key=lambda g: (order.get(g.row, len(order)), g.row, g.config))
+    order = {r.id: i for i, r in enumerate(spec.rows)}
+
+    def position(g: ConfigGroup) -> int:  # the paper's row order; else full attention first
+        if order:
+            return order.get(g.row, len(order))
+        return int(not all(getattr(mask_type(r), "is_full_attention", 0) for r in g.records))
+
+    groups.sort(key=lambda g: (position(g), g.row, g.config))
     with_splits = bool(paper_rows) and spec.has_splits
 
     header = ["Model"] + (["split"] if with_splits else [])
@@ -503,7 +536,7 @@ def render(
         header += [c.name] + [f"{c.name} ({source_label(src)})" for src in sources]
     if with_splits:
         header.append("paper split")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = _md_header(header)
     long_rows: list[dict[str, Any]] = []
     keys_used: set[str] = set()
     means: dict[str, dict[str, Stat | None]] = {}
@@ -543,7 +576,7 @@ def render(
             paper_split = (spec.row_split(prow) if prow else None) or "—"
             cells.append(paper_split)
             split_cells = [_splits_text(group_keys)]
-        lines.append("| " + " | ".join([label, *split_cells, *cells]) + " |")
+        lines.append(_md_row([label, *split_cells, *cells]))
         shown.add(g.row)
     for prow in spec.rows:  # paper rows without runs
         if prow.id in shown:
@@ -555,7 +588,7 @@ def render(
                 long_rows.append(_long(spec, None, prow.label, c, None, set(), prow, src, kind))
         if with_splits:
             cells.append(spec.row_split(prow) or "—")
-        lines.append("| " + " | ".join([f"{prow.label} `{prow.id}`", *cells]) + " |")
+        lines.append(_md_row([f"{prow.label} `{prow.id}`", *cells]))
     gains: dict[str, tuple[float | None, str]] = {}
     if spec.gain and paper_rows:
         lines.append(_gain_line(spec, means, row_keys, long_rows, sources, gains, with_splits))
@@ -574,19 +607,13 @@ def render(
     if profiles:
         summary.append(f"{len(profiles)} compute profiles (scripts/profile_compute.py)")
     if sources:
-        refs = [f"{source_label(s)}: {spec.refs[s]}" for s in sources if s in spec.refs]
-        summary.append("paper numbers beside" + (f" ({'; '.join(refs)})" if refs else ""))
+        summary.append("paper numbers beside" + _refs_text(spec, sources))
     if not records:
         summary.append("no runs")
-    out.append("; ".join(summary))
-    if any(s != DEFAULT_SOURCE for s in sources):
-        out.append(f"{DIFFERS}: differs from the ACL paper")
-    if absent:
-        out.append(f"not in {', '.join(source_label(s) for s in absent)}")
+    out += ["; ".join(summary), *_source_notes(sources, absent)]
     if keys_used and paper_rows:
         out.append(f"metrics read: {', '.join(sorted(keys_used))}")
-    if spec.note:
-        out.append(f"note: {spec.note}")
+    out += _note(spec)
     for key, why in sorted(unavailable.items()):
         out.append(f"n/a: {key} could not be computed: {why}")
     for status in sorted({str(r.get("status")) for r in failed}):  # failed, diverged, running
@@ -596,27 +623,32 @@ def render(
     return RenderedTable(spec, "\n".join([*out, "", *lines]), long_rows, kind, gains)
 
 
+def _csv_row(spec: TableSpec, row: str, label: str, column: str, **values: Any) -> dict[str, Any]:
+    """One row of the long format (``to_csv``); the fields not given are left empty."""
+    return {"table": spec.id, "row": row, "config": row, "label": label, "column": column, **values}
+
+
 def _long(spec, group, label, column, stat, keys, prow, source, kind) -> dict[str, Any]:
     ref = prow.values(source).get(column.name) if prow is not None else None
     row = group.row if group is not None else prow.id
-    return {
-        "table": spec.id,
-        "kind": kind,
-        "row": row,
-        "config": group.config if group is not None else row,
-        "label": label,
-        "column": column.name,
-        "metric": ";".join(sorted(keys)),
-        "split": _splits_text(keys) if keys else "",
-        "mean": None if stat is None else stat.mean * column.scale,
-        "std": None if stat is None or stat.std is None else stat.std * column.scale,
-        "n": 0 if stat is None else stat.n,
-        "source": source if prow is not None else "",
-        "paper": None if ref is None else ref[0],
-        "paper_std": None if ref is None else ref[1],
-        "paper_split": (spec.row_split(prow) or "") if prow is not None else "",
-        "seeds": " ".join(map(str, group.seeds)) if group is not None else "",
-    }
+    return _csv_row(
+        spec,
+        row,
+        label,
+        column.name,
+        kind=kind,
+        config=group.config if group is not None else row,
+        metric=";".join(sorted(keys)),
+        split=_splits_text(keys) if keys else "",
+        mean=None if stat is None else stat.mean * column.scale,
+        std=None if stat is None or stat.std is None else stat.std * column.scale,
+        n=0 if stat is None else stat.n,
+        source=source if prow is not None else "",
+        paper=None if ref is None else ref[0],
+        paper_std=None if ref is None else ref[1],
+        paper_split=(spec.row_split(prow) or "") if prow is not None else "",
+        seeds=" ".join(map(str, group.seeds)) if group is not None else "",
+    )
 
 
 def _gain_line(
@@ -629,8 +661,7 @@ def _gain_line(
     with_splits: bool,
 ) -> str:
     """ours - baseline, measured and in each source."""
-    base = next((r for r in spec.rows if r.baseline), None)
-    ours = next((r for r in spec.rows if r.ours), None)
+    base, ours = spec.baseline_and_ours
     measured_split = ""
     if base and ours:
         measured_split = _splits_text(row_keys.get(base.id, set()) | row_keys.get(ours.id, set()))
@@ -646,29 +677,18 @@ def _gain_line(
         for src in sources:
             paper_gain = paper_gain_of(spec, c, src)
             cells.append("—" if paper_gain is None else f"{paper_gain:+.2f}")
-            long_rows.append(
-                {
-                    "table": spec.id,
-                    "row": "gain",
-                    "config": "gain",
-                    "label": "Gain (Δ)",
-                    "column": c.name,
-                    "split": measured_split if measured is not None else "",
-                    "mean": measured,
-                    "source": src,
-                    "paper": paper_gain,
-                }
-            )
+            split = measured_split if measured is not None else ""
+            row = _csv_row(spec, "gain", "Gain (Δ)", c.name, split=split, mean=measured)
+            long_rows.append({**row, "source": src, "paper": paper_gain})
     if with_splits:
         splits = {spec.row_split(r) for r in (base, ours) if r is not None}
         cells.append(" / ".join(sorted(s for s in splits if s)) or "—")
-    return "| " + " | ".join(cells) + " |"
+    return _md_row(cells)
 
 
 def paper_gain_of(spec: TableSpec, column: Column, source: str = DEFAULT_SOURCE) -> float | None:
     """ours - baseline in one source's numbers (None where either is missing)."""
-    base = next((r for r in spec.rows if r.baseline), None)
-    ours = next((r for r in spec.rows if r.ours), None)
+    base, ours = spec.baseline_and_ours
     if base is None or ours is None:
         return None
     b, o = base.values(source).get(column.name), ours.values(source).get(column.name)
@@ -687,7 +707,7 @@ def render_max_gain(
     sources, absent = sources_of(spec, sources)
     header = ["Dataset", "Size", "Modality", "Max. Gain", "from", "split"]
     header += [f"Max. Gain ({source_label(s)})" for s in sources] + ["paper split"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = _md_header(header)
     long_rows = []
     column = spec.columns[0]
     for row in spec.rows:
@@ -717,36 +737,16 @@ def render_max_gain(
             *[_paper_cell(row, column, src) for src in sources],
             paper_split,
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_md_row(cells))
         for src in sources:
             ref = row.values(src).get(column.name)
-            long_rows.append(
-                {
-                    "table": spec.id,
-                    "row": row.id,
-                    "config": row.id,
-                    "label": row.label,
-                    "column": column.name,
-                    "metric": "" if best is None else best[1],
-                    "split": "" if best is None else best[2],
-                    "mean": None if best is None else best[0],
-                    "source": src,
-                    "paper": None if ref is None else ref[0],
-                    "paper_split": paper_split,
-                }
-            )
-    out = [f"## {spec.id} — {spec.title}", ""]
-    refs = [f"{source_label(s)}: {spec.refs[s]}" for s in sources if s in spec.refs]
-    out.append(
-        "measured: the largest Gain (Δ) of the source tables' runs; paper numbers beside"
-        + (f" ({'; '.join(refs)})" if refs else "")
-    )
-    if any(s != DEFAULT_SOURCE for s in sources):
-        out.append(f"{DIFFERS}: differs from the ACL paper")
-    if absent:
-        out.append(f"not in {', '.join(source_label(s) for s in absent)}")
-    if spec.note:
-        out.append(f"note: {spec.note}")
+            mean, metric, split = best or (None, "", "")
+            cell = {"metric": metric, "split": split, "mean": mean, "source": src}
+            cell |= {"paper": None if ref is None else ref[0], "paper_split": paper_split}
+            long_rows.append(_csv_row(spec, row.id, row.label, column.name, **cell))
+    measured = "measured: the largest Gain (Δ) of the source tables' runs; paper numbers beside"
+    out = [f"## {spec.id} — {spec.title}", "", measured + _refs_text(spec, sources)]
+    out += [*_source_notes(sources, absent), *_note(spec)]
     return RenderedTable(spec, "\n".join([*out, "", *lines]), long_rows)
 
 
@@ -770,7 +770,7 @@ def render_mean_gain(
     for src in sources:
         header += [f"Avg. ({source_label(src)} table)", f"Max. ({source_label(src)} table)"]
     header += ["Avg. (stated)", "Max. (stated)", "stated in"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = _md_header(header)
     long_rows: list[dict[str, Any]] = []
     mismatches = []
     for row in spec.rows:
@@ -803,30 +803,18 @@ def render_mean_gain(
             value = stated.get(name)
             cells.append("—" if value is None else f"{value[0]:+.2f}")
         cells.append(f"{source_label(stated_src)}: {row.extra.get('where', '')}".strip())
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_md_row(cells))
         for name, value in (("Avg. Gain", avg), ("Max. Gain", best)):
             ref = stated.get(name)
-            long_rows.append(
-                {
-                    "table": spec.id,
-                    "row": row.id,
-                    "config": row.id,
-                    "label": row.label,
-                    "column": name,
-                    "split": split if value is not None else "",
-                    "mean": value,
-                    "source": stated_src,
-                    "paper": None if ref is None else ref[0],
-                }
-            )
+            cell = {"split": split if value is not None else "", "mean": value}
+            cell |= {"source": stated_src, "paper": None if ref is None else ref[0]}
+            long_rows.append(_csv_row(spec, row.id, row.label, name, **cell))
     out = [f"## {spec.id} — {spec.title}", ""]
     out.append(
         "measured: mean / max over the table's metric columns of the runs' Gain (Δ); "
         "each source's table gives its own mean / max; stated: the text's numbers"
     )
-    out += [f"stated value not given by its own table: {m}" for m in mismatches]
-    if spec.note:
-        out.append(f"note: {spec.note}")
+    out += [f"stated value not given by its own table: {m}" for m in mismatches] + _note(spec)
     return RenderedTable(spec, "\n".join([*out, "", *lines]), long_rows)
 
 
@@ -895,34 +883,15 @@ def _as_list(value: Any) -> list:
 COMPUTED_KINDS = {"max_gain": render_max_gain, "mean_gain": render_mean_gain}
 
 
-CSV_FIELDS = [
-    "table",
-    "kind",
-    "row",
-    "config",
-    "label",
-    "column",
-    "metric",
-    "split",
-    "mean",
-    "std",
-    "n",
-    "source",
-    "paper",
-    "paper_std",
-    "paper_split",
-    "seeds",
-]
+CSV_FIELDS = "table kind row config label column metric split mean std n source paper".split()
+CSV_FIELDS += ["paper_std", "paper_split", "seeds"]
 
 
 def to_csv(rendered: list[RenderedTable]) -> str:
     """Long format: one row per (table, configuration, column, source of paper numbers)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, restval="")
-    writer.writeheader()
-    for table in rendered:
-        writer.writerows({"kind": table.kind, **row} for row in table.rows)
-    return buffer.getvalue()
+    rows = [{"kind": table.kind, **row} for table in rendered for row in table.rows]
+    frame = pd.DataFrame(rows, columns=CSV_FIELDS, dtype=object)
+    return frame.to_csv(index=False, lineterminator="\r\n")  # the csv module's line ends
 
 
 def to_markdown(rendered: list[RenderedTable]) -> str:

@@ -9,8 +9,10 @@ import logging
 import os
 import pathlib
 import re
+import sys
+import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "stamp_model_config"
+# what else rebuilds the run's model at evaluation: the config groups chosen (task, mask, model,
+# attention) and the resolved data / attention settings (feature dims, max lengths, vocab...)
+RUN_KEY = "stamp_run_config"
+RESTORED_GROUPS = ("task", "model", "mask", "attention")
+# machine settings a checkpoint's data config does not impose on another machine
+MACHINE_KEYS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor")
 # machine-specific file locations: not part of the model's identity
 PATH_KEYS = ("path", "_path", "_dir", "pretrained", "weights")
 # settings that do not change what trained weights compute at evaluation (or only how they run)
@@ -38,6 +46,37 @@ def model_config(cfg: DictConfig) -> dict[str, Any]:
         "task_name": cfg.get("task_name"),
         "mask": OmegaConf.to_container(cfg.mask, resolve=True, enum_to_str=True),
         "model": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True),
+    }
+
+
+def hydra_choices() -> dict[str, str]:
+    """The config groups chosen for this run (``task``, ``mask``, ``model``, ``attention``) as
+    Hydra recorded them; empty when composed without ``@hydra.main`` (tests)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        choices = HydraConfig.get().runtime.choices
+    except ValueError:
+        return {}
+    return {g: str(choices[g]) for g in RESTORED_GROUPS if choices.get(g) is not None}
+
+
+def run_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """What besides ``model_config`` rebuilds the run's model from its checkpoint alone: the
+    group choices and the resolved ``data``, ``attention`` and ``module`` (evaluation settings:
+    metrics, decoding, post-processing) settings (stored under
+    ``RUN_KEY``; informative, never compared as the model config is)."""
+    if choices is None:
+        choices = hydra_choices()
+    return {
+        "choices": dict(choices),
+        "data": OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
+        if cfg.get("data") is not None
+        else None,
+        "attention": OmegaConf.to_container(cfg.attention, resolve=True, enum_to_str=True),
+        "module": OmegaConf.to_container(cfg.module, resolve=True, enum_to_str=True)
+        if cfg.get("module") is not None
+        else None,
     }
 
 
@@ -251,6 +290,12 @@ def check_checkpoint_config(
                 if trained
                 else ""
             )
+            + (
+                "(eval.py / predict.py ckpt_path=<file> take the checkpoint's settings by "
+                "themselves: the differences come from this command's own overrides)\n"
+                if evaluation
+                else ""
+            )
             + "Or allow_config_mismatch=true to use it anyway (recorded in results.json)."
         )
     if diffs:
@@ -270,7 +315,7 @@ def atomic_save(checkpoint: dict[str, Any], path: str | Path) -> None:
     temporary file is written elsewhere (Lightning's own save goes through fsspec, whose
     transaction writes into /tmp and copies across file systems). On failure the temporary
     file is removed and the error (e.g. ``OSError(ENOSPC)``) propagates, naming ``path``."""
-    from tasks.common.results import atomic_temp
+    from tasks.common.runtime.results import atomic_temp
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,3 +354,217 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only=True)
         return safe_load(path)
+
+
+# -- rebuilding a run's config from its checkpoint alone (eval.py / predict.py ckpt_path=<file>)
+
+# Hydra's command-line flags that take a value (the value is not an override)
+HYDRA_FLAGS_WITH_VALUE = (
+    "--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+    "--config-dir", "-cd", "--info", "-i", "--experimental-rerun",
+)  # fmt: skip
+_DATA_INTERPOLATION = re.compile(r"^\$\{(data\.[\w.]+)\}$")
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[int]]:
+    """(overrides, their positions) among ``argv``'s Hydra flags and overrides."""
+    overrides, positions, skip = [], [], False
+    for i, token in enumerate(argv):
+        if skip:
+            skip = False
+        elif token.startswith("-") and not token.startswith("~"):
+            skip = token in HYDRA_FLAGS_WITH_VALUE
+        else:
+            overrides.append(token)
+            positions.append(i)
+    return overrides, positions
+
+
+def _user_keys(overrides: list[Any]) -> set[str]:
+    return {o.key_or_group for o in overrides if not o.key_or_group.startswith("hydra")}
+
+
+def _set_by_user(key: str, user: set[str]) -> bool:
+    """``key`` or one of its parents / children is on the command line."""
+    return any(key == u or key.startswith(u + ".") or u.startswith(key + ".") for u in user)
+
+
+def _machine_value(key: str, value: Any) -> bool:
+    """A setting of the machine that wrote the checkpoint: worker counts, and file paths that
+    do not exist here (this machine's own paths, ``configs/local``, are kept)."""
+    if key.rsplit(".", 1)[-1] in MACHINE_KEYS:
+        return True
+    return isinstance(value, str) and value.startswith("/") and not Path(value).exists()
+
+
+def _tree_overrides(
+    stored: Any, composed: Any, raw: Any, key: str, user: set[str], skip_interpolated: bool
+) -> list[tuple[str, Any, Any]]:
+    """[(override, stored value, interpolation)] that turn ``composed`` into ``stored`` (dicts
+    walked key by key; a key the command line sets, or a machine setting, is left as composed).
+    With ``skip_interpolated``, a differing key whose config value is an interpolation gives no
+    override ("") but its interpolation, to be restored through its source."""
+    if isinstance(stored, dict) and isinstance(composed, dict):
+        out = []
+        raw = raw if isinstance(raw, dict) else {}
+        for k in sorted(set(stored) | set(composed), key=str):
+            sub = f"{key}.{k}"
+            if k not in stored:  # (the mask / attention schemas' fields cannot be deleted)
+                if not _set_by_user(sub, user) and sub.startswith(("model.", "data.", "module.")):
+                    out.append((f"~{sub}", None, None))
+                continue
+            if k not in composed:
+                if not _set_by_user(sub, user) and not _machine_value(sub, stored[k]):
+                    out.append((as_override("+" + sub, stored[k]), stored[k], None))
+                continue
+            out += _tree_overrides(stored[k], composed[k], raw.get(k), sub, user, skip_interpolated)
+        return out
+    if stored == composed or _set_by_user(key, user) or _machine_value(key, stored):
+        return []
+    if skip_interpolated and isinstance(raw, str) and "${" in raw:
+        return [("", stored, raw)]  # resolves from another key: see after the others
+    return [(as_override(key, stored), stored, None)]
+
+
+def _closest_option(
+    compose: Callable[[list[str]], DictConfig],
+    restored: list[str],
+    group: str,
+    options: list[str],
+    stored: dict[str, Any],
+    user: set[str],
+) -> str:
+    """``group=<option>`` whose composed settings differ from ``stored`` in the fewest keys."""
+
+    def distance(option: str) -> int:
+        node = compose([*restored, f"{group}={option}"])[group]
+        composed = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+        return len(_tree_overrides(stored, composed, {}, group, user, False))
+
+    return f"{group}={min(options, key=distance)}"
+
+
+def checkpoint_overrides(
+    path: str | Path, overrides: list[str], config_name: str = "eval"
+) -> list[str]:
+    """The overrides that rebuild the model of checkpoint ``path`` (its task, model, mask and
+    attention groups, then each model / mask / attention / data / module setting that differs
+    from the config composed with them), less everything ``overrides`` (the command line) sets:
+    the user's settings win, and where they ask for another model than the checkpoint's, the
+    evaluation stops with the differing keys (``check_checkpoint_config``). Module settings
+    are the run's evaluation settings (metrics, decoding, post-processing).
+
+    Model settings that are interpolations of ``data.X`` (``vid_dim: ${data.v_feat_dim}``) are
+    restored through ``data.X``, so data and model agree. Paths are restored only where they
+    exist on this machine; worker counts are not restored. Checkpoints written before the data
+    settings were stored (no ``RUN_KEY``) restore task, mask and model. Returns [] when the
+    checkpoint carries no config or the command line names another task."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from tasks.common.runtime.compose import CONFIG_DIR, compose_config
+
+    checkpoint = read_checkpoint(path)
+    stored = checkpoint.get(CONFIG_KEY)
+    if stored is None:
+        log.warning("checkpoint %s carries no model config: nothing to rebuild from it", path)
+        return []
+    run = checkpoint.get(RUN_KEY) or {}
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    user = _user_keys(parsed)
+    probe = [o.input_line for o in parsed if not o.is_sweep_override()]
+    choices = {"task": stored["task_name"], "mask": stored["mask"].get("type")}
+    choices.update(run.get("choices") or {})
+    groups = [f"{g}={c}" for g, c in choices.items() if c is not None and g not in user]
+    # a group the user sets to the checkpoint's own choice (``task=X mask=Y`` as eval.py took
+    # before) restores its settings; another choice keeps the user's (another mask / backend
+    # is their request)
+    same = {o.key_or_group for o in parsed if choices.get(o.key_or_group) == str(o.value())}
+    user -= same & set(RESTORED_GROUPS)
+    sections = {
+        "mask": stored.get("mask"),
+        "model": stored.get("model"),
+        "data": run.get("data"),
+        "attention": run.get("attention"),
+        "module": run.get("module"),
+    }
+    sections = {k: v for k, v in sections.items() if v is not None and k not in user}
+
+    def compose(extra: list[str]) -> DictConfig:
+        with tempfile.TemporaryDirectory() as tmp:
+            return compose_config([*extra, *probe], tmp, config_name)
+
+    restored = list(groups)
+    for last in (False, True):
+        try:
+            cfg = compose(restored)
+        except Exception as err:  # noqa: BLE001 - Hydra reports the command line's own errors
+            log.warning("could not compose %s with checkpoint %s's config: %s", probe, path, err)
+            return []
+        if cfg.get("task_name") != stored["task_name"]:
+            log.info(
+                "task %s requested, checkpoint %s is %s: its config is not restored",
+                cfg.get("task_name"), path, stored["task_name"],
+            )  # fmt: skip
+            return []
+        group = "model"
+        if not last and group not in choices and group not in user and "model" in sections:
+            # a task with a model group (AVE) whose checkpoint did not record the choice (a run
+            # composed without @hydra.main): the option closest to the stored model
+            if cfg.hydra.runtime.choices.get(group) is not None:
+                options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+                restored.append(
+                    _closest_option(compose, restored, group, options, sections[group], user)
+                )
+                cfg = compose(restored)
+        added: list[str] = []
+        for section, tree in sections.items():
+            if cfg.get(section) is None:
+                continue
+            composed = OmegaConf.to_container(cfg[section], resolve=True, enum_to_str=True)
+            raw = OmegaConf.to_container(cfg[section], resolve=False)
+            for override, value, interpolation in _tree_overrides(
+                tree, composed, raw, section, user, skip_interpolated=not last
+            ):
+                if override:
+                    added.append(override)
+                    continue
+                # a model key interpolating data.X: restore data.X when the checkpoint has no
+                # data settings, else the next round sees whether it resolved
+                source = _DATA_INTERPOLATION.match(interpolation)
+                if "data" not in sections and source and not _set_by_user(source[1], user):
+                    added.append(as_override(source[1], value))
+        done = {o.split("=", 1)[0].lstrip("+~") for o in restored}
+        added = [o for o in dict.fromkeys(added) if o.split("=", 1)[0].lstrip("+~") not in done]
+        restored += added
+        if not added:
+            break
+    return restored
+
+
+def with_checkpoint_config(argv: list[str], config_name: str = "eval") -> list[str]:
+    """``argv`` (a command line's arguments after the script) with the overrides of
+    ``checkpoint_overrides`` inserted before the user's own, when it has one
+    ``ckpt_path=<existing file>`` (a glob matching one file counts). The pre-compose step of
+    eval.py / predict.py: Hydra composes the config before ``main`` runs, so the checkpoint's
+    task and model must be on the command line it parses. An unreadable checkpoint is left to
+    the run itself to report."""
+    import glob
+
+    overrides, positions = split_argv(argv)
+    paths = [o.split("=", 1)[1] for o in overrides if o.startswith("ckpt_path=")]
+    if len(paths) != 1:
+        return list(argv)
+    path = paths[0]
+    if not Path(path).exists() and glob.has_magic(path):
+        matches = sorted(glob.glob(path))
+        path = matches[0] if len(matches) == 1 else path
+    if not Path(path).is_file():
+        return list(argv)
+    try:
+        restored = checkpoint_overrides(path, overrides, config_name)
+    except ValueError:  # unreadable / unsafe: the run stops with the message naming the file
+        return list(argv)
+    if restored:
+        print(f"from checkpoint {path}: {' '.join(restored)}", file=sys.stderr)
+    at = positions[0]
+    return [*argv[:at], *restored, *argv[at:]]

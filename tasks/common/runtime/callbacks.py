@@ -76,17 +76,24 @@ class InterruptAtEpoch(L.Callback):
 
 class ModelConfigInCheckpoint(L.Callback):
     """Store the run's resolved model config in every checkpoint (key ``stamp_model_config``),
-    so that eval.py and resuming can compare it with the requested one."""
+    so that eval.py and resuming can compare it with the requested one; and ``run_config``
+    (key ``stamp_run_config``: group choices, data and attention settings), so that eval.py
+    ckpt_path=<file> rebuilds the model from the checkpoint alone."""
 
-    def __init__(self, model_config: dict) -> None:
+    def __init__(self, model_config: dict, run_config: dict | None = None) -> None:
         self.model_config = model_config
+        self.run_config = run_config
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict
     ) -> None:
-        from tasks.common.checkpoints import CONFIG_KEY
+        from tasks.common.runtime.checkpoints import CONFIG_KEY
 
         checkpoint[CONFIG_KEY] = self.model_config
+        if self.run_config is not None:
+            from tasks.common.runtime.checkpoints import RUN_KEY
+
+            checkpoint[RUN_KEY] = self.run_config
 
 
 class FailAtStep(L.Callback):

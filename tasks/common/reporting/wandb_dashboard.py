@@ -5,7 +5,8 @@ At the end of a multirun (``MultirunSummary``) one more W&B run is made in the s
 
 * ``sweep/summary``: one row per job (settings, status, mask parameters, final metrics), the
   table printed at the end of the sweep;
-* ``tables/<id>``: each paper table the jobs fill (``tasks.common.tables.make_tables``): one row
+* ``tables/<id>``: each paper table the jobs fill (``tasks.common.reporting.tables.make_tables``):
+  one row
   per configuration, for every column the measured mean, its std over seeds, the run count and
   the paper's number (``paper/results.yaml``) side by side, plus the gain row where the paper
   has one; untagged sweeps (the demo) get their own table without paper columns;
@@ -23,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tasks.common.wandb_runs import SUMMARY_JOB, wait_until_written
+from tasks.common.reporting.wandb_runs import SUMMARY_JOB, wait_until_written
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def log_sweep_tables(
     sweep's group); returns the run's local folder."""
     import wandb
 
-    from tasks.common.tables import PAPER_FILE, load_paper, make_tables, to_markdown
+    from tasks.common.reporting.tables import PAPER_FILE, load_paper, make_tables, to_markdown
 
     settings = settings or {}
     sweep_dir = Path(sweep_dir)

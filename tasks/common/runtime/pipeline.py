@@ -30,23 +30,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from stamp import check_mask_backend
 from stamp.config import AttentionConfig, Backend, MaskConfig
-from tasks.common.callbacks import (
+from tasks.common.runtime.callbacks import (
     EpochSeed,
     ModelConfigInCheckpoint,
     RunDiverged,
     StopOnDivergence,
 )
-from tasks.common.checkpoints import (
+from tasks.common.runtime.checkpoints import (
     SafeCheckpointIO,
     check_checkpoint_config,
     model_config,
+    run_config,
     safe_loading,
 )
-from tasks.common.mask_stats import MaskDiagnostics
-from tasks.common.module import parameter_counts
-from tasks.common.results import RESULTS_FILE, read_record, write_json
-from tasks.common.run_lock import RunDirLocked, run_dir_lock
-from tasks.common.schemas import check_known_keys
+from tasks.common.runtime.mask_stats import MaskDiagnostics
+from tasks.common.runtime.module import parameter_counts
+from tasks.common.runtime.results import RESULTS_FILE, read_record, write_json
+from tasks.common.runtime.run_lock import RunDirLocked, run_dir_lock
+from tasks.common.runtime.schemas import check_known_keys
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def check_visible_devices(cfg: DictConfig) -> None:
             "or run on a GPU machine; --cfg job --resolve prints the config anywhere."
         )
     if str(devices).strip() not in ("-1", "auto"):
-        from tasks.common.schemas import device_count
+        from tasks.common.runtime.schemas import device_count
 
         if device_count(devices) > visible:
             raise RuntimeError(
@@ -189,8 +190,8 @@ def refuse_finished_eval(out_dir: Path) -> None:
 
 
 def holds_run_dir_lock(fn):
-    """Run ``fn(cfg)`` holding the run directory's lock (``tasks.common.run_lock``): a second
-    run into the directory stops at start-up naming this one."""
+    """Run ``fn(cfg)`` holding the run directory's lock (``tasks.common.runtime.run_lock``): a
+    second run into the directory stops at start-up naming this one."""
 
     @functools.wraps(fn)
     def locked(cfg: DictConfig, *args: Any, **kwargs: Any) -> Any:
@@ -454,7 +455,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_mask_memory(cfg, net)
     loggers = build_loggers(cfg, out_dir)
     callbacks = build_callbacks(cfg)
-    callbacks.append(ModelConfigInCheckpoint(model_config(cfg)))
+    callbacks.append(ModelConfigInCheckpoint(model_config(cfg), run_config(cfg)))
     if not any(isinstance(cb, EpochSeed) for cb in callbacks):  # exact resume needs it
         callbacks.append(EpochSeed(cfg.seed))
     callbacks.append(StopOnDivergence(cfg.monitor.metric))

@@ -153,7 +153,7 @@ class ShardIndex:
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The permutation seed of EpochShuffleSampler (tasks/common/data.py)."""
+    """The permutation seed of EpochShuffleSampler (tasks/common/runtime/data.py)."""
     return torch.Generator().manual_seed(seed + 100_003 * epoch)
 
 
@@ -269,7 +269,7 @@ class ShardedDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        from tasks.common.data import training_seed
+        from tasks.common.runtime.data import training_seed
 
         self.index = ShardIndex.load(location)
         self.decode = decode

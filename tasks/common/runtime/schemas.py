@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from stamp.config import AttentionConfig, MaskConfig
 
-REPO_DIR = Path(__file__).resolve().parents[2]
+REPO_DIR = Path(__file__).resolve().parents[3]
 _registered = False
 _warned_dry_run: set = set()
 
@@ -35,7 +35,7 @@ def device_count(devices: object) -> int:
     count = torch.cuda.device_count()
     if count < 1:
         # a dry run (``--cfg job --resolve``) of a GPU config on a machine without GPUs: count
-        # one; training stops at start-up (tasks.common.pipeline.check_device_and_precision)
+        # one; training stops at start-up (tasks.common.runtime.pipeline.check_device_and_precision)
         if devices in _warned_dry_run:
             return 1
         _warned_dry_run.add(devices)

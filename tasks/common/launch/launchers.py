@@ -72,7 +72,7 @@ class PipelineLauncherMixin:
         job_id: str,
         singleton_state: dict,
     ) -> Any:
-        from tasks.common.schemas import register_schemas
+        from tasks.common.runtime.schemas import register_schemas
 
         register_schemas()
         overrides = list(sweep_overrides)

@@ -12,7 +12,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from tasks.common.results import format_summary, load_results
+from tasks.common.runtime.results import format_summary, load_results
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 class MultirunSummary(Callback):
     """Print the jobs' results side by side, write ``summary.md`` / ``summary.json`` into the
     sweep directory, log them with the paper tables to W&B when W&B is a logger
-    (``tasks.common.wandb_dashboard``), and exit non-zero when a job failed (after every job has
-    run)."""
+    (``tasks.common.reporting.wandb_dashboard``), and exit non-zero when a job failed (after every
+    job has run)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -43,7 +43,7 @@ class MultirunSummary(Callback):
 def log_to_wandb(config: DictConfig, records: list[dict[str, Any]], sweep_dir: Path) -> None:
     """The sweep's tables as a W&B run of the sweep's group; a W&B problem never fails the
     sweep (the tables are in summary.md either way)."""
-    from tasks.common.wandb_dashboard import log_sweep_tables, wandb_logger_config
+    from tasks.common.reporting.wandb_dashboard import log_sweep_tables, wandb_logger_config
 
     settings = wandb_logger_config(config)
     if settings is None:
@@ -57,7 +57,7 @@ def log_to_wandb(config: DictConfig, records: list[dict[str, Any]], sweep_dir: P
 class RunDirGuard(Callback):
     """Refuse a single run before Hydra writes into its directory (``.hydra/*.yaml`` and the job
     log), so that a refused run changes nothing: the directory's lock is taken here and held
-    until the run ends (``tasks.common.run_lock``), and a finished run is refused
+    until the run ends (``tasks.common.runtime.run_lock``), and a finished run is refused
     (``pipeline.guard_run_dir`` / ``refuse_finished_eval``). The run directory is resolved once
     and pinned, so that a ``${now:}`` in ``hydra.run.dir`` names the same directory here and in
     the job. Hydra turns a callback's exception into a warning, so a refusal prints its message
@@ -68,8 +68,8 @@ class RunDirGuard(Callback):
         self.locked: Path | None = None
 
     def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs) -> None:
-        from tasks.common.pipeline import RunExistsError
-        from tasks.common.run_lock import RunDirLocked, release
+        from tasks.common.runtime.pipeline import RunExistsError
+        from tasks.common.runtime.run_lock import RunDirLocked, release
 
         try:
             self._guard(config, config_name)
@@ -86,8 +86,8 @@ class RunDirGuard(Callback):
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import open_dict, read_write
 
-        from tasks.common import pipeline
-        from tasks.common.run_lock import acquire
+        from tasks.common.runtime import pipeline
+        from tasks.common.runtime.run_lock import acquire
 
         out_dir = Path(str(config.hydra.run.dir)).resolve()
         with read_write(config.hydra):
@@ -108,7 +108,7 @@ class RunDirGuard(Callback):
             self.locked = out_dir
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        from tasks.common.run_lock import release
+        from tasks.common.runtime.run_lock import release
 
         if self.locked is not None:
             release(self.locked)
