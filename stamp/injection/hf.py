@@ -145,9 +145,14 @@ def attach(module: nn.Module, stamp: InjectedStamp) -> None:
 
 
 def make_stamp(
-    module: nn.Module, mask: MaskConfig, n_max: int | None, attention: AttentionConfig | None
+    module: nn.Module,
+    mask: MaskConfig,
+    n_max: int | None,
+    attention: AttentionConfig | None,
+    shared: InjectedStamp | None = None,
 ) -> InjectedStamp:
-    """The ``InjectedStamp`` of an HF attention module, on its device and dtype."""
+    """The ``InjectedStamp`` of an HF attention module, on its device and dtype (``shared``:
+    the first targeted layer's, whose generator ``mask=global`` shares)."""
     source = source_implementation(module)
     if source not in SOURCE_IMPLEMENTATIONS:  # its mask (flex BlockMask, varlen) has no bias form
         raise ValueError(unsupported_source(source))
@@ -159,6 +164,7 @@ def make_stamp(
         n_max=n_max,
         source=source,
         attention=attention,
+        shared=shared,
     )
     ref = next(module.parameters(), None)
     if ref is not None:
