@@ -29,6 +29,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from stamp import check_mask_backend
+from stamp import mask_memory_estimate as memory_estimate  # (bytes, params, deepest)
 from stamp.config import AttentionConfig, Backend, MaskConfig
 from tasks.common.callbacks import (
     EpochSeed,
@@ -335,14 +336,6 @@ def finish_wandb(exit_code: int) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
-
-
-def memory_estimate(net: torch.nn.Module, batch_size: int) -> tuple[int, int, int]:
-    """(bytes, parameters, deepest) of the mask generators when training (``stamp``'s
-    ``mask_memory_estimate``: weights, gradients, AdamW state and kept activations)."""
-    from stamp import mask_memory_estimate
-
-    return mask_memory_estimate(net, batch_size)
 
 
 def available_memory(cfg: DictConfig) -> tuple[int, str]:
