@@ -46,10 +46,7 @@ from stamp.layers import (
     StampEncoder,
     StampEncoderLayer,
     StampLayer,
-    check_mask_backend,
     collect_aux_loss,
-    layer_mask_kwargs,
-    layer_mask_modules,
 )
 from stamp.mask import (
     LowRankMaskGenerator,
@@ -57,10 +54,12 @@ from stamp.mask import (
     SparseMask,
     identity_preactivation,
     init_mask_generators,
+    mask_modules,
     mask_parameter_count,
     matched_layer_count,
     matched_linear_count,
 )
+from stamp.plan import MaskPlan, check_mask_backend, full_attention, mask_memory_estimate
 from stamp.record import record_attention
 
 __all__ = [
@@ -80,6 +79,7 @@ __all__ = [
     "MaskConfig",
     "MaskGenerator",
     "MaskInit",
+    "MaskPlan",
     "MaskType",
     "RecordsAttention",
     "SparseMask",
@@ -94,15 +94,16 @@ __all__ = [
     "collect_aux_loss",
     "eager_attention",
     "flex_attention_backend",
+    "full_attention",
     "fuse_logits",
     "identity_preactivation",
     "init_mask_generators",
     "inject",
     "injected_modules",
-    "layer_mask_kwargs",
-    "layer_mask_modules",
     "load",
     "mark_only_stamp_trainable",
+    "mask_memory_estimate",
+    "mask_modules",
     "mask_parameter_count",
     "matched_layer_count",
     "matched_linear_count",

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stamp.config import AttentionConfig, Backend, Fusion, FusionOrder, as_attention_config
+from stamp.config import AttentionConfig, Backend, Fusion, FusionOrder
 from stamp.fused import compiled_fused_attention, fuse_scores, fused_attention, fusion_input
 
 log = logging.getLogger(__name__)
@@ -365,7 +365,7 @@ class StampAttention(RecordsAttention, nn.Module):
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.cross = cross or context_dim is not None
-        self.init_core(fusion, fusion_order, as_attention_config(attention))
+        self.init_core(fusion, fusion_order, attention or AttentionConfig())
         if self.cross:
             self.q = nn.Linear(dim, dim, bias=qkv_bias)
             self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=qkv_bias)

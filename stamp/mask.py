@@ -188,6 +188,13 @@ class MaskGenerator(nn.Module):
             return dim * outputs + outputs
         return (dim * h + h) + (depth - 2) * (h * h + h) + (h * outputs + outputs)
 
+    def activation_count(self, batch_size: int) -> int:
+        """Floats kept for the backward at ``batch_size`` x ``n_max`` tokens: every hidden
+        layer's output and ReLU mask, and M (0 without a fixed ``n_max``)."""
+        tokens = self.n_max or 0
+        width = self.first_linear.out_features if self.depth > 1 else 0
+        return batch_size * tokens * (2 * width * (self.depth - 1) + self.num_masks * tokens)
+
     def _hidden(self, x: Tensor) -> Tensor:
         """The hidden ReLU stack; with ``checkpoint`` it runs on chunks of tokens, each under
         ``torch.utils.checkpoint``: only x is kept, and the backward recomputes one chunk's
@@ -487,12 +494,16 @@ def init_mask_generators(model: nn.Module) -> int:
     return len(generators)
 
 
+def mask_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules that belong to masks or mask controls (generators, sparse masks, +Linear,
+    extra layers): a task's own init skips them, parameter counts list them apart."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, (MaskGenerator, SparseMask)) or getattr(m, "is_mask_control", False)
+    ]
+
+
 def mask_parameter_count(model: nn.Module) -> int:
     """Parameters that belong to masks or mask controls (generators, sparse masks, +Linear)."""
-    total = 0
-    for module in model.modules():
-        if isinstance(module, (MaskGenerator, SparseMask)):
-            total += sum(p.numel() for p in module.parameters())
-        elif getattr(module, "is_mask_control", False):
-            total += sum(p.numel() for p in module.parameters())
-    return total
+    return sum(p.numel() for m in mask_modules(model) for p in m.parameters())

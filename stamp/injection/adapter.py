@@ -49,6 +49,9 @@ class InjectedStamp(RecordsAttention, nn.Module):
     (B, H, Nk, d) with Nk >= Nq under a KV cache (the new tokens are the last Nq keys).
     ``attention`` None follows the model's implementation (``source``), see ``auto_backend``.
     ``context_dim``: the key tokens' width of a cross-attention (``InjectedCrossStamp``).
+    ``shared`` (``mask=global``): the first targeted layer's ``InjectedStamp``, whose generator
+    (held and saved there only) gives this layer its M: the first layer's M, or with
+    ``mask.global_input=layer`` the shared generator applied to this layer's own input.
     """
 
     cross = False  # self-attention only
@@ -63,17 +66,24 @@ class InjectedStamp(RecordsAttention, nn.Module):
         source: str,
         attention: AttentionConfig | None = None,
         context_dim: int | None = None,
+        shared: InjectedStamp | None = None,
     ) -> None:
         super().__init__()
         self.mask_cfg = mask
         self.attention_cfg = attention
         self.source = source
         self.dim, self.num_heads = dim, num_heads
-        self.generator = MaskGenerator.from_config(
-            mask, dim, n_max, num_heads=num_heads, context_dim=context_dim
-        )
-        self.n_max = self.generator.n_max
-        self.lowrank = isinstance(self.generator, LowRankMaskGenerator)
+        self.__dict__["owner"] = shared  # not a sub-module: its generator is saved there only
+        self.generator = None
+        if shared is None:
+            self.generator = MaskGenerator.from_config(
+                mask, dim, n_max, num_heads=num_heads, context_dim=context_dim
+            )
+        else:
+            shared.keeps_mask = True  # its M is handed on to this layer
+        self.keeps_mask = False
+        self.n_max = self.mask_generator.n_max
+        self.lowrank = isinstance(self.mask_generator, LowRankMaskGenerator)
         self.backend = attention.backend if attention is not None else auto_backend(source, mask)
         if self.backend is Backend.sdpa and mask.fusion is Fusion.mul:
             raise ValueError(SDPA_MUL_ERROR)
@@ -90,6 +100,11 @@ class InjectedStamp(RecordsAttention, nn.Module):
 
     def extra_repr(self) -> str:
         return f"backend={self.backend.value}, source={self.source}, fusion={self.mask_cfg.fusion}"
+
+    @property
+    def mask_generator(self) -> MaskGenerator:
+        """This layer's generator, or the shared one of ``mask=global``."""
+        return self.generator if self.owner is None else self.owner.generator
 
     # ----------------------------------------------------------------------------- the mask
     def capture(self, hidden: Tensor, *, cache: object | None = None, n_past: int = 0) -> None:
@@ -112,7 +127,7 @@ class InjectedStamp(RecordsAttention, nn.Module):
         if not self.lowrank:
             # MLP: the row of a query depends on that token only and its columns are absolute
             # key positions, so cached decoding just asks for n_keys columns
-            return self.generator(hidden, n_keys=n_keys)
+            return self.mask_generator(hidden, n_keys=n_keys)
         # low-rank: M[i, j] = c + f(x_i).g(x_j) needs the key factors of past tokens. The first
         # call of a cache keeps its tokens; later calls turn them into factors once and append.
         # The keys they belong to are kept too: they tell which stored row each batch row
@@ -121,8 +136,8 @@ class InjectedStamp(RecordsAttention, nn.Module):
         if n_past == 0 and n_keys == nq:
             if cache is not None:
                 self._transient["past"] = ("hidden", hidden, keys[:, :nq].detach())
-            return self.generator(hidden, n_keys=n_keys)
-        gen: LowRankMaskGenerator = self.generator  # type: ignore[assignment]
+            return self.mask_generator(hidden, n_keys=n_keys)
+        gen: LowRankMaskGenerator = self.mask_generator  # type: ignore[assignment]
         g = gen.key_factor(hidden)
         if n_past > 0:
             g = torch.cat([self._past_factors(keys[:, :n_past]), g], dim=2)
@@ -146,7 +161,7 @@ class InjectedStamp(RecordsAttention, nn.Module):
         if rows is not None:  # beam search moved rows around: follow them
             stored = stored.index_select(0, rows)
         if kind == "hidden":
-            return self.generator.key_factor(stored[:, :n_past])
+            return self.mask_generator.key_factor(stored[:, :n_past])
         return stored[:, :, :n_past]
 
     # ------------------------------------------------------------------------- the attention
@@ -173,8 +188,19 @@ class InjectedStamp(RecordsAttention, nn.Module):
                 "(the forward pre-hook did not run); call the attention module itself"
             )
         self._transient["hidden"] = None  # do not keep activations alive between calls
-        mask = self.mask_for(hidden, k[:, 0, : k.shape[2] - extra_keys]).to(q.dtype)
-        if extra_keys:
+        if self.owner is not None and not self.mask_cfg.global_per_layer:
+            mask = self.owner._transient.get("mask")  # the first targeted layer's M
+            if mask is None:
+                raise RuntimeError(
+                    "stamp.inject (mask=global): this layer runs before the first targeted "
+                    "layer, whose M it shares; call the model, not one of its layers"
+                )
+        else:
+            mask = self.mask_for(hidden, k[:, 0, : k.shape[2] - extra_keys])
+        if self.keeps_mask:
+            self._transient["mask"] = mask
+        mask = mask.to(q.dtype)
+        if extra_keys:  # keys from no token: M keeps the identity there
             mask = F.pad(mask, (0, extra_keys), value=1.0 if self.fusion is Fusion.mul else 0.0)
         return self.masked_attention(
             q,

@@ -30,6 +30,7 @@ from torch import nn
 from stamp.config import AttentionConfig, MaskConfig, MaskInit, MaskType
 from stamp.injection.adapter import InjectedStamp, as_backend_config
 from stamp.injection.lifecycle import reversible
+from stamp.plan import GENERATOR_PARTS, SHARED_GENERATOR, MaskPlan
 
 Targets = None | str | Iterable[str] | Callable[[str, nn.Module], bool]
 KINDS = ("self", "cross", "both")  # which attention modules ``inject`` may target
@@ -163,6 +164,8 @@ def inject(
     ``mask``: a ``MaskConfig`` or mapping (default: multi-layer STAMP with ``init=identity``, so
     the outputs equal the original's at injection; one without an explicit ``init`` starts at
     the identity too; an explicit other init is honoured with a warning).
+    ``mask.type=global``: one generator on the first targeted layer's input, its M shared by
+    every targeted layer (``mask.global_input=layer``: re-applied to each layer's input).
     ``targets``: None = every supported module of ``kind``; a name / glob pattern (matched
     against the whole module name or a dotted run of it, e.g. ``"layer.0"``), a list of them,
     or a predicate ``(name, module) -> bool``. ``kind``: the attention modules ``targets``
@@ -178,12 +181,11 @@ def inject(
     The pretrained weights are kept; each targeted module gets a ``stamp`` sub-module.
     """
     mask = _default_mask(mask)
-    if mask.type is not MaskType.multilayer:
-        raise ValueError(
-            f"stamp.inject supports mask.type=multilayer (one generator per attention layer), "
-            f"got {mask.type}"
-        )
     attention_cfg = as_backend_config(attention)
+    plan = MaskPlan(mask, attention_cfg, places=GENERATOR_PARTS, where="stamp.inject")
+    if not plan.parts:
+        raise ValueError("stamp.inject: mask.type=none injects nothing (use multilayer or global)")
+    owner: InjectedStamp | None = None  # mask=global: the first targeted layer's stamp
     chosen = select_targets(model, targets, kind)
     already = [n for n, m in chosen.items() if isinstance(getattr(m, "stamp", None), InjectedStamp)]
     if already:
@@ -198,14 +200,21 @@ def inject(
             if limit is None:
                 limit = hf.default_n_max(module, cross)
             _check_n_max(mask, limit, name)
-            hf.attach(module, hf.make_stamp(module, mask, limit, attention_cfg, cross))
+            if owner is not None and owner.cross != cross:
+                raise ValueError(
+                    "stamp.inject: mask.type=global shares one generator, and the targets mix "
+                    "self- and cross-attention; inject each kind separately (kind='self', 'cross')"
+                )
+            stamp = hf.make_stamp(module, mask, limit, attention_cfg, cross, shared=owner)
+            hf.attach(module, stamp)
         elif family == "mha":
             from stamp.injection import mha
 
             if limit is None:
                 limit = mha.default_n_max(model, name)
             _check_n_max(mask, limit, name)
-            mha.attach(model, module, mha.make_stamp(module, mask, limit, attention_cfg))
+            stamp = mha.make_stamp(module, mask, limit, attention_cfg, shared=owner)
+            mha.attach(model, module, stamp)
         else:
             from stamp.injection import timm_vit
 
@@ -220,9 +229,12 @@ def inject(
                 n_max=limit,
                 source=timm_vit.source_implementation(module),
                 attention=attention_cfg,
+                shared=owner,
             )
             ref = module.proj.weight
             timm_vit.attach(module, stamp.to(device=ref.device, dtype=ref.dtype))
+        if SHARED_GENERATOR in plan.parts and owner is None:
+            owner = stamp
     return model
 
 

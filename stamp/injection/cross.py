@@ -55,7 +55,7 @@ class InjectedCrossStamp(InjectedStamp):
         cache = self._transient.pop("cache", None)
         keys_cached = self._transient.pop("keys_cached", False)
         if not self.lowrank:  # one column per key position: the query tokens suffice
-            return self.generator(hidden, n_keys=keys.shape[1])
+            return self.mask_generator(hidden, n_keys=keys.shape[1])
         if context is None:
             raise RuntimeError(
                 "stamp.inject (mask.generator=lowrank, cross-attention): the module was called "
@@ -66,7 +66,7 @@ class InjectedCrossStamp(InjectedStamp):
                 f"stamp.inject (mask.generator=lowrank, cross-attention): {keys.shape[1]} keys "
                 f"but {context.shape[1]} key-side tokens; the keys must come from these tokens"
             )
-        gen: LowRankMaskGenerator = self.generator  # type: ignore[assignment]
+        gen: LowRankMaskGenerator = self.mask_generator  # type: ignore[assignment]
         g = self._key_factors(context[:, : keys.shape[1]], keys, cache, keys_cached)
         return gen.combine(gen.query_factor(hidden), g)
 
@@ -77,7 +77,7 @@ class InjectedCrossStamp(InjectedStamp):
         not project the key tokens again), the factors kept from that cache's first call are
         read back too, their rows following the cached keys (beam search): a decoding step then
         costs the query side only. Kept only without gradient, for the cache they came from."""
-        gen: LowRankMaskGenerator = self.generator  # type: ignore[assignment]
+        gen: LowRankMaskGenerator = self.mask_generator  # type: ignore[assignment]
         if torch.is_grad_enabled() or cache is None:
             self._transient.pop("key_factors", None)
             return gen.key_factor(context)

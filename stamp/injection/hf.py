@@ -234,9 +234,11 @@ def make_stamp(
     n_max: int | None,
     attention: AttentionConfig | None,
     cross: bool = False,
+    shared: InjectedStamp | None = None,
 ) -> InjectedStamp:
     """The ``InjectedStamp`` of an HF attention module (``InjectedCrossStamp`` with ``cross``),
-    on its device and dtype."""
+    on its device and dtype (``shared``: the first targeted layer's, whose generator
+    ``mask=global`` shares)."""
     source = source_implementation(module)
     if source not in SOURCE_IMPLEMENTATIONS:  # its mask (flex BlockMask, varlen) has no bias form
         raise ValueError(unsupported_source(source))
@@ -250,6 +252,7 @@ def make_stamp(
         source=source,
         attention=attention,
         context_dim=key_input_width(module) if cross else None,
+        shared=shared,
     )
     ref = next(module.parameters(), None)
     if ref is not None:

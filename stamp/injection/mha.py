@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stamp.config import AttentionConfig, MaskConfig
+from stamp.injection.adapter import InjectedStamp
 from stamp.injection.cross import InjectedCrossStamp
 
 # attributes of an nn.Module that hold a learnt position embedding (..., N, D): torchvision's
@@ -215,10 +216,13 @@ def make_stamp(
     mask: MaskConfig,
     n_max: int | None,
     attention: AttentionConfig | None,
+    shared: InjectedStamp | None = None,
 ) -> InjectedCrossStamp:
     """The ``InjectedCrossStamp`` of ``module`` (on its device and dtype). The model's own
     implementation counts as ``sdpa`` (PyTorch's default path); the low-rank generator of a
-    module whose keys have another width (``kdim``) maps them to the model width."""
+    module whose keys have another width (``kdim``) maps them to the model width. ``shared``
+    (``mask=global``): the first targeted layer's stamp, whose M this layer reuses (so the
+    targeted layers must see the same query and key lengths, e.g. an encoder's layers)."""
     kdim = module.kdim if module.kdim != module.embed_dim else None
     stamp = InjectedCrossStamp(
         mask,
@@ -228,6 +232,7 @@ def make_stamp(
         source="sdpa",
         attention=attention,
         context_dim=kdim,
+        shared=shared,
     )
     ref = module.out_proj.weight
     return stamp.to(device=ref.device, dtype=ref.dtype)

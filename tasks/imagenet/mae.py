@@ -258,10 +258,7 @@ class MaskedAutoencoderViT(StampViT):
         x, mask, ids_restore = random_masking(x, self.mask_ratio, noise)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
-        shared_mask = self.mask_generator(x) if self.mask_generator is not None else None
-        for block in self.blocks:
-            x = block(x, mask=shared_mask)
-        return self.norm(x), mask, ids_restore
+        return self.norm(self.run_blocks(x)), mask, ids_restore
 
     def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
         """Latent (B, 1 + L_keep, D) -> predicted patches (B, L, p * p * C)."""

@@ -41,50 +41,39 @@ from timm.models import load_state_dict
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from stamp import (
-    AttentionConfig,
-    MaskConfig,
-    MaskGenerator,
-    MaskType,
-    as_attention_config,
-    as_mask_config,
-    check_mask_backend,
-    init_mask_generators,
-)
+from stamp import AttentionConfig, MaskConfig, MaskPlan, init_mask_generators
 from stamp.injection.timm_vit import stamp_timm_attention
+from stamp.plan import GENERATOR_PARTS
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MASKS = (MaskType.none, MaskType.global_, MaskType.multilayer)
 MaskInput = Literal["block", "normed"]
 
 
 class StampBlock(Block):
     """timm's pre-norm ViT block, its own attention made STAMP's by ``stamp_timm_attention``
-    (as ``stamp.inject`` does); M from the block's generator (``multilayer``) or the caller."""
+    (as ``stamp.inject`` does); M from the block's generator (``plan``'s layer generator,
+    ``multilayer``) or the caller.
 
-    def __init__(
-        self,
-        *,
-        mask: MaskConfig,
-        attention: AttentionConfig,
-        n_max: int,
-        own_generator: bool,
-        mask_input: MaskInput = "block",
-        **block_kwargs,
-    ) -> None:
+    Args:
+        plan: the ViT's mask plan (resized here to the block's width and heads).
+        mask_input: the generator reads the block input (``block``) or ``norm1`` of it.
+        block_kwargs: timm ``Block``'s own arguments (``dim``, ``num_heads``, ...).
+    """
+
+    def __init__(self, *, plan: MaskPlan, mask_input: MaskInput = "block", **block_kwargs) -> None:
         super().__init__(**block_kwargs)
+        plan = plan.resized(block_kwargs["dim"], block_kwargs["num_heads"])
         stamp_timm_attention(
-            self.attn, fusion=mask.fusion, fusion_order=mask.fusion_order, attention=attention
+            self.attn,
+            fusion=plan.mask.fusion,
+            fusion_order=plan.mask.fusion_order,
+            attention=plan.attention,
         )
         if mask_input not in ("block", "normed"):
             raise ValueError(f"mask_input={mask_input!r}; choose one of: block, normed")
         self.mask_input = mask_input
-        self.mask_generator: MaskGenerator | None = None
-        if own_generator:
-            self.mask_generator = MaskGenerator.from_config(
-                mask, block_kwargs["dim"], n_max, num_heads=block_kwargs["num_heads"]
-            )
+        self.mask_generator = plan.layer_generator()
 
     def attention(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``attn(norm1(x))`` with this block's M (its generator's, else ``mask``)."""
@@ -137,24 +126,18 @@ class StampViT(VisionTransformer):
         generator_tokens: int | None = None,
         **vit_kwargs,
     ) -> None:
-        mask = as_mask_config(mask)
-        attention = as_attention_config(attention)
-        if mask.type not in SUPPORTED_MASKS:
-            raise ValueError(
-                f"task=imagenet supports mask types {[str(m) for m in SUPPORTED_MASKS]}, "
-                f"got mask.type={mask.type}"
-            )
-        check_mask_backend(mask, attention)
         n_tokens = _token_count(img_size, patch_size)
         n_max = generator_tokens or n_tokens
-        block_fn = partial(
-            StampBlock,
-            mask=mask,
-            attention=attention,
+        plan = MaskPlan(
+            mask,
+            attention,
+            dim=embed_dim,
+            num_heads=num_heads,
             n_max=n_max,
-            own_generator=mask.type is MaskType.multilayer,
-            mask_input=mask_input,
+            places=GENERATOR_PARTS,
+            where="task=imagenet",
         )
+        block_fn = partial(StampBlock, plan=plan, mask_input=mask_input)
         super().__init__(
             img_size=img_size,
             patch_size=patch_size,
@@ -172,13 +155,8 @@ class StampViT(VisionTransformer):
         )
         if self.patch_embed.num_patches + self.num_prefix_tokens != n_tokens:
             raise ValueError("StampViT expects exactly one class token and no register tokens")
-        self.mask_cfg = mask
-        self.n_max = n_max
-        self.mask_generator: MaskGenerator | None = None
-        if mask.type is MaskType.global_:
-            self.mask_generator = MaskGenerator.from_config(
-                mask, embed_dim, n_max, num_heads=num_heads
-            )
+        self.plan, self.mask_cfg, self.n_max = plan, plan.mask, n_max
+        self.mask_generator = plan.shared_generator()
         init_mask_generators(self)  # timm's init_weights re-initialised the blocks' generators
         self.head_init_std = head_init_std
         if head_init_std is not None and isinstance(self.head, nn.Linear):
@@ -196,12 +174,15 @@ class StampViT(VisionTransformer):
         x = self._pos_embed(x)
         x = self.patch_drop(x)
         x = self.norm_pre(x)
-        shared_mask = self.mask_generator(x) if self.mask_generator is not None else None
+        return self.norm(self.run_blocks(x))
+
+    def run_blocks(self, x: Tensor) -> Tensor:
+        """The blocks on tokens (B, N, D), each with the M its plan gives it -> (B, N, D)."""
+        mask = None
         for i, block in enumerate(self.blocks):
-            if i > 0 and self.mask_cfg.global_per_layer and self.mask_generator is not None:
-                shared_mask = self.mask_generator(x)  # mask.global_input=layer (rebuttal)
-            x = block(x, mask=shared_mask)
-        return self.norm(x)
+            mask = self.plan.layer_mask(i, x, mask, shared=self.mask_generator)
+            x = block(x, mask=mask)
+        return x
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:

@@ -34,19 +34,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stamp import (
-    AttentionConfig,
-    MaskConfig,
-    MaskType,
-    StampEncoder,
-    as_attention_config,
-    as_mask_config,
-)
+from stamp import AttentionConfig, MaskConfig, StampEncoder
 from tasks.mad_ad.data import check_paths, encode_prompt, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -104,8 +98,8 @@ class AudioVisualEncoder(nn.Module):
     def __init__(
         self,
         *,
-        mask: MaskConfig,
-        attention: AttentionConfig,
+        mask: MaskConfig | None = None,
+        attention: AttentionConfig | None = None,
         visual_dim: int = 512,
         audio_dim: int = 512,
         tokens_per_modality: int = 25,
@@ -118,16 +112,13 @@ class AudioVisualEncoder(nn.Module):
         encoder_sparsity: float = 0.0,
     ) -> None:
         super().__init__()
-        self.tokens = tokens_per_modality
+        self.tokens, self.dim = tokens_per_modality, dim
         self.visual_proj = nn.Sequential(nn.Linear(visual_dim, dim), nn.LayerNorm(dim))
         self.audio_proj = nn.Sequential(nn.Linear(audio_dim, dim), nn.LayerNorm(dim))
         self.position = nn.Parameter(torch.zeros(tokens_per_modality, dim))
         self.modality = nn.Parameter(torch.zeros(2, dim))
         nn.init.trunc_normal_(self.position, std=0.02)
         nn.init.trunc_normal_(self.modality, std=0.02)
-        extra = {}
-        if mask.type is MaskType.extra_layers and extra_layers is not None:
-            extra["num_extra_layers"] = extra_layers
         self.encoder = StampEncoder(
             num_layers,
             dim,
@@ -141,7 +132,7 @@ class AudioVisualEncoder(nn.Module):
             norm_first=True,
             norm_eps=1e-6,
             final_norm=True,
-            **extra,
+            num_extra_layers=extra_layers,  # the extra_layers control's count (None: matched)
         )
         bias = sparse_attention_bias(2 * tokens_per_modality, encoder_sparsity)
         self.register_buffer("sparse_bias", bias, persistent=False)
@@ -310,6 +301,8 @@ class LlamaAdapterAV(nn.Module):
     converted with transformers' ``convert_llama_weights_to_hf``; nothing is downloaded.
     ``llm_config`` (a ``LlamaConfig`` mapping, e.g. ``LLAMA_7B``) builds a randomly initialised
     LLM without tokenizer instead: for parameter counts (on the ``meta`` device) and tests.
+    ``mask`` / ``attention`` and every other keyword (``visual_dim``, ``tokens_per_modality``,
+    ``dim``, ``num_layers``, ``num_heads``, ``extra_layers``, ...) go to ``AudioVisualEncoder``.
     """
 
     def __init__(
@@ -318,16 +311,6 @@ class LlamaAdapterAV(nn.Module):
         *,
         mask: MaskConfig | None = None,
         attention: AttentionConfig | None = None,
-        visual_dim: int = 512,
-        audio_dim: int = 512,
-        tokens_per_modality: int = 25,
-        dim: int = 768,
-        num_layers: int = 16,
-        num_heads: int = 12,
-        ffn_dim: int | None = None,
-        dropout: float = 0.0,
-        extra_layers: int | None = None,
-        encoder_sparsity: float = 0.0,
         adapter_dim: int = 512,
         adapter_depth: int = 8,
         adapter_heads: int = 16,
@@ -344,6 +327,7 @@ class LlamaAdapterAV(nn.Module):
         llm_attn_implementation: str = "sdpa",
         llm_config: dict | None = None,
         initial_groups: Sequence[str] = ("av", "adapter", "gate"),
+        **encoder: Any,
     ) -> None:
         super().__init__()
         if llm_dtype not in DTYPES:
@@ -372,25 +356,11 @@ class LlamaAdapterAV(nn.Module):
                 f"model.adapter_layers={adapter_layers}; the LLM has {n_layers} layers"
             )
 
-        mask = as_mask_config(mask)
-        self.av_encoder = AudioVisualEncoder(
-            mask=mask,
-            attention=as_attention_config(attention),
-            visual_dim=visual_dim,
-            audio_dim=audio_dim,
-            tokens_per_modality=tokens_per_modality,
-            dim=dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            dropout=dropout,
-            extra_layers=extra_layers,
-            encoder_sparsity=encoder_sparsity,
-        )
+        self.av_encoder = AudioVisualEncoder(mask=mask, attention=attention, **encoder)
         self.av_adapter = AVQueryAdapter(
-            dim,
+            self.av_encoder.dim,
             width,
-            num_tokens=2 * tokens_per_modality,
+            num_tokens=2 * self.av_encoder.tokens,
             dim=adapter_dim,
             depth=adapter_depth,
             num_heads=adapter_heads,

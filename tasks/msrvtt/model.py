@@ -39,30 +39,23 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stamp import (
-    AttentionConfig,
-    Fusion,
-    MaskConfig,
-    MaskGenerator,
-    MaskType,
-    SparseMask,
-    StampEncoderLayer,
-    as_attention_config,
-    as_mask_config,
-    check_mask_backend,
-)
+from stamp import AttentionConfig, Fusion, MaskConfig, MaskGenerator, MaskPlan, StampEncoderLayer
+from stamp.plan import LAYER_GENERATOR, SHARED_GENERATOR, SPARSE_MASK
 from tasks.msrvtt.data import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 NEG = -1e4  # BERT's extended-attention-mask value (SwinBERT keeps it)
-SUPPORTED_MASKS = (MaskType.none, MaskType.sparse, MaskType.global_, MaskType.multilayer)
+# what a mask mode may place here (the Table 3 controls belong to task=mad_ad)
+SWINBERT_PARTS = (SHARED_GENERATOR, LAYER_GENERATOR, SPARSE_MASK)
 SWIN3D_ARCHS = ("swin3d_t", "swin3d_s", "swin3d_b")
 TORCHVISION_SWIN3D_DROP_PATH = 0.1  # the stochastic depth torchvision builds swin3d_* with
 
@@ -380,16 +373,10 @@ class SwinBERT(nn.Module):
         attention: AttentionConfig | dict | None = None,
     ) -> None:
         super().__init__()
-        self.mask_cfg = mask = as_mask_config(mask)
-        attention = as_attention_config(attention)
-        if mask.type not in SUPPORTED_MASKS:
-            raise ValueError(
-                f"task=msrvtt supports mask= {', '.join(m.value for m in SUPPORTED_MASKS)}; "
-                f"got {mask.type.value} (the Table 3 controls belong to task=mad_ad)"
-            )
+        plan = MaskPlan(mask, attention, places=SWINBERT_PARTS, where="task=msrvtt")
+        self.mask_cfg = plan.mask
         if stamp_scope not in ("video", "full"):
             raise ValueError(f"model.stamp_scope={stamp_scope!r}; choose video or full")
-        check_mask_backend(mask, attention)
         self.tokenizer = load_tokenizer(tokenizer_path)
         tok = self.tokenizer
         self.cls_id, self.sep_id = tok.cls_token_id, tok.sep_token_id
@@ -431,8 +418,7 @@ class SwinBERT(nn.Module):
                 dim,
                 cfg.num_attention_heads,
                 cfg.intermediate_size,
-                mask=mask,
-                attention=attention,
+                plan=plan.attention_only(),  # the generators live here, over the scope
                 dropout=cfg.hidden_dropout_prob,
                 attn_dropout=cfg.attention_probs_dropout_prob,
                 ffn_dropout=0.0,  # BERT has no dropout inside the FFN
@@ -444,16 +430,11 @@ class SwinBERT(nn.Module):
             self.layers.append(layer)
 
         n_scope = self.n_video if stamp_scope == "video" else max_text_len + self.n_video
-        gen = dict(mask=mask, dim=dim, n_max=n_scope, num_heads=cfg.num_attention_heads)
-        self.mask_generators = nn.ModuleList()
-        self.mask_generator: MaskGenerator | None = None
-        self.sparse_mask: SparseMask | None = None
-        if mask.type is MaskType.multilayer:
-            self.mask_generators.extend(MaskGenerator.from_config(**gen) for _ in self.layers)
-        elif mask.type is MaskType.global_:
-            self.mask_generator = MaskGenerator.from_config(**gen)
-        elif mask.type is MaskType.sparse:
-            self.sparse_mask = SparseMask(self.n_video)
+        self.plan = plan = plan.resized(dim, cfg.num_attention_heads, n_scope)
+        own = [plan.layer_generator() for _ in self.layers]
+        self.mask_generators = nn.ModuleList(g for g in own if g is not None)
+        self.mask_generator = plan.shared_generator()
+        self.sparse_mask = plan.sparse_mask(self.n_video)
         # an MLP generator's key columns are positions: scope=full pads captions to
         # max_text_len, and it (or the sparse mask) fixes the video token count
         self.positional = any(
@@ -503,14 +484,14 @@ class SwinBERT(nn.Module):
             )
         x = torch.cat([self.embeddings(input_ids=input_ids), video], dim=1)
         bias = self.attention_bias(text_len, n_text, x.dtype, video.shape[1])
-        mask = None  # global: M from the encoder input, shared by every layer
-        if self.mask_generator is not None:
-            mask = self._soft_mask(self.mask_generator, x, n_text)
+
+        def scoped(generator: MaskGenerator | None) -> Callable[[Tensor], Tensor] | None:
+            return None if generator is None else partial(self._soft_mask, generator, n_text=n_text)
+
+        mask, shared = None, scoped(self.mask_generator)
         for i, layer in enumerate(self.layers):
-            if self.mask_generators:  # multilayer: M_l from the input of layer l
-                mask = self._soft_mask(self.mask_generators[i], x, n_text)
-            elif i > 0 and self.mask_generator is not None and self.mask_cfg.global_per_layer:
-                mask = self._soft_mask(self.mask_generator, x, n_text)  # global_input=layer
+            own = scoped(self.mask_generators[i]) if self.mask_generators else None
+            mask = self.plan.layer_mask(i, x, mask, shared=shared, own=own)
             x = layer(x, mask=mask, attn_bias=bias)
         return x
 
@@ -524,9 +505,7 @@ class SwinBERT(nn.Module):
 
     def aux_loss(self) -> Tensor | None:
         """SwinBERT's weighted sparsity loss for ``mask=sparse``; None otherwise."""
-        if self.sparse_mask is None:
-            return None
-        return self.mask_cfg.sparse_loss_weight * self.sparse_mask.sparsity_loss()
+        return self.plan.aux_loss(self.sparse_mask)
 
     # ---------------------------------------------------------------- decoding
 

@@ -24,8 +24,9 @@ The self-attention layers come from the shared core (``stamp.StampEncoder``: DET
 positions added to queries / keys only, as the official ``TransformerEncoderLayer``); the decoder
 is task specific and lives here. ``stamp_layers`` picks which encoder groups get the mask; a
 group not listed runs full attention. The T2V layers support the mask types ``none``,
-``global``, ``multilayer`` and ``extra_linear``; for ``sparse`` / ``extra_layers`` they stay full
-(the self-attention encoder applies them). ``mask.generator=lowrank`` makes the T2V generators
+``global``, ``multilayer`` and ``extra_linear`` (their ``MaskPlan`` holds
+``stamp.plan.CROSS_ATTENTION_PARTS``); for ``sparse`` / ``extra_layers`` they stay full (the
+self-attention encoder applies them). ``mask.generator=lowrank`` makes the T2V generators
 read the text tokens as keys (any number of clips / query tokens); ``mask.per_head`` gives one
 mask per head in every group.
 """
@@ -35,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -45,24 +46,22 @@ from stamp import (
     AttentionConfig,
     Fusion,
     FusionOrder,
-    GlobalInput,
     MaskConfig,
     MaskGenerator,
-    MaskType,
+    MaskPlan,
     SparseMask,
     StampAttention,
     StampCrossAttentionLayer,
     StampEncoder,
-    as_attention_config,
     as_mask_config,
-    check_mask_backend,
-    layer_mask_kwargs,
+    full_attention,
+    mask_modules,
 )
+from stamp.plan import CROSS_ATTENTION_PARTS
 
 log = logging.getLogger(__name__)
 
 STAMP_GROUPS = ("t2v", "self")
-CROSS_MASK_TYPES = (MaskType.none, MaskType.global_, MaskType.multilayer, MaskType.extra_linear)
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
@@ -320,14 +319,7 @@ class QDDETRT2VLayer(StampCrossAttentionLayer):
 
 def group_mask(mask: MaskConfig, group: str, stamp_layers: Sequence[str]) -> MaskConfig:
     """The mask config a layer group runs with (full attention when not in ``stamp_layers``)."""
-    if group not in stamp_layers:
-        return replace(mask, type=MaskType.none, global_input=GlobalInput.encoder)
-    if group == "t2v" and mask.type not in CROSS_MASK_TYPES:
-        log.warning(
-            "mask=%s has no cross-attention form: the T2V layers use full attention", mask.type
-        )
-        return replace(mask, type=MaskType.none, global_input=GlobalInput.encoder)
-    return mask
+    return mask if group in stamp_layers else full_attention(mask)
 
 
 class QDDETR(nn.Module):
@@ -372,8 +364,17 @@ class QDDETR(nn.Module):
                 f"choose from {list(STAMP_GROUPS)}"
             )
         self.mask_cfg = mask = as_mask_config(mask)
-        attention = as_attention_config(attention)
-        check_mask_backend(mask, attention)
+        self.t2v_plan = t2v = MaskPlan(
+            group_mask(mask, "t2v", stamp_layers),
+            attention,
+            dim=hidden_dim,
+            num_heads=num_heads,
+            n_max=max_q_l,
+            context_dim=hidden_dim,
+            places=CROSS_ATTENTION_PARTS,
+            where="QD-DETR's T2V cross-attention layers",
+            fallback=True,
+        )
         self.hidden_dim, self.max_v_l, self.max_q_l = hidden_dim, max_v_l, max_q_l
         self.num_heads = num_heads
         self.official_padding_bug, self.use_txt_pos = official_padding_bug, use_txt_pos
@@ -390,37 +391,20 @@ class QDDETR(nn.Module):
             # frozen so that DDP does not wait for its gradient. Counted in params/total.
             self.txt_position_embed.requires_grad_(False)
 
-        t2v_mask = group_mask(mask, "t2v", stamp_layers)
         if (
             official_padding_bug
-            and t2v_mask.uses_generator
-            and t2v_mask.fusion is Fusion.mul
-            and t2v_mask.fusion_order is FusionOrder.bias_first
+            and t2v.mask.uses_generator
+            and t2v.mask.fusion is Fusion.mul
+            and t2v.mask.fusion_order is FusionOrder.bias_first
         ):
             raise ValueError(
                 "model.official_padding_bug=true adds the official T2V attention mask as a -inf "
                 "bias; mask.fusion_order=bias_first would multiply it by M (NaN / +inf). Use "
                 "mask.fusion_order=mask_first or model.official_padding_bug=false."
             )
-        self.t2v_mask_generator = None
-        self.t2v_global_per_layer = t2v_mask.global_per_layer  # mask.global_input=layer
-        if t2v_mask.type is MaskType.global_:
-            self.t2v_mask_generator = MaskGenerator.from_config(
-                t2v_mask, d, max_q_l, num_heads=num_heads, context_dim=d
-            )
-        per_layer = layer_mask_kwargs(t2v_mask, d, max_q_l, num_heads)
+        self.t2v_mask_generator = t2v.shared_generator()
         self.t2v_layers = nn.ModuleList(
-            QDDETRT2VLayer(
-                d,
-                num_heads,
-                ffn_dim,
-                mask=t2v_mask,
-                attention=attention,
-                n_max_keys=max_q_l,
-                dropout=dropout,
-                activation="prelu",
-                **per_layer,
-            )
+            QDDETRT2VLayer(d, num_heads, ffn_dim, plan=t2v, dropout=dropout)
             for _ in range(t2v_layers)
         )
         self.encoder = StampEncoder(
@@ -430,7 +414,7 @@ class QDDETR(nn.Module):
             ffn_dim,
             n_max=max_v_l + 1,
             mask=group_mask(mask, "self", stamp_layers),
-            attention=attention,
+            attention=t2v.attention,
             dropout=dropout,
             attn_dropout=dropout,
             activation="prelu",
@@ -457,12 +441,7 @@ class QDDETR(nn.Module):
         * everything else keeps PyTorch's default (LayerNorm, PReLU 0.25, other biases).
 
         The mask generators and the Table 3 controls keep the core's initialisation."""
-        skip = set()
-        for module in self.modules():
-            if isinstance(module, (MaskGenerator, SparseMask)) or getattr(
-                module, "is_mask_control", False
-            ):
-                skip.update(id(p) for p in module.parameters())
+        skip = {id(p) for module in mask_modules(self) for p in module.parameters()}
         last = self.decoder.bbox_embed.layers[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -502,23 +481,21 @@ class QDDETR(nn.Module):
                 f"the batch has {vid.shape[1]} clips > model.max_v_l={self.max_v_l} "
                 "(mask.generator=lowrank accepts any length)"
             )
-        shared = None
-        if self.t2v_mask_generator is not None:
-            shared = self.t2v_mask_generator(vid, n_keys=txt.shape[1], context=txt)
+        gen = self.t2v_mask_generator
+        shared = None if gen is None else partial(gen, n_keys=txt.shape[1], context=txt)
         bias = None
         if self.official_padding_bug and vid.shape[0] > 1:
             bias = official_t2v_padding_bias(vid_pad, txt_pad, self.num_heads, vid.dtype)
-        x = vid
+        x, mask = vid, None
         for i, layer in enumerate(self.t2v_layers):
-            if i > 0 and self.t2v_mask_generator is not None and self.t2v_global_per_layer:
-                shared = self.t2v_mask_generator(x, n_keys=txt.shape[1], context=txt)
+            mask = self.t2v_plan.layer_mask(i, x, mask, shared=shared)
             x = layer(
                 x,
                 txt,
                 pos=pos_vid,
                 context_pos=txt_pos,
                 context_padding_mask=txt_pad,
-                mask=shared,
+                mask=mask,
                 attn_bias=bias,
             )
         B = x.shape[0]

@@ -11,6 +11,7 @@ from stamp import (
     LowRankMaskGenerator,
     MaskConfig,
     MaskGenerator,
+    MaskPlan,
     StampCrossAttentionLayer,
     StampEncoder,
 )
@@ -168,9 +169,8 @@ def test_encoder_with_every_generator_form(mask_type, generator):
 
 
 def test_cross_attention_lowrank_reads_the_context():
-    layer = StampCrossAttentionLayer(
-        D, H, mask=_cfg(generator="lowrank", rank=R), own_generator=True, context_dim=6
-    )
+    plan = MaskPlan(_cfg(generator="lowrank", rank=R), dim=D, num_heads=H, context_dim=6)
+    layer = StampCrossAttentionLayer(D, H, plan=plan)
     x, ctx = torch.randn(B, N, D), torch.randn(B, 5, 6)
     m = layer.mask_generator(x, n_keys=5, context=ctx)
     assert m.shape == (B, N, 5)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stamp import MaskConfig, StampCrossAttentionLayer, StampEncoderLayer, StampLayer
+from stamp import MaskConfig, MaskPlan, StampCrossAttentionLayer, StampEncoderLayer, StampLayer
 
 
 def _layer(**kw) -> StampCrossAttentionLayer:
     torch.manual_seed(0)
     mask = MaskConfig(type="multilayer")
-    layer = StampCrossAttentionLayer(16, 2, 32, mask=mask, n_max_keys=5, own_generator=True, **kw)
+    plan = MaskPlan(mask, dim=16, num_heads=2, n_max=5)
+    layer = StampCrossAttentionLayer(16, 2, 32, plan=plan, **kw)
     for p in layer.parameters():  # away from the identity start, so every term counts
         nn.init.normal_(p, std=0.3)
     return layer.eval()

@@ -9,6 +9,7 @@ from stamp import (
     AttentionConfig,
     MaskConfig,
     MaskGenerator,
+    MaskPlan,
     SparseMask,
     StampCrossAttentionLayer,
     StampEncoder,
@@ -160,9 +161,7 @@ def test_cross_attention_mask_comes_from_queries():
         DIM,
         HEADS,
         FFN,
-        mask=MaskConfig(type="multilayer", depth=2),
-        n_max_keys=8,
-        own_generator=True,
+        plan=MaskPlan(MaskConfig(type="multilayer", depth=2), dim=DIM, num_heads=HEADS, n_max=8),
         dropout=0.0,
     ).eval()
     video, text = torch.randn(2, 10, DIM), torch.randn(2, 6, DIM)

@@ -470,3 +470,19 @@ def test_cached_decoding_reads_the_cross_attention_key_factors_back(monkeypatch)
         assert (a - b).abs().max().item() <= 1e-5
     assert n_cached == 2  # one per cross-attention layer, at the first step
     assert len(calls) - n_cached == 2 * 5  # without cache: every layer at every step
+
+
+def test_global_mask_on_cross_attention_shares_one_generator_and_trains():
+    """mask=global on BART's cross-attention: one generator (on the first targeted module), the
+    outputs unchanged at injection, moved by one step; mixing self and cross is refused."""
+    expected = _logits("bart", _no_dropout(bart("eager")).eval())
+    mask = {"type": "global", "generator": "lowrank"}
+    model = stamp.inject(_no_dropout(bart("eager")).eval(), mask=mask, kind="cross")
+    stamps = injected_modules(model)
+    assert len(stamps) == 2 and all(s.cross for s in stamps.values())
+    assert sum(s.generator is not None for s in stamps.values()) == 1
+    torch.testing.assert_close(_logits("bart", model), expected, rtol=1e-5, atol=1e-5)
+    moved = _logits("bart", _train_one_step("bart", model))
+    assert (moved - expected).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="inject each kind separately"):
+        stamp.inject(bart("eager"), mask=mask, kind="both")

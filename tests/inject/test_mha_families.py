@@ -193,3 +193,26 @@ def test_unload_gives_the_original_back(name):
         assert model.encoder.use_nested_tensor
     with torch.no_grad():
         assert torch.equal(family.run(model), want)
+
+
+def test_global_mask_over_an_encoder():
+    """mask=global: one generator on the first targeted layer's input, its M shared by the
+    encoder's layers; unchanged at injection, one step moves it, one generator's parameters."""
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 3)
+    encoder.eval()
+    x = torch.randn(2, 9, 32)
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[1, 6:] = True
+    with torch.no_grad():
+        want = encoder(x, src_key_padding_mask=pad)
+    stamp.inject(encoder, mask={"type": "global"}, n_max=9)
+    n = stamp.mark_only_stamp_trainable(encoder)
+    assert n == sum(p.numel() for p in injected_modules(encoder)["layers.0.self_attn"].parameters())
+    with torch.no_grad():
+        before = encoder(x, src_key_padding_mask=pad)
+    torch.testing.assert_close(before[~pad], want[~pad], atol=1e-5, rtol=1e-5)
+    loss_of(encoder(x, src_key_padding_mask=pad)).backward()
+    torch.optim.Adam([p for p in encoder.parameters() if p.requires_grad], lr=0.1).step()
+    with torch.no_grad():
+        assert (encoder(x, src_key_padding_mask=pad) - before).abs().max() > 1e-4

@@ -11,6 +11,7 @@ import stamp
 from stamp import (
     AttentionConfig,
     MaskConfig,
+    MaskPlan,
     RecordsAttention,
     StampCrossAttentionLayer,
     StampEncoderLayer,
@@ -30,8 +31,9 @@ def test_native_and_injected_layers_call_the_same_core(name, monkeypatch):
     monkeypatch.setattr(RecordsAttention, "masked_attention", spy)
     mask = MaskConfig(type="multilayer")
     x = torch.randn(2, 6, 32)
-    StampEncoderLayer(32, 4, mask=mask, n_max=6, own_generator=True)(x)
-    StampCrossAttentionLayer(32, 4, mask=mask, n_max_keys=6, own_generator=True)(x, x)
+    plan = MaskPlan(mask, dim=32, num_heads=4, n_max=6)
+    StampEncoderLayer(32, 4, plan=plan)(x)
+    StampCrossAttentionLayer(32, 4, plan=plan)(x, x)
     assert calls == ["StampAttention", "StampAttention"]
 
     family = FAMILIES[name]

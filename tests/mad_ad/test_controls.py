@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stamp import MaskConfig, MaskGenerator, StampEncoder, StampEncoderLayer, mask_parameter_count
+from stamp import (
+    MaskConfig,
+    MaskGenerator,
+    MaskPlan,
+    StampEncoder,
+    StampEncoderLayer,
+    mask_parameter_count,
+)
 from stamp.mask import ResidualMLP, matched_linear_count, mlp_stack
 
 D, N, HEADS = 32, 10, 4
@@ -52,7 +59,8 @@ def test_both_control_forms_have_the_same_parameters_in_a_layer():
     counts = {}
     for form in ("residual", "plain"):
         mask = MaskConfig(type="extra_linear", depth=4, linear_control=form)
-        layer = StampEncoderLayer(D, HEADS, 4 * D, mask=mask, extra_linear=15, dropout=0.0)
+        plan = MaskPlan(mask, dim=D, num_heads=HEADS, num_extra_linear=15)
+        layer = StampEncoderLayer(D, HEADS, 4 * D, plan=plan, dropout=0.0)
         counts[form] = mask_parameter_count(layer)
         assert layer.extra.residual is (form == "residual")
     assert counts["residual"] == counts["plain"] == 15 * (D * D + D)
@@ -69,9 +77,10 @@ def _copy_shared(src: torch.nn.Module, dst: torch.nn.Module) -> None:
 @pytest.mark.parametrize("norm_first", [True, False])
 def test_extra_linear_layer_equals_the_layer_without_it_at_init(norm_first):
     torch.manual_seed(0)
-    kwargs = dict(dropout=0.0, norm_first=norm_first, mask=MaskConfig(type="none"))
-    base = StampEncoderLayer(D, HEADS, 4 * D, **kwargs).eval()
-    control = StampEncoderLayer(D, HEADS, 4 * D, extra_linear=15, **kwargs).eval()
+    kwargs = dict(dropout=0.0, norm_first=norm_first)
+    base = StampEncoderLayer(D, HEADS, 4 * D, plan=MaskPlan(MaskConfig(type="none")), **kwargs)
+    plan = MaskPlan(MaskConfig(type="extra_linear"), dim=D, num_extra_linear=15)
+    base, control = base.eval(), StampEncoderLayer(D, HEADS, 4 * D, plan=plan, **kwargs).eval()
     _copy_shared(base, control)
     x = torch.randn(2, N, D)
     pad = torch.zeros(2, N, dtype=torch.bool)

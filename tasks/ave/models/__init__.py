@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from stamp import AttentionConfig, MaskConfig, as_attention_config, as_mask_config
+from stamp import AttentionConfig, MaskConfig
 from tasks.ave.models.backbone import VIT_NAMES, FrozenViT
 from tasks.ave.models.base import AVEModel, AVEOutput
 from tasks.ave.models.lavish import LAVISH, VisualAdapter
@@ -80,12 +80,12 @@ def build_model(
     Args:
         cfg: the task's ``model`` node (name, vit, vit_checkpoint, require_weights, vit_depth,
             img_size, num_classes, and each model's own keys; see ``MODEL_DEFAULTS``).
-        mask_cfg: STAMP in the frozen ViT's blocks (none | global | multilayer).
+        mask_cfg: STAMP in the frozen ViT's blocks (none | global | multilayer), checked by
+            each ``FrozenViT``'s mask plan.
         attention_cfg: STAMP's attention backend.
     """
     s = _settings(cfg)
     name = cfg.get("name")
-    mask, attention = as_mask_config(mask_cfg), as_attention_config(attention_cfg)
     patches = (s["img_size"] // 16) ** 2
 
     def vit(n_tokens: int) -> FrozenViT:
@@ -95,8 +95,8 @@ def build_model(
             require_weights=s["require_weights"],
             depth=s["vit_depth"],
             img_size=s["img_size"],
-            mask=mask,
-            attention=attention,
+            mask=mask_cfg,
+            attention=attention_cfg,
             n_tokens=n_tokens,
             mask_input=s["mask_input"],
         )

@@ -13,8 +13,8 @@ STAMP (the extension of issue 26, item 5) enters the blocks through the project'
 mechanism, ``tasks.imagenet.model.StampBlock`` (timm's ``Block`` whose attention
 ``stamp.injection.stamp_timm_attention`` made STAMP's, as ``stamp.inject`` does, and its own
 generator for ``mask=multilayer``); ``mask=global`` is one generator on the encoder input shared
-by every block, as ``StampViT``. With ``mask=none`` the blocks are timm's own. (``stamp.inject``
-itself is not called: it covers ``mask=multilayer`` only, and the models here call the blocks
+by every block, as ``StampViT``; both come from the ViT's ``MaskPlan``. With ``mask=none`` the
+blocks are timm's own. (``stamp.inject`` itself is not called: the models here call the blocks
 themselves, LAVISH even their attention and MLP halves separately.)
 """
 
@@ -33,16 +33,8 @@ from timm.models import load_state_dict
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import Tensor, nn
 
-from stamp import (
-    AttentionConfig,
-    MaskConfig,
-    MaskGenerator,
-    MaskType,
-    as_attention_config,
-    as_mask_config,
-    check_mask_backend,
-    init_mask_generators,
-)
+from stamp import AttentionConfig, MaskConfig, MaskPlan, init_mask_generators
+from stamp.plan import GENERATOR_PARTS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +46,6 @@ VIT_NAMES: dict[str, str] = {
     "base": "vit_base_patch16_224_in21k",
     "large": "vit_large_patch16_224_in21k",
 }
-SUPPORTED_MASKS = (MaskType.none, MaskType.global_, MaskType.multilayer)
 RANDOM_INIT_WARNING = (
     "model.vit_checkpoint is null: the frozen ViT is randomly initialised (fine for tests and "
     "parameter counts, meaningless for the paper's tables; set model.vit_checkpoint to a local "
@@ -95,38 +86,23 @@ class FrozenViT(nn.Module):
         if size not in VIT_NAMES:
             raise ValueError(f"model.vit={size!r}; choose one of: {', '.join(VIT_NAMES)}")
         self.name = VIT_NAMES[size]
-        self.mask_cfg = mask = as_mask_config(mask)
-        attention = as_attention_config(attention)
-        if mask.type not in SUPPORTED_MASKS:
-            raise ValueError(
-                f"task=ave supports mask types {[str(m) for m in SUPPORTED_MASKS]}, "
-                f"got mask.type={mask.type}"
-            )
+        self.plan = plan = MaskPlan(
+            mask, attention, n_max=n_tokens, places=GENERATOR_PARTS, where="task=ave"
+        )
+        self.mask_cfg = plan.mask
         kwargs: dict = {"pretrained": False, "img_size": img_size}
         if depth is not None:
             kwargs["depth"] = depth
-        if mask.type is not MaskType.none:
-            if n_tokens is None:
-                raise ValueError("FrozenViT: STAMP needs n_tokens (the longest sequence)")
-            check_mask_backend(mask, attention)
+        if plan.parts:  # STAMP in the blocks (mask=none keeps timm's own blocks)
             from tasks.imagenet.model import StampBlock  # the project's STAMP block for timm
 
-            kwargs["block_fn"] = partial(
-                StampBlock,
-                mask=mask,
-                attention=attention,
-                n_max=n_tokens,
-                own_generator=mask.type is MaskType.multilayer,
-                mask_input=mask_input,
-            )
+            kwargs["block_fn"] = partial(StampBlock, plan=plan, mask_input=mask_input)
         with warnings.catch_warnings():  # "Mapping deprecated model name ..." (timm >= 0.9)
             warnings.simplefilter("ignore", UserWarning)
             self.v = timm.create_model(self.name, **kwargs)
-        self.mask_generator: MaskGenerator | None = None
-        if mask.type is MaskType.global_:
-            self.mask_generator = MaskGenerator.from_config(
-                mask, self.v.embed_dim, n_tokens, num_heads=self.v.blocks[0].attn.num_heads
-            )
+        self.mask_generator = plan.resized(
+            self.v.embed_dim, self.v.blocks[0].attn.num_heads
+        ).shared_generator()
         init_mask_generators(self)  # timm's init_weights re-initialised the blocks' generators
         self.load_report: dict[str, list[str]] | None = None
         if checkpoint:
@@ -206,28 +182,30 @@ class FrozenViT(nn.Module):
             pos = F.interpolate(pos.permute(0, 2, 1), x.shape[1], mode="linear").permute(0, 2, 1)
         return v.pos_drop(x + pos)
 
-    def shared_mask(self, x: Tensor) -> Tensor | None:
-        """``mask=global``: M from the encoder input, shared by every block (else None)."""
-        return self.mask_generator(x) if self.mask_generator is not None else None
+    def layer_mask(self, index: int, x: Tensor, previous: Tensor | None = None) -> Tensor | None:
+        """The M handed to block ``index`` whose input is ``x`` (``MaskPlan.layer_mask``): the
+        shared generator's (``mask=global``) on the stream's first block input, or on each
+        block's input with ``mask.global_input=layer``; None otherwise."""
+        return self.plan.layer_mask(index, x, previous, shared=self.mask_generator)
 
     def block(self, index: int, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Block ``index`` on ``x``; ``mask`` is the global STAMP mask (if any)."""
+        """Block ``index`` on ``x``; ``mask`` is the M from ``layer_mask`` (if any)."""
         blk = self.v.blocks[index]
-        return blk(x) if self.mask_cfg.type is MaskType.none else blk(x, mask=mask)
+        return blk(x, mask=mask) if self.plan.parts else blk(x)
 
     def attention(self, index: int, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``blk.attn(blk.norm1(x))`` of block ``index`` with its STAMP mask (LAVISH's split
         block: adapters sit between the attention and the MLP)."""
         blk = self.v.blocks[index]
-        if self.mask_cfg.type is MaskType.none:
+        if not self.plan.parts:
             return blk.attn(blk.norm1(x))
         return blk.attention(x, mask)  # StampBlock's own path
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Embed, every block, final norm: timm's ``forward_features`` (the frozen path)."""
-        x = self.embed(x)
-        mask = self.shared_mask(x)
+        x, mask = self.embed(x), None
         for i in range(len(self.v.blocks)):
+            mask = self.layer_mask(i, x, mask)
             x = self.block(i, x, mask)
         return self.v.norm(x)
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from stamp import mask_modules
+
 
 @dataclass
 class AVEOutput:
@@ -40,15 +42,15 @@ class AVEModel(nn.Module):
     projector_prefixes: tuple[str, ...] = ()
     full_tune: bool = False
 
-    def _is_trainable(self, name: str) -> bool:
-        if self.full_tune or "cls_token" in name or "mask_generator" in name:
-            return True
-        return not name.startswith(self.frozen_prefixes)
+    def _mask_parameter_ids(self) -> set[int]:
+        return {id(p) for m in mask_modules(self) for p in m.parameters()}
 
     def freeze(self) -> None:
         """Set ``requires_grad`` by the official rule (called at the end of ``__init__``)."""
+        mask_ids = self._mask_parameter_ids()  # STAMP's generators train inside the ViT too
         for name, p in self.named_parameters():
-            p.requires_grad_(self._is_trainable(name))
+            trainable = self.full_tune or "cls_token" in name or id(p) in mask_ids
+            p.requires_grad_(trainable or not name.startswith(self.frozen_prefixes))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the official optimiser updates (projectors included: they train)."""
@@ -58,6 +60,7 @@ class AVEModel(nn.Module):
         """``total`` / ``trainable`` as the supplement counts them (projectors left out), and
         ``frozen``, ``projector`` (contrastive heads, training only), ``stamp`` (generators)."""
         total = trainable = projector = stamp = 0
+        mask_ids = self._mask_parameter_ids()
         for name, p in self.named_parameters():
             n = p.numel()
             if name.startswith(self.projector_prefixes):
@@ -65,7 +68,7 @@ class AVEModel(nn.Module):
                 continue
             total += n
             trainable += n if p.requires_grad else 0
-            stamp += n if "mask_generator" in name else 0
+            stamp += n if id(p) in mask_ids else 0
         return {
             "total": total,
             "trainable": trainable,

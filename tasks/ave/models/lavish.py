@@ -168,9 +168,10 @@ class LAVISH(AVEModel):
         vit = self.ViT
         f_a = vit.embed(as_three_channels(audio))
         f_v = vit.embed(frames.flatten(0, 1))
-        mask_a, mask_v = vit.shared_mask(f_a), vit.shared_mask(f_v)
-        for i in range(self.start_tune_layer, self.total_layers):
+        mask_a = mask_v = None
+        for step, i in enumerate(range(self.start_tune_layer, self.total_layers)):
             blk = vit.v.blocks[i]
+            mask_a, mask_v = vit.layer_mask(step, f_a, mask_a), vit.layer_mask(step, f_v, mask_v)
             f_a_res = self.audio_adapter_blocks_p1[i](f_a, f_v)
             f_v_res = self.vis_adapter_blocks_p1[i](f_v, f_a)
             f_v = f_v + blk.drop_path1(blk.ls1(vit.attention(i, f_v, mask_v))) + f_v_res

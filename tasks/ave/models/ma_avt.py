@@ -153,8 +153,8 @@ class MAAVT(AVEModel):
         for i in range(self.total_layers):
             if i == 0 or self.layerwise_token is not None:
                 f_a, f_v = self._append_tokens(f_a, f_v)
-            if i == 0:  # mask=global: one M per stream from the encoder input
-                mask_a, mask_v = self.ViT.shared_mask(f_a), self.ViT.shared_mask(f_v)
+            mask_a = self.ViT.layer_mask(i, f_a, mask_a)  # mask=global: M per stream
+            mask_v = self.ViT.layer_mask(i, f_v, mask_v)
             f_v = self.ViT.block(i, f_v, mask_v)
             f_a = self.ViT.block(i, f_a, mask_a)
             wanted = self.contrastive in ("blockwise_sep", "blockwise_cmn") or (

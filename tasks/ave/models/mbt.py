@@ -74,9 +74,11 @@ class MBT(AVEModel):
         f_v = self.IViT.embed(frames.flatten(0, 1))
         shared = self.shared_tokens.expand(f_v.shape[0], -1, -1)
         f_a, f_v = torch.cat([f_a, shared], dim=1), torch.cat([f_v, shared], dim=1)
-        mask_a, mask_v = self.AViT.shared_mask(f_a), self.IViT.shared_mask(f_v)
+        mask_a = mask_v = None
         n = self.n_bottleneck
         for i in range(self.total_layers):
+            mask_a = self.AViT.layer_mask(i, f_a, mask_a)
+            mask_v = self.IViT.layer_mask(i, f_v, mask_v)
             f_v = self.IViT.block(i, f_v, mask_v)
             f_a = self.AViT.block(i, f_a, mask_a)
             if self.fusion_layer is not None and i >= self.fusion_layer:

@@ -29,6 +29,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from stamp import check_mask_backend
+from stamp import mask_memory_estimate as memory_estimate  # (bytes, params, deepest)
 from stamp.config import AttentionConfig, Backend, MaskConfig
 from tasks.common.runtime.callbacks import (
     EpochSeed,
@@ -336,28 +337,6 @@ def finish_wandb(exit_code: int) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
-
-
-def memory_estimate(net: torch.nn.Module, batch_size: int) -> tuple[int, int, int]:
-    """(bytes, parameters, deepest) of the mask generators when training: fp32 weights,
-    gradients and two AdamW moments (16 bytes a parameter) plus the activations kept for the
-    backward pass (every hidden layer's output and ReLU mask, and M, for ``batch x N``
-    tokens). N is a generator's ``n_max``; a length-agnostic generator (``n_max`` None) has
-    no fixed N, so only its parameters are counted."""
-    from stamp.mask import MaskGenerator
-
-    total = params = deepest = 0
-    for module in net.modules():
-        if isinstance(module, MaskGenerator):
-            n = sum(p.numel() for p in module.parameters())
-            tokens = module.n_max or 0
-            width = module.first_linear.out_features if module.depth > 1 else 0
-            hidden_layers = module.depth - 1
-            acts = batch_size * tokens * (2 * width * hidden_layers + module.num_masks * tokens)
-            total += 16 * n + 4 * acts
-            params += n
-            deepest = max(deepest, module.depth)
-    return total, params, deepest
 
 
 def available_memory(cfg: DictConfig) -> tuple[int, str]:
