@@ -8,7 +8,10 @@ the validation split run through it. Writes into --out (default: <run>/plots):
   mask_layers.png    one sample's M at the first, middle and last STAMP layer
   mask_stats.png     per layer: mean |M|, token dependence, negative share; attention entropy
                      with and without M; the generator's first-layer gradient norm (from the
-                     run's results.json, last training step)
+                     run's results.json, last training step); for tasks whose batches label
+                     their keys (key_relevance: the demo, QVHighlights, AVE) a second row: M by
+                     key category, and the attention on relevant vs irrelevant keys with and
+                     without M (per key, and as a share of each query's attention)
   mask_stats.json    the numbers behind mask_stats.png
 What the statistics mean: stamp/diagnostics.py and the README ("Does STAMP do anything?").
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stamp.diagnostics import MaskStatistics  # noqa: E402
+from tasks.common.mask_stats import batch_key_relevance, key_categories  # noqa: E402
 from tasks.common.plots import (  # noqa: E402
     collect_run,
     load_run,
@@ -51,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run}: mask={record.get('mask')} has no STAMP mask to plot", file=sys.stderr)
         return 1
     stats = MaskStatistics(module)
+    codes, categories = batch_key_relevance(batch), key_categories(datamodule)
+    if codes is not None and categories is not None:
+        stats.set_key_relevance(codes, categories)
     stats.start()
     forward_fn(module, batch)()
     stats.stop()
