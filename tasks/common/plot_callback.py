@@ -87,8 +87,18 @@ class MaskHeatmapCallback(L.Callback):
             if trainer.is_global_zero:
                 self._log(trainer, drawn)
             return
-        self._recording = record_attention(pl_module)
+        self._recording = record_attention(pl_module, keep=self._keep)
         self._records = self._recording.__enter__()
+
+    def _keep(self, rec: dict) -> dict:
+        """The masks and padding up to the plotted sample, on the CPU: not every layer's
+        probabilities of the whole batch."""
+        i = slice(0, self.sample + 1)
+        mask, pad = rec.get("mask"), rec.get("key_padding_mask")
+        return {
+            "mask": None if mask is None else mask[i].cpu(),
+            "key_padding_mask": None if pad is None else pad[i].cpu(),
+        }
 
     def on_validation_batch_end(
         self,

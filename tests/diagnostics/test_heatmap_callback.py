@@ -66,3 +66,32 @@ def test_the_heatmap_is_on_by_default_and_skips_models_without_a_mask(tmp_path) 
     trainer.current_epoch, trainer.global_step = 1, 9
     assert not validate(callback, trainer, stamp, x)
     assert logger.images[-1] == ("val/mask", str(png), 9) and callback.saved == [png]
+
+
+def test_records_are_trimmed_as_they_are_made(tmp_path) -> None:
+    """The callback keeps the masks up to its sample, not every layer's probabilities."""
+    from stamp import record_attention
+
+    torch.manual_seed(0)
+    stamp = StampEncoder(2, 16, 4, 32, n_max=6, mask=MaskConfig(depth=2)).eval()
+    x = torch.randn(3, 6, 16)
+    callback = MaskHeatmapCallback(dirpath=str(tmp_path), sample=1)
+    with torch.no_grad(), record_attention(stamp) as full:
+        stamp(x)
+    with torch.no_grad(), record_attention(stamp, keep=callback._keep) as kept:
+        stamp(x)
+    assert [r["name"] for r in kept] == [r["name"] for r in full]
+    for a, b in zip(kept, full, strict=True):
+        assert set(a) == {"name", "mask", "key_padding_mask"}  # no probabilities kept
+        assert torch.equal(a["mask"], b["mask"][:2])
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        current_epoch=0,
+        global_step=0,
+        is_global_zero=True,
+        loggers=[],
+        default_root_dir=str(tmp_path),
+    )
+    callback.setup(trainer, stamp, "validate")
+    assert validate(callback, trainer, stamp, x)
+    assert (tmp_path / "mask_epoch000.png").read_bytes()[:8] == PNG
