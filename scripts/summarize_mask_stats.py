@@ -1,11 +1,14 @@
 """The mask diagnostics of a sweep, seeds aggregated: mean ± std per row and STAMP layer.
 
     python scripts/summarize_mask_stats.py <sweep dir> [<sweep dir> ...] [--layers first,last]
+    python scripts/summarize_mask_stats.py <sweep dir> --relevance   # relevant vs irrelevant keys
 
-Reads ``mask_stats`` from every results.json (written by tasks/common/runtime/mask_stats.py at the
-last validation) and prints one markdown table: per row (the run's ``row`` tag) and layer, mean ±
-std over the runs of token dependence, mean |M|, negative share, attention entropy with and without
-M, and the generator's first-layer gradient norm. What they mean: docs/stamp_diagnostics.md.
+Reads ``mask_stats`` from every results.json (written by tasks/common/runtime/mask_stats.py at
+the last validation) and prints one markdown table: per row (the run's ``row`` tag) and layer,
+mean ± std over the runs of token dependence, mean |M|, negative share, attention entropy with
+and without M, and the generator's first-layer gradient norm; with ``--relevance``, M and the
+attention share on relevant vs irrelevant keys with and without M (tasks that label their keys).
+What they mean: docs/stamp_diagnostics.md.
 """
 
 from __future__ import annotations
@@ -18,10 +21,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stamp.diagnostics import STAT_NAMES  # noqa: E402
 from tasks.common.runtime.results import load_results  # noqa: E402
 
 COLUMNS = ("token_dependence", "mean_abs", "neg_share", "entropy", "entropy_unmasked")
+RELEVANCE_COLUMNS = (
+    "M_relevant",
+    "M_irrelevant",
+    "share_relevant",
+    "share_relevant_noM",
+    "attn_relevant",
+    "attn_relevant_noM",
+    "attn_irrelevant",
+    "attn_irrelevant_noM",
+)
 
 
 def _cell(values: list[float]) -> str:
@@ -33,7 +45,12 @@ def _cell(values: list[float]) -> str:
     return f"{mean:{fmt}} ± {std:{fmt}}"
 
 
-def summarize(records: list[dict], layers: str = "all") -> str:
+def summarize(
+    records: list[dict], layers: str = "all", columns: tuple[str, ...] | None = None
+) -> str:
+    """One markdown table: per row and layer, mean ± std over the runs of ``columns`` (default:
+    ``COLUMNS`` and the gradient norm)."""
+    columns = columns or (*COLUMNS, "grad_norm_first")
     cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     order: list[tuple[str, str]] = []
     runs: dict[str, int] = defaultdict(int)
@@ -50,20 +67,17 @@ def summarize(records: list[dict], layers: str = "all") -> str:
             key = (row, name)
             if key not in cells:
                 order.append(key)
-            for stat in STAT_NAMES:
+            for stat in columns:
                 value = stats[name].get(stat)
                 if value is not None:
                     cells[key][stat].append(float(value))
-    header = ["row", "layer", "runs", *COLUMNS, "grad_norm_first"]
+    header = ["row", "layer", "runs", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, name in order:
         values = cells[(row, name)]
         lines.append(
             "| "
-            + " | ".join(
-                [row, name, str(runs[row])]
-                + [_cell(values[c]) for c in (*COLUMNS, "grad_norm_first")]
-            )
+            + " | ".join([row, name, str(runs[row])] + [_cell(values[c]) for c in columns])
             + " |"
         )
     return "\n".join(lines)
@@ -73,12 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+")
     parser.add_argument("--layers", choices=("all", "first,last"), default="all")
+    parser.add_argument(
+        "--relevance", action="store_true", help="M and attention on relevant vs irrelevant keys"
+    )
     args = parser.parse_args(argv)
     records = load_results(args.run_dirs)
     if not any(r.get("mask_stats") for r in records):
         print("no results.json with mask_stats under the given directories", file=sys.stderr)
         return 1
-    print(summarize(records, args.layers))
+    print(summarize(records, args.layers, RELEVANCE_COLUMNS if args.relevance else None))
     return 0
 
 

@@ -5,12 +5,14 @@
     records[0]["attn"]  # (B, H, Nq, Nk) probabilities of the first attention module called
 
 Recording routes the recorded modules through the eager path (the only one that materialises
-probabilities); outputs are unchanged up to floating-point rounding.
+probabilities); outputs are unchanged up to floating-point rounding. ``keep`` trims each record
+as it is made (e.g. one sample's mask only), so a large batch does not hold every layer's
+probabilities.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from torch import nn
@@ -19,7 +21,9 @@ from stamp.attention import RecordsAttention
 
 
 @contextmanager
-def record_attention(model: nn.Module) -> Iterator[list[dict]]:
+def record_attention(
+    model: nn.Module, keep: Callable[[dict], dict] | None = None
+) -> Iterator[list[dict]]:
     # StampAttention and stamp.inject's InjectedStamp
     modules = [(n, m) for n, m in model.named_modules() if isinstance(m, RecordsAttention)]
     records: list[dict] = []
@@ -28,7 +32,8 @@ def record_attention(model: nn.Module) -> Iterator[list[dict]]:
     def hook(name):
         def _hook(module, args, output):
             if module.recorded is not None:
-                records.append({"name": name, **module.recorded})
+                rec = module.recorded if keep is None else keep(module.recorded)
+                records.append({"name": name, **rec})
 
         return _hook
 

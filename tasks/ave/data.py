@@ -16,7 +16,10 @@ Layout under ``root`` (``paths.ave_dir``; the official ``--data_dir``):
 A video yields ``audio`` (10, 224, 224): one normalised Kaldi fbank per segment
 (``tasks.ave.audio``); ``frames`` (10, 3, 224, 224): the frames numbered
 ``np.linspace(1, n_frames, 10, dtype=int)``, ``read_image / 255``, ``Resize([224, 224],
-bicubic)``, ImageNet mean / std; ``labels`` (10, 29) float32 as in labels.h5.
+bicubic)``, ImageNet mean / std; ``labels`` (10, 29) float32 as in labels.h5; for the mask
+diagnostics, ``key_relevance`` (10, 1): whether each segment is an event or background
+(``KEY_CATEGORIES``). The STAMP layers sit in the ViT, which runs every segment as its own
+sequence (B x T of them), so all keys of a sequence share its segment's category.
 
 Before training, :func:`check_ave` reads every file the three splits use and stops with the
 file's name on the first problem (missing or unreadable file, wrong h5 key / shape, order index
@@ -49,6 +52,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from stamp.diagnostics import KeyCategories
 from tasks.ave.audio import NUM_SEGMENTS, audio_segments
 from tasks.common.runtime.data import DataValidationError, EpochShuffleSampler, current_epoch
 
@@ -89,6 +93,12 @@ AVE_CATEGORIES = (
 )
 BACKGROUND = len(AVE_CATEGORIES)  # 28
 NUM_CLASSES = BACKGROUND + 1  # 29
+# The keys of a segment's sequence in the ViT (code i = names[i]): an event segment (its label
+# is one of the 28 categories) or a background one (class 28, as the metric's argmax reads it).
+KEY_CATEGORIES = KeyCategories(
+    names=("event", "background"), relevant=("event",), irrelevant=("background",)
+)
+EVENT_SEGMENT, BACKGROUND_SEGMENT = range(len(KEY_CATEGORIES.names))
 HEADER = ("Category", "VideoID", "Quality", "StartTime", "EndTime")
 SPLITS = ("train", "val", "test")
 MEDIA_DIR = "AVE_Dataset"
@@ -422,9 +432,16 @@ def check_ave(
     return AVEIndex(root, annotations, labels, kept, frame_counts, report)
 
 
+def segment_relevance(labels: Tensor) -> Tensor:
+    """(T, 29) segment labels -> (T, 1) ``EVENT_SEGMENT`` / ``BACKGROUND_SEGMENT`` codes (the
+    argmax, as ``tasks.ave.metrics`` reads a label row)."""
+    background = labels.argmax(-1) == BACKGROUND
+    return torch.where(background, BACKGROUND_SEGMENT, EVENT_SEGMENT)[:, None]
+
+
 class AVEDataset(Dataset):
     """One split: ``{"audio": (10, 224, 224), "frames": (10, 3, 224, 224), "labels": (10, 29),
-    "index": labels.h5 row}`` per video."""
+    "index": labels.h5 row, "key_relevance": (10, 1)}`` per video."""
 
     def __init__(self, index: AVEIndex, split: str, antialias: bool = True) -> None:
         self.index, self.rows, self.antialias = index, index.splits[split], antialias
@@ -441,11 +458,13 @@ class AVEDataset(Dataset):
         folder = frame_dir(root, video)
         numbers = frame_numbers(self.index.frame_counts[video])
         frames = torch.stack([read_frame(folder / f"{n:06d}.jpg", self.antialias) for n in numbers])
+        labels = torch.from_numpy(self.index.labels[row])
         return {
             "audio": audio,
             "frames": frames,
-            "labels": torch.from_numpy(self.index.labels[row]),
+            "labels": labels,
             "index": torch.tensor(row),
+            "key_relevance": segment_relevance(labels),
         }
 
 
@@ -462,6 +481,8 @@ class AVEDataModule(L.LightningDataModule):
         antialias: antialiased bicubic resize (torchvision >= 0.17's default for tensors, the
             official ``Resize`` today; older torchvision did not antialias tensors).
     """
+
+    key_relevance_categories = KEY_CATEGORIES  # what a batch's key_relevance means
 
     def __init__(
         self,

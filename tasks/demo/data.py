@@ -7,6 +7,11 @@ marked in *both* streams, and it is the label. Every other token is a distractor
 prototype of a random class, unmarked) with probability ``distractor_ratio``, noise otherwise.
 One modality alone gets at most 1/candidates of the clips right; the answer is the relation
 across the two modalities, hidden among up to ``visual_len[1] + audio_len[1]`` tokens.
+
+Every token also gets its kind (``visual_relevance`` / ``audio_relevance``, codes of
+``KEY_CATEGORIES``): the event of the label's class, another event, decoy, noise, padding. A
+batch lays them out as the classifier's keys (``DemoBatch.key_relevance``) for the mask
+diagnostics (``stamp.diagnostics``: where the mask puts its weight).
 """
 
 from __future__ import annotations
@@ -18,7 +23,18 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from stamp.diagnostics import KeyCategories
 from tasks.common.runtime.data import EpochShuffleSampler, current_epoch
+
+# What a demo key is (code i = names[i]): the [CLS] token, the event of the label's class (marked
+# in both streams), an event of another class (marked in one stream), a decoy, noise, padding.
+# The events are what the answer needs (the label is the class marked in both streams).
+KEY_CATEGORIES = KeyCategories(
+    names=("cls", "label_event", "other_event", "decoy", "noise", "padding"),
+    relevant=("label_event", "other_event"),
+    irrelevant=("decoy", "noise"),
+)
+CLS, LABEL_EVENT, OTHER_EVENT, DECOY, NOISE, PADDING = range(len(KEY_CATEGORIES.names))
 
 
 @dataclass
@@ -28,6 +44,18 @@ class DemoBatch:
     visual_pad: Tensor  # (B, max_visual) bool, True = padding
     audio_pad: Tensor  # (B, max_audio)
     label: Tensor  # (B,)
+    visual_relevance: Tensor | None = None  # (B, max_visual) long, codes of KEY_CATEGORIES
+    audio_relevance: Tensor | None = None  # (B, max_audio)
+
+    @property
+    def key_relevance(self) -> Tensor | None:
+        """(B, 1 + max_visual + max_audio) codes in ``DemoClassifier``'s key order: [CLS],
+        the visual stream, the audio stream. Every encoder layer attends over that one joint
+        sequence, so both streams' keys are labelled in every layer."""
+        if self.visual_relevance is None or self.audio_relevance is None:
+            return None
+        cls = self.visual_relevance.new_full((len(self.label), 1), CLS)
+        return torch.cat([cls, self.visual_relevance, self.audio_relevance], dim=1)
 
 
 def _stream(
@@ -38,8 +66,9 @@ def _stream(
     salience: Tensor,
     distractor_ratio: float,
     noise: float,
-) -> tuple[Tensor, Tensor]:
-    """Streams padded to length[1] with the marked events ``classes`` (n, K): tokens, padding."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Streams padded to length[1] with the marked events ``classes`` (n, K), the label's
+    class first: tokens, padding, the kind of each token (``KEY_CATEGORIES`` codes)."""
     (n, k), (num_classes, dim) = classes.shape, prototypes.shape
     lo, hi = length
     lengths = torch.randint(lo, hi + 1, (n,), generator=gen)
@@ -56,7 +85,11 @@ def _stream(
     events = prototypes[classes] + salience + noise * torch.randn(n, k, dim, generator=gen)
     tokens[rows, positions] = events
     pad = torch.arange(hi)[None, :] >= lengths[:, None]
-    return tokens.masked_fill(pad.unsqueeze(-1), 0.0), pad
+    kind = torch.where(decoy, DECOY, NOISE)
+    kind[rows, positions] = OTHER_EVENT
+    kind[rows[:, 0], positions[:, 0]] = LABEL_EVENT  # classes[:, 0] is the label
+    kind = kind.masked_fill(pad, PADDING)
+    return tokens.masked_fill(pad.unsqueeze(-1), 0.0), pad, kind
 
 
 def make_demo_split(
@@ -98,10 +131,10 @@ def make_demo_split(
     k = candidates
     v_classes = torch.cat([order[:, :1], order[:, 1:k]], dim=1)
     a_classes = torch.cat([order[:, :1], order[:, k : 2 * k - 1]], dim=1)
-    visual, visual_pad = _stream(
+    visual, visual_pad, visual_kind = _stream(
         gen, v_classes, tuple(visual_len), p_vis, s_vis, distractor_ratio, noise
     )
-    audio, audio_pad = _stream(
+    audio, audio_pad, audio_kind = _stream(
         gen, a_classes, tuple(audio_len), p_aud, s_aud, distractor_ratio, noise
     )
     return {
@@ -110,6 +143,8 @@ def make_demo_split(
         "visual_pad": visual_pad,
         "audio_pad": audio_pad,
         "label": label,
+        "visual_relevance": visual_kind,
+        "audio_relevance": audio_kind,
     }
 
 
@@ -129,6 +164,8 @@ def collate(items: list[dict[str, Tensor]]) -> DemoBatch:
 
 
 class DemoDataModule(L.LightningDataModule):
+    key_relevance_categories = KEY_CATEGORIES  # what DemoBatch.key_relevance's codes mean
+
     def __init__(
         self,
         num_train: int = 4000,

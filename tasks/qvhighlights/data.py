@@ -11,6 +11,10 @@ Layout (paths from the config)::
 Each video feature type is cut to ``max_v_l`` clips and L2-normalised, the types are cut to the
 shortest and concatenated, and the 2-d temporal endpoint feature (tef) is appended; query token
 features are cut to ``max_q_l`` and L2-normalised.
+
+For the mask diagnostics a labelled batch also carries ``key_relevance``: per key of QD-DETR's
+self-attention encoder ([global token, clips]), whether a clip lies inside a ground-truth window
+(``KEY_CATEGORIES``). The T2V layers attend from clips to text tokens and are not labelled.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from stamp.diagnostics import KeyCategories
 from tasks.common.runtime.data import (
     DataValidationError,
     EpochShuffleSampler,
@@ -43,6 +48,14 @@ log = logging.getLogger(__name__)
 
 ANNOTATION_KEYS = ("qid", "query", "duration", "vid")
 LABEL_KEYS = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
+# The keys of QD-DETR's self-attention encoder (code i = names[i]): its global token, the clips
+# inside a ground-truth window of the query, the clips outside every window, padding.
+KEY_CATEGORIES = KeyCategories(
+    names=("global", "in_window", "outside", "padding"),
+    relevant=("in_window",),
+    irrelevant=("outside",),
+)
+GLOBAL_KEY, IN_WINDOW, OUTSIDE, PADDING_KEY = range(len(KEY_CATEGORIES.names))
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -222,6 +235,17 @@ def saliency_labels(
     return hard_pos + easy_pos, hard_neg + easy_neg, all_scores
 
 
+def clip_relevance(windows: Sequence[Sequence[float]], n_clips: int, clip_len: float) -> Tensor:
+    """(n_clips,) ``IN_WINDOW`` / ``OUTSIDE`` codes: clip i (seconds [i, i + 1) * clip_len) is
+    inside when its centre lies in a window [start, end). On QVHighlights' train and val
+    annotations the windows sit on clip boundaries and this gives ``relevant_clip_ids``."""
+    centres = (torch.arange(n_clips, dtype=torch.float64) + 0.5) * clip_len
+    inside = torch.zeros(n_clips, dtype=torch.bool)
+    for start, end in windows:
+        inside |= (centres >= start) & (centres < end)
+    return torch.where(inside, IN_WINDOW, OUTSIDE)
+
+
 class QVHighlightsDataset(Dataset):
     """One item per query: features, span labels (normalised center/width), saliency labels."""
 
@@ -267,6 +291,9 @@ class QVHighlightsDataset(Dataset):
             item["saliency_pos_labels"] = torch.tensor(pos)
             item["saliency_neg_labels"] = torch.tensor(neg)
             item["saliency_all_labels"] = torch.from_numpy(all_scores)
+            # every window (not the max_windows drawn above): the diagnostics' clip labels
+            windows = meta["relevant_windows"]
+            item["clip_relevance"] = clip_relevance(windows, n_clips, self.clip_len)
         return item
 
 
@@ -291,11 +318,23 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         batch["saliency_pos_labels"] = torch.stack([it["saliency_pos_labels"] for it in items])
         batch["saliency_neg_labels"] = torch.stack([it["saliency_neg_labels"] for it in items])
         batch["saliency_all_labels"], _ = pad_sequences([it["saliency_all_labels"] for it in items])
+        batch["key_relevance"] = encoder_key_relevance([it["clip_relevance"] for it in items])
     return batch
+
+
+def encoder_key_relevance(clips: Sequence[Tensor]) -> Tensor:
+    """(B, 1 + longest) codes of the encoder's keys: the global token, the clips, padding."""
+    codes = torch.full((len(clips), 1 + max(len(c) for c in clips)), PADDING_KEY)
+    codes[:, 0] = GLOBAL_KEY
+    for i, c in enumerate(clips):
+        codes[i, 1 : 1 + len(c)] = c
+    return codes
 
 
 class QVHighlightsDataModule(L.LightningDataModule):
     """Train / val / test splits of QVHighlights (val doubles as the model-selection split)."""
+
+    key_relevance_categories = KEY_CATEGORIES  # what a labelled batch's key_relevance means
 
     def __init__(
         self,

@@ -49,8 +49,10 @@ def test_demo_run_writes_results_and_checkpoints(tmp_path):
     stats = saved["mask_stats"]
     assert list(stats) == ["encoder.layers.0.attn", "encoder.layers.1.attn"]
     for row in stats.values():
-        assert set(row) == set(STAT_NAMES) and row["grad_norm_first"] > 0
+        assert set(STAT_NAMES) <= set(row) and row["grad_norm_first"] > 0
         assert row["mean_abs"] > 0 and 0 <= row["neg_share"] <= 1 and row["entropy"] > 0
+        # where the mask puts its weight: the demo labels its keys (tests/diagnostics)
+        assert {"M_relevant", "attn_relevant", "attn_relevant_noM", "share_irrelevant"} <= set(row)
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "mask/encoder.layers.1.attn/token_dependence" in header
 

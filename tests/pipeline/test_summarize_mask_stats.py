@@ -26,3 +26,19 @@ def test_mean_and_std_over_seeds(tmp_path, capsys):
         (tmp_path / str(i) / "results.json").write_text(json.dumps(record))
     assert main([str(tmp_path)]) == 0 and "0.200 ± 0.141" in capsys.readouterr().out
     assert main([str(tmp_path / "missing")]) == 1
+
+
+def test_relevance_columns(tmp_path, capsys):
+    """--relevance: M and the attention share on relevant vs irrelevant keys, over seeds."""
+    records = [_record(0, 0.1), _record(1, 0.3)]
+    for record, share in zip(records, (0.5, 0.7), strict=True):
+        record["mask_stats"]["l0"].update(M_relevant=1.0, share_relevant=share)
+    for i, record in enumerate(records):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(record))
+    assert main([str(tmp_path), "--relevance"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = dict(zip(header, [c.strip() for c in lines[2].strip("|").split("|")], strict=True))
+    assert cells["M_relevant"] == "1.000 ± 0.000" and cells["share_relevant"] == "0.600 ± 0.141"
+    assert cells["M_irrelevant"] == "" and "token_dependence" not in cells

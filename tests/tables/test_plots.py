@@ -86,12 +86,21 @@ def test_layers_and_modality_boundaries():
     assert modality_boundaries(net) == [1, 7]
 
 
-def test_plot_mask_stats_script_from_a_checkpoint(demo_runs, tmp_path):
+def test_plot_mask_stats_script_from_a_checkpoint(demo_runs, tmp_path, monkeypatch):
     import json
 
     from scripts.plot_mask_stats import main
     from stamp.diagnostics import STAT_NAMES
+    from tasks.common.reporting import plots
 
+    titles: list[list[str]] = []
+    save = plots._save
+
+    def spy(fig, path):
+        titles.append([ax.get_title() for ax in fig.axes])
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
     stamp = demo_runs["multilayer"]
     ckpt = stamp / "checkpoints" / "last.ckpt"
     assert main([str(ckpt), "--out", str(tmp_path), "--batch-size", "8"]) == 0
@@ -100,7 +109,11 @@ def test_plot_mask_stats_script_from_a_checkpoint(demo_runs, tmp_path):
     assert list(stats) == ["encoder.layers.0.attn", "encoder.layers.1.attn"]
     trained = json.loads((stamp / "results.json").read_text())["mask_stats"]
     for layer, row in stats.items():
-        assert set(row) == set(STAT_NAMES)
+        assert set(STAT_NAMES) <= set(row)
         assert row["grad_norm_first"] == trained[layer]["grad_norm_first"] > 0
+        # the demo labels its keys: where the mask puts its weight, plotted in a second row
+        assert row["M_relevant"] is not None and row["attn_irrelevant_noM"] is not None
+    assert "mean M on the keys of each category" in titles[-1]
+    assert "attention per (query, key): relevant vs irrelevant" in titles[-1]
     # full attention: nothing to plot, a clear non-zero exit
     assert main([str(demo_runs["none"]), "--out", str(tmp_path / "none")]) == 1

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf, open_dict  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from stamp import record_attention  # noqa: E402
+from stamp.diagnostics import GROUPS as RELEVANCE_GROUPS  # noqa: E402
 from tasks.common.reporting.profiling import first_batch, forward_fn  # noqa: E402
 from tasks.common.runtime.checkpoints import read_checkpoint  # noqa: E402
 from tasks.common.runtime.results import RESULTS_FILE, load_results  # noqa: E402
@@ -228,6 +229,69 @@ def mask_records(records: list[dict]) -> list[int]:
     return [i for i, r in enumerate(records) if r.get("mask") is not None]
 
 
+def render_mask_image(
+    mask: Tensor,
+    path: str | Path,
+    boundaries: Sequence[int] | None = None,
+    key_padding: Tensor | None = None,
+    title: str = "STAMP mask",
+    size: int = 384,
+) -> Path:
+    """One sample's (Nq, Nk) mask as a PNG drawn pixel by pixel (a few ms, where the matplotlib
+    figure of ``plot_mask_heatmap`` takes about half a second): each entry a block of pixels in
+    viridis, padded keys (and queries) light grey, red lines where a modality starts, the title
+    above and a colour scale with its range on the right. For the heatmap at every validation."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    values = mask.detach().float().cpu().clone()
+    if key_padding is not None:
+        pad = key_padding.bool().cpu()
+        values[:, pad] = float("nan")
+        if values.shape[0] == values.shape[1]:
+            values[pad, :] = float("nan")
+    finite = values[values.isfinite()]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
+    scaled = ((values - lo) / (hi - lo if hi > lo else 1.0)).numpy()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    pixels = (cmap(np.ma.masked_invalid(scaled))[..., :3] * 255).astype(np.uint8)
+    nq, nk = values.shape
+    scale = max(1, size // max(nq, nk))
+    pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    for b in boundaries or []:
+        col = max(0, min(b * scale, nk * scale) - 1)
+        pixels[:, col] = (255, 0, 0)
+        if nq == nk:
+            pixels[col, :] = (255, 0, 0)
+    height, width = pixels.shape[:2]
+    top, right, bar = 18, 70, 12
+    canvas = Image.new("RGB", (width + right, height + top), "white")
+    canvas.paste(Image.fromarray(pixels), (0, top))
+    ramp = (cmap(np.linspace(1.0, 0.0, height))[:, :3] * 255).astype(np.uint8)
+    canvas.paste(Image.fromarray(np.repeat(ramp[:, None], bar, axis=1)), (width + 6, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 3), title, fill="black")
+    draw.text((width + bar + 9, top), f"{hi:.3g}", fill="black")
+    draw.text((width + bar + 9, top + height - 11), f"{lo:.3g}", fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, compress_level=1)
+    return path
+
+
+def run_mask(records: list[dict], sample: int = 0, layer: int = 0) -> tuple | None:
+    """(record, (Nq, Nk) mask, key padding or None) of ``sample`` at the ``layer``-th masked
+    attention call (a per-head mask: the mean over heads); None if the run has no mask."""
+    masked = mask_records(records)
+    if not masked:
+        return None
+    record = records[masked[pick_layers(len(masked), [layer])[0]]]
+    mask = record["mask"]
+    m = mask[sample] if mask.dim() == 3 else mask[sample].mean(0)
+    pad = record.get("key_padding_mask")
+    return record, m, None if pad is None else pad[sample]
+
+
 def plot_run_mask(
     records: list[dict],
     path: str | Path,
@@ -236,22 +300,23 @@ def plot_run_mask(
     boundaries: Sequence[int] | None = None,
     label: str = "",
     scene: dict | None = None,
+    style: str = "figure",
 ) -> Path | None:
     """The mask heatmap of ``sample`` at the ``layer``-th masked attention call (None if the
     run has no mask). ``scene``: ``plot_scene``'s media and window (frames, waveform, rate,
-    window) for the figure with panel (a) and the moment's caption."""
-    masked = mask_records(records)
-    if not masked:
+    window) for the figure with panel (a) and the moment's caption. ``style``: ``figure``
+    (matplotlib, with axes) or ``image`` (``render_mask_image``, a few ms)."""
+    found = run_mask(records, sample, layer)
+    if found is None:
         return None
-    i = masked[pick_layers(len(masked), [layer])[0]]
-    record = records[i]
-    mask = record["mask"]
-    m = mask[sample] if mask.dim() == 3 else mask[sample].mean(0)  # per-head: head mean
-    pad = record.get("key_padding_mask")
-    pad = None if pad is None else pad[sample]
+    record, m, pad = found
     title = f"{label} mask, sample {sample}, {record['name']}".strip()
     if scene is not None:
         return plot_scene(m, path, boundaries=boundaries, key_padding=pad, title=title, **scene)
+    if style == "image":
+        return render_mask_image(m, path, boundaries, pad, title)
+    if style != "figure":
+        raise ValueError(f"style must be 'figure' or 'image', got {style!r}")
     return plot_mask_heatmap(m, path, boundaries, pad, title)
 
 
@@ -514,16 +579,77 @@ def plot_mask_grid(
     return _save(fig, path)
 
 
+def relevance_groups(summary: dict[str, dict[str, float | None]]) -> list[str]:
+    """The key groups of the relevance statistics in a mask_stats summary (``M_<group>`` keys):
+    ``relevant``, ``irrelevant``, then the task's categories; [] without key labels."""
+    found: list[str] = []
+    for row in summary.values():
+        found += [k[2:] for k in row if k.startswith("M_") and k[2:] not in found]
+    groups = [g for g in RELEVANCE_GROUPS if g in found]
+    return groups + [g for g in found if g not in groups] if groups else []
+
+
+def _bars(ax: plt.Axes, x: list[int], bars: list[tuple[str, list[float], dict]]) -> None:
+    width = 0.8 / len(bars)
+    for j, (label, values, style) in enumerate(bars):
+        offsets = [i + (j - (len(bars) - 1) / 2) * width for i in x]
+        ax.bar(offsets, values, width, label=label, **style)
+
+
+def _plot_relevance(axes, summary: dict[str, dict[str, float | None]], x: list[int]) -> None:
+    """Where the mask puts its weight, per layer: M by key category; attention per key on
+    relevant / irrelevant keys and the share of a query's attention on them, with and without M."""
+    groups = relevance_groups(summary)
+    names = list(summary)
+
+    def series(key: str) -> list[float]:
+        return [float("nan") if summary[n].get(key) is None else summary[n][key] for n in names]
+
+    colours = {g: f"C{i}" for i, g in enumerate(groups)}
+    _bars(axes[0], x, [(g, series(f"M_{g}"), {"color": colours[g]}) for g in groups])
+    axes[0].set_title("mean M on the keys of each category")
+    axes[0].axhline(0.0, color="black", linewidth=0.6)
+    for ax, quantity, title in (
+        (axes[1], "attn", "attention per (query, key): relevant vs irrelevant"),
+        (axes[2], "share", "share of a query's attention on the keys"),
+    ):
+        bars = []
+        for g in RELEVANCE_GROUPS:
+            bars.append((f"{g}, with M", series(f"{quantity}_{g}"), {"color": colours[g]}))
+            bars.append(
+                (
+                    f"{g}, without M",
+                    series(f"{quantity}_{g}_noM"),
+                    {"color": colours[g], "alpha": 0.45, "hatch": "//"},
+                )
+            )
+        _bars(ax, x, bars)
+        ax.set_title(title, fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("STAMP layer")
+        ax.set_xticks(x)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+
+
 def plot_mask_statistics(summary: dict[str, dict[str, float | None]], path: str | Path) -> Path:
     """Per-layer curves of the mask diagnostics (``stamp.diagnostics``): |M|, token dependence
-    and negative share; attention entropy with and without M; generator gradient norm."""
+    and negative share; attention entropy with and without M; generator gradient norm. Where
+    the run's batches label their keys, a second row: M and the attention with and without M on
+    relevant vs irrelevant keys."""
     names = list(summary)
     x = list(range(1, len(names) + 1))
 
     def series(key: str) -> list[float]:
         return [float("nan") if summary[n].get(key) is None else summary[n][key] for n in names]
 
-    fig, axes = plt.subplots(1, 3, figsize=(14.0, 3.6))
+    relevance = bool(relevance_groups(summary))
+    fig, grid = plt.subplots(
+        2 if relevance else 1, 3, figsize=(14.0, 8.4 if relevance else 3.6), squeeze=False
+    )
+    fig.subplots_adjust(hspace=0.35)
+    axes = grid[0]
+    if relevance:
+        _plot_relevance(grid[1], summary, x)
     for key in ("mean_abs", "token_dependence", "neg_share"):
         axes[0].plot(x, series(key), marker="o", label=key)
     axes[0].set_title("the mask M")

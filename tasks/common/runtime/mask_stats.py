@@ -4,13 +4,33 @@ Records ``stamp.diagnostics.MaskStatistics`` over the first ``num_batches`` vali
 adds the generator gradient norms of the last training step, logs them to every logger as
 ``mask/<layer>/<stat>`` (W&B curves) and keeps them on the LightningModule as ``mask_stats``;
 the pipeline writes the last ones into ``results.json`` under ``mask_stats``.
+
+Where a validation batch carries ``key_relevance`` (per-key category codes) and the datamodule
+says what they mean (``key_relevance_categories``, a ``stamp.diagnostics.KeyCategories``), the
+statistics include where the mask puts its weight: M and the attention with and without M on
+relevant vs irrelevant keys (``M_relevant``, ``attn_relevant_noM``, ...).
 """
 
 from __future__ import annotations
 
-import lightning as L
+from typing import Any
 
-from stamp.diagnostics import MaskStatistics, generator_grad_norms
+import lightning as L
+from torch import Tensor
+
+from stamp.diagnostics import KEY_RELEVANCE, KeyCategories, MaskStatistics, generator_grad_norms
+
+
+def batch_key_relevance(batch: Any) -> Tensor | None:
+    """The ``key_relevance`` codes a batch carries (a dict entry or an attribute), or None."""
+    if isinstance(batch, dict):
+        return batch.get(KEY_RELEVANCE)
+    return getattr(batch, KEY_RELEVANCE, None)
+
+
+def key_categories(datamodule: Any) -> KeyCategories | None:
+    """What a datamodule's ``key_relevance`` codes mean (None: its batches carry none)."""
+    return getattr(datamodule, "key_relevance_categories", None)
 
 
 class MaskDiagnostics(L.Callback):
@@ -37,6 +57,15 @@ class MaskDiagnostics(L.Callback):
             self._stats = None
             return
         self._stats.start()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not self._recording(trainer) or not self._stats.active:
+            return
+        codes = batch_key_relevance(batch)
+        categories = key_categories(getattr(trainer, "datamodule", None))
+        if codes is None or categories is None:  # the task does not label its keys
+            codes = categories = None
+        self._stats.set_key_relevance(codes, categories)
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
