@@ -164,3 +164,15 @@ def test_sweep_experiments_compose(experiment, tmp_path):
     assert (cfg.mask.type, cfg.mask.generator, cfg.mask.init) == ("global", "lowrank", "kaiming")
     assert cfg.row == f"{point}/global-lowrank" and cfg.table == experiment
     assert cfg.model.max_audio == resolved["audio_len"][1]
+
+
+def test_converged_proxy_is_the_proxy_made_small(tmp_path):
+    """qvhighlights_proxy_converged reuses qvhighlights_proxy's variants and shrinks the rest."""
+    cfg = compose_cfg(["experiment=qvhighlights_proxy_converged", "variant=none"], tmp_path)
+    assert cfg.experiment == cfg.table == "qvhighlights_proxy_converged"
+    assert cfg.mask.type == "none"
+    assert (cfg.model.hidden_dim, cfg.model.num_heads, cfg.trainer.max_epochs) == (32, 4, 60)
+    assert cfg.data.annotation_dir.endswith("qvhighlights_proxy_small/annotations")
+    assert cfg.hydra.sweeper.params.variant == "none,multilayer-kaiming"
+    stamp = compose_cfg(["experiment=qvhighlights_proxy_converged"], tmp_path)
+    assert (stamp.mask.type, stamp.mask.init, stamp.mask.depth) == ("multilayer", "kaiming", 32)
