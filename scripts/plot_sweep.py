@@ -78,7 +78,12 @@ def to_markdown(stats: dict[str, dict[Any, Stat]], xs: list[Any], x: str, metric
         cells = []
         for k in xs:
             s = stats[name].get(k)
-            cells.append("—" if s is None else f"{s.mean:.3f} ± {s.std or 0.0:.3f} ({s.n})")
+            if s is None:
+                cells.append("—")
+            elif s.std is None:  # one run: no spread to show
+                cells.append(f"{s.mean:.3f} (1)")
+            else:
+                cells.append(f"{s.mean:.3f} ± {s.std:.3f} ({s.n})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -64,3 +64,11 @@ def test_categorical_order_and_missing_key(sweep):
     assert proc.returncode != 0 and "--order lacks the swept values ['default']" in proc.stderr
     proc = run_script([*args[:2], "--x", "data.num_train", "--out", str(out)])
     assert proc.returncode != 0 and "config has no 'data.num_train'" in proc.stderr
+
+
+def test_one_run_shows_no_spread(sweep):
+    tmp_path, _ = sweep
+    out = tmp_path / "one.png"
+    proc = run_script(["scripts/plot_sweep.py", str(tmp_path), "--x", "point", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    assert "| global-mlp | 0.600 ± 0.100 (3) | 0.900 (1) |" in proc.stdout
