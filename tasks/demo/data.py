@@ -66,29 +66,46 @@ def _stream(
     salience: Tensor,
     distractor_ratio: float,
     noise: float,
+    rate: int = 1,
+    fixed_positions: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Streams padded to length[1] with the marked events ``classes`` (n, K), the label's
-    class first: tokens, padding, the kind of each token (``KEY_CATEGORIES`` codes)."""
+    class first: tokens, padding, the kind of each token (``KEY_CATEGORIES`` codes).
+
+    The content is drawn per *block* of ``rate`` tokens (an event, a decoy or noise spans
+    ``rate`` consecutive tokens, each with its own noise), so a stream at rate k carries the
+    same content as one at rate 1 at k times the token granularity. With ``fixed_positions``
+    the K events sit at the same K evenly spaced blocks of every clip (inside the shortest
+    length), in a random order per clip; the draws are the same as with random positions."""
     (n, k), (num_classes, dim) = classes.shape, prototypes.shape
-    lo, hi = length
+    lo, hi = length[0] // rate, length[1] // rate  # in blocks
     lengths = torch.randint(lo, hi + 1, (n,), generator=gen)
-    tokens = noise * torch.randn(n, hi, dim, generator=gen)
+    tokens = noise * torch.randn(n, hi * rate, dim, generator=gen)
     decoy = torch.rand(n, hi, generator=gen) < distractor_ratio
     decoy_class = torch.randint(0, num_classes, (n, hi), generator=gen)
-    tokens = tokens + decoy.unsqueeze(-1) * prototypes[decoy_class]
-    # K distinct positions inside each stream's valid length
+    decoy_tokens = decoy.unsqueeze(-1) * prototypes[decoy_class]
+    tokens = tokens + decoy_tokens.repeat_interleave(rate, dim=1)
+    # K distinct blocks inside each stream's valid length
     scores = torch.rand(n, hi, generator=gen).masked_fill(
         torch.arange(hi)[None, :] >= lengths[:, None], 2.0
     )
-    positions = scores.argsort(dim=1)[:, :k]
-    rows = torch.arange(n)[:, None].expand(n, k)
-    events = prototypes[classes] + salience + noise * torch.randn(n, k, dim, generator=gen)
-    tokens[rows, positions] = events
-    pad = torch.arange(hi)[None, :] >= lengths[:, None]
-    kind = torch.where(decoy, DECOY, NOISE)
-    kind[rows, positions] = OTHER_EVENT
-    kind[rows[:, 0], positions[:, 0]] = LABEL_EVENT  # classes[:, 0] is the label
-    kind = kind.masked_fill(pad, PADDING)
+    if fixed_positions:
+        slots = ((torch.arange(k) + 0.5) * lo / k).long()
+        # scores[:, :K] are K i.i.d. uniforms (K <= lo): their order is a random permutation
+        positions = slots[scores[:, :k].argsort(dim=1)]
+    else:
+        positions = scores.argsort(dim=1)[:, :k]
+    events = prototypes[classes] + salience
+    events = events.unsqueeze(2) + noise * torch.randn(n, k, rate, dim, generator=gen)
+    token_positions = (positions.unsqueeze(-1) * rate + torch.arange(rate)).reshape(n, k * rate)
+    rows = torch.arange(n)[:, None].expand(n, k * rate)
+    tokens[rows, token_positions] = events.reshape(n, k * rate, dim)
+    pad = torch.arange(hi * rate)[None, :] >= (lengths * rate)[:, None]
+    kind = torch.where(decoy, DECOY, NOISE)  # per block, then per token
+    block_rows = torch.arange(n)[:, None].expand(n, k)
+    kind[block_rows, positions] = OTHER_EVENT
+    kind[block_rows[:, 0], positions[:, 0]] = LABEL_EVENT  # classes[:, 0] is the label
+    kind = kind.repeat_interleave(rate, dim=1).masked_fill(pad, PADDING)
     return tokens.masked_fill(pad.unsqueeze(-1), 0.0), pad, kind
 
 
@@ -104,8 +121,21 @@ def make_demo_split(
     distractor_ratio: float = 0.5,
     noise: float = 0.5,
     split_offset: int = 0,
+    visual_noise: float | None = None,
+    audio_noise: float | None = None,
+    visual_rate: int = 1,
+    audio_rate: int = 1,
+    fixed_positions: bool = False,
 ) -> dict[str, Tensor]:
-    """Prototypes come from ``seed``; samples from ``seed`` and ``split_offset``."""
+    """Prototypes come from ``seed``; samples from ``seed`` and ``split_offset``.
+
+    The knobs of the controlled sweeps (docs/stamp_diagnostics.md "Controlled sweeps"; the
+    defaults give the original demo bit for bit): ``visual_len`` / ``audio_len`` set the number
+    of tokens (and so of distractors) per stream; ``visual_noise`` / ``audio_noise`` override
+    ``noise`` per modality; ``visual_rate`` / ``audio_rate`` = k make every event, decoy and
+    noise block span k tokens of that stream (lengths are in tokens and must be multiples of k);
+    ``fixed_positions`` puts the events at the same positions in every clip.
+    """
     if not 0.0 <= distractor_ratio <= 1.0:
         raise ValueError(f"distractor_ratio must be in [0, 1], got {distractor_ratio}")
     if candidates < 1 or num_classes < 2 * candidates - 1:
@@ -113,10 +143,18 @@ def make_demo_split(
             f"need candidates >= 1 and num_classes >= 2 * candidates - 1 "
             f"(got candidates={candidates}, num_classes={num_classes})"
         )
-    for name, (lo, hi) in (("visual_len", visual_len), ("audio_len", audio_len)):
-        if not candidates <= lo <= hi:
+    for name, (lo, hi), rate in (
+        ("visual_len", visual_len, visual_rate),
+        ("audio_len", audio_len, audio_rate),
+    ):
+        if rate < 1 or lo % rate or hi % rate:
             raise ValueError(
-                f"{name} must be [min, max] with candidates <= min <= max, got {[lo, hi]}"
+                f"{name} {[lo, hi]} must be multiples of the stream's rate (got rate {rate})"
+            )
+        if not candidates <= lo // rate <= hi // rate:
+            raise ValueError(
+                f"{name} must be [min, max] with candidates <= min / rate <= max / rate, "
+                f"got {[lo, hi]} at rate {rate}"
             )
     proto_gen = torch.Generator().manual_seed(seed)
     p_vis = torch.randn(num_classes, visual_dim, generator=proto_gen)
@@ -132,10 +170,26 @@ def make_demo_split(
     v_classes = torch.cat([order[:, :1], order[:, 1:k]], dim=1)
     a_classes = torch.cat([order[:, :1], order[:, k : 2 * k - 1]], dim=1)
     visual, visual_pad, visual_kind = _stream(
-        gen, v_classes, tuple(visual_len), p_vis, s_vis, distractor_ratio, noise
+        gen,
+        v_classes,
+        tuple(visual_len),
+        p_vis,
+        s_vis,
+        distractor_ratio,
+        noise if visual_noise is None else visual_noise,
+        visual_rate,
+        fixed_positions,
     )
     audio, audio_pad, audio_kind = _stream(
-        gen, a_classes, tuple(audio_len), p_aud, s_aud, distractor_ratio, noise
+        gen,
+        a_classes,
+        tuple(audio_len),
+        p_aud,
+        s_aud,
+        distractor_ratio,
+        noise if audio_noise is None else audio_noise,
+        audio_rate,
+        fixed_positions,
     )
     return {
         "visual": visual,
@@ -179,6 +233,11 @@ class DemoDataModule(L.LightningDataModule):
         audio_dim: int = 16,
         distractor_ratio: float = 0.5,
         noise: float = 0.5,
+        visual_noise: float | None = None,
+        audio_noise: float | None = None,
+        visual_rate: int = 1,
+        audio_rate: int = 1,
+        fixed_positions: bool = False,
         seed: int = 1234,
         batch_size: int = 64,
         num_workers: int = 0,
@@ -194,6 +253,11 @@ class DemoDataModule(L.LightningDataModule):
             audio_dim=audio_dim,
             distractor_ratio=distractor_ratio,
             noise=noise,
+            visual_noise=visual_noise,
+            audio_noise=audio_noise,
+            visual_rate=visual_rate,
+            audio_rate=audio_rate,
+            fixed_positions=fixed_positions,
         )
         self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers
         self.splits: dict[str, DemoDataset] = {}
