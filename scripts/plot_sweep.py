@@ -132,13 +132,20 @@ def plot(
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_dirs_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a script over run / sweep directories: ``doc``'s first line as the
+    description, the rest as the epilog, and the ``run_dirs`` positional."""
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
+        description=doc.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]),
+        epilog="\n".join(doc.splitlines()[1:]),
     )
     parser.add_argument("run_dirs", nargs="+", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = run_dirs_parser(__doc__)
     parser.add_argument("--x", required=True, help="dotted config path of the swept setting")
     parser.add_argument("--line", default="variant", help="config path naming a line")
     parser.add_argument("--metric", default="val/acc")
