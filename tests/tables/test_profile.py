@@ -9,7 +9,6 @@ import torch
 
 from stamp import AttentionConfig, StampAttention
 from tasks.common.reporting.profiling import (
-    attention_flops,
     count_flops,
     split_overrides,
 )
@@ -36,7 +35,6 @@ def test_fusing_a_mask_adds_no_matrix_product_flops():
     plain, _ = count_flops(lambda: layer(x))
     masked, _ = count_flops(lambda: layer(x, mask=m))
     assert plain == masked
-    assert attention_flops(B, H, N, N, D // H) == 4 * B * H * N * N * (D // H)
 
 
 def test_sweep_overrides_expand_to_their_product():

@@ -91,11 +91,6 @@ def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
     return int(counter.get_total_flops()), per_op
 
 
-def attention_flops(batch: int, heads: int, nq: int, nk: int, head_dim: int) -> int:
-    """FLOPs of softmax(QK^T)V's two matrix products: 2 x (2 B H Nq Nk d)."""
-    return 2 * 2 * batch * heads * nq * nk * head_dim
-
-
 FLEX_NOT_COUNTED = (
     "attention=flex: FLOPs not counted (FlopCounterMode cannot trace the compiled flex_attention "
     "kernel); the matrix products equal the eager row's"
