@@ -12,8 +12,8 @@ the value at ``--line`` (default ``variant``), and draws mean ± std (sample std
 group. Numeric x values are plotted on a numeric axis, others as categories in the order of
 ``--order`` (default: sorted, ``default`` first). Writes the PNG, <out>.json (the plotted numbers)
 and <out>.md (a markdown table: one row per line, one column per x value) and prints the table.
-The depth and sparsity sweeps of the papers' figures have their own scripts (plot_depth_sweep.py,
-plot_sparsity_sweep.py) because they add the papers' points.
+The papers' figures have their own scripts: plot_depth_sweep.py adds the paper's points,
+plot_sparsity_sweep.py draws one line per metric (with this script's ``plot``).
 """
 
 from __future__ import annotations
