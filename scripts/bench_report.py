@@ -135,6 +135,18 @@ def summary_rows(results: dict) -> list[dict]:
     return out
 
 
+def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown section: the title, a table of ``header`` and ``rows``, a blank line."""
+    return [
+        title,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+    ]
+
+
 def to_markdown(results: dict) -> str:
     lines = [
         f"Device: {results['device']}; torch {results['torch']}; {results['dtype']}; "
@@ -143,134 +155,94 @@ def to_markdown(results: dict) -> str:
     ]
     summary = summary_rows(results)
     if summary:
-        lines += [
+        lines += _table(
             "## Targets",
-            "",
-            "| what | measured | target | status | reason (measured) |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['what']} | {r['measured']} | {r['target']} | {r['status']} | {r['reason']} |"
-            for r in summary
-        ]
-        lines.append("")
+            ["what", "measured", "target", "status", "reason (measured)"],
+            [[r["what"], r["measured"], r["target"], r["status"], r["reason"]] for r in summary],
+        )
     for entry in results.get("shapes", {}).values():
         s = entry["shape"]
-        lines += [
+        lines += _table(
             f"### {s['name']}: B={s['batch']}, Nq={s['nq']}, Nk={s['nk']}, D={s['dim']}, "
             f"H={s['heads']}, generator depth {s['depth']}",
-            "",
-            "| variant | pass | time (ms) | time ratio | FLOP ratio | time/FLOP "
-            "| attention memory ratio | peak (MiB) | peak ratio |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in entry["rows"]:
-            lines.append(
-                f"| {r['variant']} | {r['pass']} | {r['time_ms']:.2f} | "
-                f"{r['time_ratio']:.2f} | {r['flop_ratio']:.2f} | {r['overhead']:.2f} | "
-                f"{_ratio(r['attn_memory_ratio'])} | {_mib(r['peak_bytes'])} | "
-                f"{_ratio(r['peak_ratio'])} |"
-            )
-        lines.append("")
+            ["variant", "pass", "time (ms)", "time ratio", "FLOP ratio", "time/FLOP"]
+            + ["attention memory ratio", "peak (MiB)", "peak ratio"],
+            [
+                [r["variant"], r["pass"], f"{r['time_ms']:.2f}", f"{r['time_ratio']:.2f}"]
+                + [f"{r['flop_ratio']:.2f}", f"{r['overhead']:.2f}"]
+                + [_ratio(r["attn_memory_ratio"]), _mib(r["peak_bytes"]), _ratio(r["peak_ratio"])]
+                for r in entry["rows"]
+            ],
+        )
     ck = results.get("checkpoint")
     if ck:
         s = ck["shape"]
-        lines += [
+        lines += _table(
             f"### Depth-{s['depth']} generator, {s['name']}, B={s['batch']} (training step)",
-            "",
-            "| variant | time (ms) | peak (MiB) |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {r['variant']} | {r['time_ms']:.1f} | {_mib(r['peak_bytes'])} |" for r in ck["rows"]
-        ]
-        lines.append("")
+            ["variant", "time (ms)", "peak (MiB)"],
+            [[r["variant"], f"{r['time_ms']:.1f}", _mib(r["peak_bytes"])] for r in ck["rows"]],
+        )
     for entry in results.get("generators", {}).values():
         s = entry["shape"]
-        lines += [
+        lines += _table(
             f"### Generators at {s['name']}: B={s['batch']}, Nq={s['nq']}, Nk={s['nk']}, "
             f"D={s['dim']}, H={s['heads']}, depth {s['depth']}",
-            "",
-            "| generator / backend | pass | generator params | time (ms) | time vs SDPA "
-            "| time/FLOP | time vs MLP | FLOP vs MLP | attention memory vs SDPA | peak (MiB) "
-            "| peak vs SDPA | peak vs MLP |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in entry["rows"]:
-            lines.append(
-                f"| {r['variant']} | {r['pass']} | {r['generator_params']:,} | "
-                f"{r['time_ms']:.2f} | {r['time_ratio']:.2f} | {r['overhead']:.2f} | "
-                f"{_ratio(r['time_vs_mlp'])} | {_ratio(r['flop_vs_mlp'])} | "
-                f"{_ratio(r['attn_memory_ratio'])} | {_mib(r['peak_bytes'])} | "
-                f"{_ratio(r['peak_ratio'])} | {_ratio(r['peak_vs_mlp'])} |"
-            )
-        lines.append("")
+            ["generator / backend", "pass", "generator params", "time (ms)", "time vs SDPA"]
+            + ["time/FLOP", "time vs MLP", "FLOP vs MLP", "attention memory vs SDPA"]
+            + ["peak (MiB)", "peak vs SDPA", "peak vs MLP"],
+            [
+                [r["variant"], r["pass"], f"{r['generator_params']:,}", f"{r['time_ms']:.2f}"]
+                + [f"{r['time_ratio']:.2f}", f"{r['overhead']:.2f}", _ratio(r["time_vs_mlp"])]
+                + [_ratio(r["flop_vs_mlp"]), _ratio(r["attn_memory_ratio"])]
+                + [_mib(r["peak_bytes"]), _ratio(r["peak_ratio"]), _ratio(r["peak_vs_mlp"])]
+                for r in entry["rows"]
+            ],
+        )
     pc = results.get("params")
     if pc:
-        ns = pc[0]["n"]
-        lines += [
+        lines += _table(
             "### Generator parameters against N (closed form, equal to the module's count)",
-            "",
-            "| D, depth, H (shapes) | generator | " + " | ".join(f"N={n}" for n in ns) + " |",
-            "|---|---|" + "---|" * len(ns),
-        ]
-        lines += [
-            f"| {r['dim']}, {r['depth']}, {r['heads']} ({r['config']}) | {r['generator']} | "
-            + " | ".join(f"{c:,}" for c in r["params"])
-            + " |"
-            for r in pc
-        ]
-        lines.append("")
+            ["D, depth, H (shapes)", "generator", *(f"N={n}" for n in pc[0]["n"])],
+            [
+                [f"{r['dim']}, {r['depth']}, {r['heads']} ({r['config']})", r["generator"]]
+                + [f"{c:,}" for c in r["params"]]
+                for r in pc
+            ],
+        )
     sc = results.get("scaling")
     if sc and sc["rows"]:
         names = [k[:-3] for k in sc["rows"][0] if k.endswith("_ms")]
-        lines += [
+        lines += _table(
             f"### Scaling: {sc['what']}",
-            "",
-            "| N | " + " | ".join(f"{n} ms" for n in names) + " | "
-            + " | ".join(f"{n} peak MiB" for n in names) + " |",
-            "|---|" + "---|" * (2 * len(names)),
-        ]  # fmt: skip
-        for r in sc["rows"]:
-            lines.append(
-                f"| {r['n']} | "
-                + " | ".join(f"{r[f'{n}_ms']:.1f}" for n in names)
-                + " | "
-                + " | ".join(_mib(r[f"{n}_peak_bytes"]) for n in names)
-                + " |"
-            )
-        lines.append("")
+            ["N", *(f"{n} ms" for n in names), *(f"{n} peak MiB" for n in names)],
+            [
+                [str(r["n"]), *(f"{r[f'{n}_ms']:.1f}" for n in names)]
+                + [_mib(r[f"{n}_peak_bytes"]) for n in names]
+                for r in sc["rows"]
+            ],
+        )
         if "sdpa" in names and len(names) > 1:
             others = [n for n in names if n != "sdpa"]
-            lines += [
+            lines += _table(
                 "Time ratio to plain SDPA (same run):",
-                "",
-                "| N | " + " | ".join(f"{n} / sdpa" for n in others) + " |",
-                "|---|" + "---|" * len(others),
-            ]
-            lines += [
-                f"| {r['n']} | "
-                + " | ".join(f"{r[f'{n}_ms'] / r['sdpa_ms']:.2f}" for n in others)
-                + " |"
-                for r in sc["rows"]
-            ]
-            lines.append("")
+                ["N", *(f"{n} / sdpa" for n in others)],
+                [
+                    [str(r["n"]), *(f"{r[f'{n}_ms'] / r['sdpa_ms']:.2f}" for n in others)]
+                    for r in sc["rows"]
+                ],
+            )
     pr = results.get("precision")
     if pr:
-        lines += [
+        lines += _table(
             f"### Reduced precision: {pr['what']}",
-            "",
-            "| variant | time (ms) | time vs M bf16 | saved for backward (MiB) | peak (MiB) "
-            "| deviation error |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in pr["rows"]:
-            lines.append(
-                f"| {r['variant']} | {r['time_ms']:.1f} | {_ratio(r['time_vs_bf16'])} | "
-                f"{_mib(r['saved_bytes'])} | {_mib(r['peak_bytes'])} | "
-                f"{r['deviation_error']:.4f} |"
-            )
-        lines.append("")
+            ["variant", "time (ms)", "time vs M bf16", "saved for backward (MiB)", "peak (MiB)"]
+            + ["deviation error"],
+            [
+                [r["variant"], f"{r['time_ms']:.1f}", _ratio(r["time_vs_bf16"])]
+                + [_mib(r["saved_bytes"]), _mib(r["peak_bytes"]), f"{r['deviation_error']:.4f}"]
+                for r in pr["rows"]
+            ],
+        )
     if results.get("skipped"):
         lines += [f"Skipped (time budget): {', '.join(results['skipped'])}.", ""]
     return "\n".join(lines)

@@ -21,12 +21,13 @@ video's own sound track).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from plot_sweep import run_dirs_parser  # noqa: E402  (scripts/: the shared command line)
 
 from tasks.common.reporting.plots import (  # noqa: E402
     collect_attention,
@@ -104,12 +105,7 @@ def scene_of(window: dict | None, video: Path | None, audio: Path | None) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]),
-    )
-    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser = run_dirs_parser(__doc__)
     parser.add_argument("--out", type=Path, help="default: <first run dir>/plots")
     parser.add_argument(
         "--layers",

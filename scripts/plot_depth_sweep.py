@@ -12,12 +12,13 @@ monitor metric. Writes depth_sweep.png to --out (default: the first directory) a
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from plot_sweep import run_dirs_parser  # noqa: E402  (scripts/: the shared command line)
 
 from tasks.common.reporting.plots import log_images_to_wandb, plot_depth_sweep  # noqa: E402
 from tasks.common.reporting.tables import load_paper  # noqa: E402
@@ -50,12 +51,7 @@ def paper_points(records: list[dict]) -> dict[tuple[int, str], float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]),
-    )
-    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser = run_dirs_parser(__doc__)
     parser.add_argument("--metric", default="", help="metric key, e.g. val/MR-full-mAP")
     parser.add_argument("--out", type=Path, help="default: the first run directory")
     parser.add_argument("--wandb", action="store_true", help="also log the PNG to W&B")

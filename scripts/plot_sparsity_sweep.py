@@ -5,14 +5,13 @@
 
 Reads every results.json of table Fig1c under the given directories, groups the runs by
 ``model.encoder_sparsity`` (fraction of attention pairs removed in the AV encoder), averages
-seeds (mean, std error bars) and draws one line per metric (default val/CIDEr, val/ROUGE_L).
-Writes sparsity_sweep.png and sparsity_sweep.json (the plotted numbers) to --out (default: the
-first directory).
+seeds (mean, std error bars) and draws one line per metric (default val/CIDEr, val/ROUGE_L) with
+plot_sweep.py's plot. Writes sparsity_sweep.png and sparsity_sweep.json (the plotted numbers) to
+--out (default: the first directory).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,6 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from plot_sweep import plot, run_dirs_parser  # noqa: E402  (scripts/: the shared plot)
+
+from tasks.common.reporting.tables import Stat  # noqa: E402
 from tasks.common.runtime.results import load_results  # noqa: E402
 
 
@@ -48,42 +50,8 @@ def summarise(points: dict[str, dict[float, list[float]]]) -> dict[str, list[dic
     }
 
 
-def plot(summary: dict[str, list[dict]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for metric, rows in summary.items():
-        if rows:
-            x = [r["sparsity"] for r in rows]
-            ax.errorbar(
-                x,
-                [r["mean"] for r in rows],
-                yerr=[r["std"] for r in rows],
-                marker="o",
-                capsize=3,
-                label=metric,
-            )
-    ax.set_xlabel("encoder sparsity (fraction of attention pairs removed)")
-    ax.set_ylabel("score")
-    ax.set_title("AD quality vs encoder sparsity (Fig. 1(c))")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]),
-    )
-    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser = run_dirs_parser(__doc__)
     parser.add_argument("--metrics", default="val/CIDEr,val/ROUGE_L")
     parser.add_argument("--out", type=Path, help="default: the first run directory")
     args = parser.parse_args(argv)
@@ -92,7 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     if not any(summary.values()):
         parser.error(f"no ok Fig1c runs with {args.metrics} under the given directories")
     out = args.out or args.run_dirs[0]
-    path = plot(summary, out / "sparsity_sweep.png")
+    # plot_sweep's plot, one line per metric; the std stays numpy's (ddof=0) as before
+    stats = {
+        m: {r["sparsity"]: Stat(r["mean"], r["std"], r["n"]) for r in rows}
+        for m, rows in summary.items()
+        if rows
+    }
+    xs = sorted({r["sparsity"] for rows in summary.values() for r in rows})
+    path = plot(
+        stats,
+        xs,
+        out / "sparsity_sweep.png",
+        "encoder sparsity (fraction of attention pairs removed)",
+        "score",
+        "AD quality vs encoder sparsity (Fig. 1(c))",
+    )
     (out / "sparsity_sweep.json").write_text(json.dumps(summary, indent=2))
     print(f"sparsity_sweep: {path}")
     return 0

@@ -12,8 +12,8 @@ the value at ``--line`` (default ``variant``), and draws mean ± std (sample std
 group. Numeric x values are plotted on a numeric axis, others as categories in the order of
 ``--order`` (default: sorted, ``default`` first). Writes the PNG, <out>.json (the plotted numbers)
 and <out>.md (a markdown table: one row per line, one column per x value) and prints the table.
-The depth and sparsity sweeps of the papers' figures have their own scripts (plot_depth_sweep.py,
-plot_sparsity_sweep.py) because they add the papers' points.
+The papers' figures have their own scripts: plot_depth_sweep.py adds the paper's points,
+plot_sparsity_sweep.py draws one line per metric (with this script's ``plot``).
 """
 
 from __future__ import annotations
@@ -132,13 +132,20 @@ def plot(
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_dirs_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a script over run / sweep directories: ``doc``'s first line as the
+    description, the rest as the epilog, and the ``run_dirs`` positional."""
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
+        description=doc.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]),
+        epilog="\n".join(doc.splitlines()[1:]),
     )
     parser.add_argument("run_dirs", nargs="+", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = run_dirs_parser(__doc__)
     parser.add_argument("--x", required=True, help="dotted config path of the swept setting")
     parser.add_argument("--line", default="variant", help="config path naming a line")
     parser.add_argument("--metric", default="val/acc")

@@ -9,7 +9,6 @@ from stamp.attention import (
     StampAttention,
     eager_attention,
     flex_attention_backend,
-    fuse_logits,
     resolve_backend,
     sdpa_attention,
 )
@@ -95,7 +94,6 @@ __all__ = [
     "eager_attention",
     "flex_attention_backend",
     "full_attention",
-    "fuse_logits",
     "identity_preactivation",
     "init_mask_generators",
     "inject",

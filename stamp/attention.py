@@ -32,14 +32,6 @@ log = logging.getLogger(__name__)
 AttendFn = Callable[..., tuple[Tensor, Tensor | None]]
 
 
-def fuse_logits(logits: Tensor, mask: Tensor | None, fusion: Fusion | str) -> Tensor:
-    """Fuse the soft mask with (B, H, Nq, Nk) logits: ``logits * M`` or ``logits + M``."""
-    if mask is None:
-        return logits
-    m = mask.unsqueeze(1) if mask.dim() == 3 else mask
-    return logits * m if Fusion(fusion) is Fusion.mul else logits + m
-
-
 def eager_attention(
     q: Tensor,
     k: Tensor,

@@ -377,12 +377,6 @@ def fused_attention(
     return out, None
 
 
-# Elements of one block of the compiled core: inductor keeps a block's element-wise work in
-# registers around the matmuls, so larger blocks than the eager loop's pay (chosen on the dev
-# CPU, BENCHMARKS.md "Compiled core").
-COMPILED_BLOCK_ELEMS = 1 << 18
-
-
 def compiled_fused_attention(
     q: Tensor,
     k: Tensor,

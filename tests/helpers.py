@@ -59,3 +59,64 @@ DEMO_TINY = [
     "model.dim=32",
     "model.ffn_dim=64",
 ]
+
+
+def qvh_overrides(root: Path, eval_batch_size: int = 8) -> list[str]:
+    """A tiny QD-DETR + STAMP run over the synthetic features under ``root``."""
+    return [
+        "task=qvhighlights",
+        "mask=multilayer",
+        "mask.depth=2",
+        f"data.annotation_dir={root / 'annotations'}",
+        f"data.feature_dir={root}",
+        "data.v_feat_dim=24",
+        "data.t_feat_dim=8",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        f"data.eval_batch_size={eval_batch_size}",
+        "model.hidden_dim=16",
+        "model.num_heads=2",
+        "model.ffn_dim=32",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        "callbacks.mask_diagnostics=null",
+        "trainer.check_val_every_n_epoch=1",
+    ]
+
+
+def msrvtt_overrides(root: Path, max_epochs: int = 1) -> list[str]:
+    """A tiny MSR-VTT run over the generated videos under ``root`` (no test pass)."""
+    return [
+        "experiment=msrvtt_tiny",
+        f"data.root={root}",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        "test=false",
+        f"trainer.max_epochs={max_epochs}",
+        "+module.metrics.metrics=[BLEU_4,ROUGE_L,CIDEr]",
+        "module.metrics.tokenize=simple",
+    ]
+
+
+def mad_ad_overrides(tmp_path: Path, max_epochs: int) -> list[str]:
+    """A tiny MAD AD run: writes a tiny Llama and synthetic MAD features under ``tmp_path``."""
+    from tasks.mad_ad.synthetic import build_tiny_llama, write_synthetic_mad
+
+    llama = build_tiny_llama(tmp_path / "llama")
+    write_synthetic_mad(tmp_path / "mad", train_movies=1, test_movies=1, ads_per_movie=16, dim=16)
+    return [
+        "experiment=mad_ad_tiny",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        f"data.root={tmp_path / 'mad'}",
+        f"model.llm_path={llama}",
+        "model.visual_dim=16",
+        "model.audio_dim=16",
+        "model.dim=32",
+        "model.num_queries=4",
+        "data.batch_size=4",
+        "data.limit_train=16",
+        "data.eval_batch_size=32",
+        "module.max_new_tokens=4",
+        f"trainer.max_epochs={max_epochs}",
+    ]

@@ -15,7 +15,7 @@ from tasks.common.runtime.checkpoints import with_checkpoint_config
 from tasks.common.runtime.pipeline import RunExistsError
 from tasks.qvhighlights.metrics import load_jsonl
 from tasks.qvhighlights.synthetic import write_synthetic_features
-from tests.helpers import compose_cfg, run_cfg
+from tests.helpers import compose_cfg, qvh_overrides, run_cfg
 
 ANN = Path(__file__).resolve().parents[2] / "data" / "qvhighlights"
 TYPES = ("slowfast_features", "clip_features")
@@ -29,26 +29,7 @@ def trained(tmp_path_factory) -> tuple[Path, str, Path]:
     files = [ANN / f"highlight_{s}_release.jsonl" for s in ("train", "val", "test")]
     write_synthetic_features(files, root, {TYPES[0]: 16, TYPES[1]: 8}, text_dim=8, seed=0, limit=8)
     out = root / "run"
-    overrides = [
-        "task=qvhighlights",
-        "mask=multilayer",
-        "mask.depth=2",
-        f"data.annotation_dir={root / 'annotations'}",
-        f"data.feature_dir={root}",
-        "data.v_feat_dim=24",
-        "data.t_feat_dim=8",
-        "data.num_workers=0",
-        "data.batch_size=4",
-        "data.eval_batch_size=1",
-        "model.hidden_dim=16",
-        "model.num_heads=2",
-        "model.ffn_dim=32",
-        "logger=csv",
-        "callbacks.progress_bar=null",
-        "callbacks.mask_diagnostics=null",
-        "trainer.max_epochs=1",
-        "trainer.check_val_every_n_epoch=1",
-    ]
+    overrides = [*qvh_overrides(root, eval_batch_size=1), "trainer.max_epochs=1"]
     record = run_cfg(compose_cfg(overrides, out))
     return root, record["best"]["ckpt"], out
 

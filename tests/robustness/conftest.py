@@ -41,25 +41,3 @@ def qvh_features(tmp_path_factory) -> Path:
         files, root, {"slowfast_features": 16, "clip_features": 8}, text_dim=8, seed=0, limit=16
     )
     return root
-
-
-def qvh_overrides(root: Path) -> list[str]:
-    return [
-        "task=qvhighlights",
-        "mask=multilayer",
-        "mask.depth=2",
-        f"data.annotation_dir={root / 'annotations'}",
-        f"data.feature_dir={root}",
-        "data.v_feat_dim=24",
-        "data.t_feat_dim=8",
-        "data.num_workers=0",
-        "data.batch_size=4",
-        "data.eval_batch_size=8",
-        "model.hidden_dim=16",
-        "model.num_heads=2",
-        "model.ffn_dim=32",
-        "logger=csv",
-        "callbacks.progress_bar=null",
-        "callbacks.mask_diagnostics=null",
-        "trainer.check_val_every_n_epoch=1",
-    ]

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from tasks.common.runtime.data import DataValidationError
-from tests.helpers import compose_cfg, run_cfg
-from tests.robustness.conftest import qvh_overrides
+from tests.helpers import compose_cfg, qvh_overrides, run_cfg
 
 # ----------------------------------------------------------------------------- QVHighlights
 

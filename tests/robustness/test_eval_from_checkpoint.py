@@ -20,8 +20,16 @@ from tasks.common.runtime.checkpoints import (
     with_checkpoint_config,
 )
 from tasks.common.runtime.pipeline import evaluate
-from tests.helpers import CONFIG_DIR, compose_cfg, run_cfg, run_script
-from tests.robustness.conftest import DEMO, qvh_overrides
+from tests.helpers import (
+    CONFIG_DIR,
+    compose_cfg,
+    mad_ad_overrides,
+    msrvtt_overrides,
+    qvh_overrides,
+    run_cfg,
+    run_script,
+)
+from tests.robustness.conftest import DEMO
 
 IGNORED = ("time", "gflops", "_ms")  # wall-clock metrics
 # a demo model unlike the default one: every size changed, data dims too
@@ -185,14 +193,7 @@ def test_msrvtt_checkpoint_alone(tmp_path):
 
     root = make_dataset(tmp_path / "msrvtt")
     overrides = [
-        "experiment=msrvtt_tiny",
-        f"data.root={root}",
-        "logger=csv",
-        "callbacks.progress_bar=null",
-        "test=false",
-        "trainer.max_epochs=1",
-        "+module.metrics.metrics=[BLEU_4,ROUGE_L,CIDEr]",
-        "module.metrics.tokenize=simple",
+        *msrvtt_overrides(root),
         "model.img_feature_dim=24",
         "mask.depth=3",
     ]
@@ -202,27 +203,10 @@ def test_msrvtt_checkpoint_alone(tmp_path):
 
 @pytest.mark.slow
 def test_mad_ad_checkpoint_alone(tmp_path):
-    from tasks.mad_ad.synthetic import build_tiny_llama, write_synthetic_mad
-
-    llama = build_tiny_llama(tmp_path / "llama")
-    write_synthetic_mad(tmp_path / "mad", train_movies=1, test_movies=1, ads_per_movie=16, dim=16)
     overrides = [
-        "experiment=mad_ad_tiny",
-        "logger=csv",
-        "callbacks.progress_bar=null",
-        f"data.root={tmp_path / 'mad'}",
-        f"model.llm_path={llama}",
-        "model.visual_dim=16",
-        "model.audio_dim=16",
-        "model.dim=32",
-        "model.num_queries=4",
+        *mad_ad_overrides(tmp_path, max_epochs=2),
         "model.adapter_layers=1",
         "mask.depth=3",
-        "data.batch_size=4",
-        "data.limit_train=16",
-        "data.eval_batch_size=32",
-        "module.max_new_tokens=4",
-        "trainer.max_epochs=2",
     ]
     trained, ckpt = train_run(overrides, tmp_path / "train")
     assert_same_validation(trained, eval_alone(ckpt, tmp_path / "eval"))

@@ -23,8 +23,15 @@ import pytest
 from omegaconf import open_dict
 
 from tasks.common.runtime.callbacks import SimulatedInterruption
-from tests.helpers import ROOT, compose_cfg, run_cfg
-from tests.robustness.conftest import DEMO, qvh_overrides
+from tests.helpers import (
+    ROOT,
+    compose_cfg,
+    mad_ad_overrides,
+    msrvtt_overrides,
+    qvh_overrides,
+    run_cfg,
+)
+from tests.robustness.conftest import DEMO
 
 IGNORED = ("time", "gflops", "_ms")  # wall-clock metrics
 
@@ -115,16 +122,7 @@ def test_msrvtt_resume_mid_epoch_is_exact(tmp_path):
     from scripts.make_msrvtt_videos import make_dataset
 
     root = make_dataset(tmp_path / "msrvtt")
-    overrides = [
-        "experiment=msrvtt_tiny",
-        f"data.root={root}",
-        "logger=csv",
-        "callbacks.progress_bar=null",
-        "test=false",
-        "trainer.max_epochs=3",
-        "+module.metrics.metrics=[BLEU_4,ROUGE_L,CIDEr]",
-        "module.metrics.tokenize=simple",
-    ]
+    overrides = msrvtt_overrides(root, max_epochs=3)
     step = random_step("msrvtt", 3, 3)  # 4 videos x 3 captions, batch 4
     full, resumed = interrupted_then_resumed(overrides, tmp_path, step)
     assert_same_metrics(full, resumed)
@@ -133,26 +131,7 @@ def test_msrvtt_resume_mid_epoch_is_exact(tmp_path):
 @pytest.mark.slow
 def test_mad_ad_resume_mid_epoch_is_exact(tmp_path):
     """Across the stage-1 -> stage-2 switch (epoch 1)."""
-    from tasks.mad_ad.synthetic import build_tiny_llama, write_synthetic_mad
-
-    llama = build_tiny_llama(tmp_path / "llama")
-    write_synthetic_mad(tmp_path / "mad", train_movies=1, test_movies=1, ads_per_movie=16, dim=16)
-    overrides = [
-        "experiment=mad_ad_tiny",
-        "logger=csv",
-        "callbacks.progress_bar=null",
-        f"data.root={tmp_path / 'mad'}",
-        f"model.llm_path={llama}",
-        "model.visual_dim=16",
-        "model.audio_dim=16",
-        "model.dim=32",
-        "model.num_queries=4",
-        "data.batch_size=4",
-        "data.limit_train=16",
-        "data.eval_batch_size=32",
-        "module.max_new_tokens=4",
-        "trainer.max_epochs=3",
-    ]
+    overrides = mad_ad_overrides(tmp_path, max_epochs=3)
     step = random_step("mad_ad", 4, 3)
     full, resumed = interrupted_then_resumed(overrides, tmp_path, step)
     assert_same_metrics(full, resumed)

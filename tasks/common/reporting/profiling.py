@@ -91,19 +91,6 @@ def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
     return int(counter.get_total_flops()), per_op
 
 
-def attention_flops(batch: int, heads: int, nq: int, nk: int, head_dim: int) -> int:
-    """FLOPs of softmax(QK^T)V's two matrix products: 2 x (2 B H Nq Nk d)."""
-    return 2 * 2 * batch * heads * nq * nk * head_dim
-
-
-def self_attention_layer_flops(batch: int, tokens: int, dim: int, heads: int) -> int:
-    """FLOPs of a plain multi-head self-attention layer: the qkv and output projections
-    (2 B N D x 4D) plus the attention products."""
-    return 2 * batch * tokens * dim * 4 * dim + attention_flops(
-        batch, heads, tokens, tokens, dim // heads
-    )
-
-
 FLEX_NOT_COUNTED = (
     "attention=flex: FLOPs not counted (FlopCounterMode cannot trace the compiled flex_attention "
     "kernel); the matrix products equal the eager row's"
