@@ -123,6 +123,9 @@ def test_save_load_round_trip(name, tmp_path):
     opt.step()
     stamp.save(model.eval(), tmp_path)
     fresh = stamp.load(family.build().eval(), tmp_path)
+    # the same requires_grad flags on both: PyTorch may pick another MHA kernel for frozen
+    # weights (a 1e-6 difference with 2 threads), which is not what this test is about
+    stamp.mark_only_stamp_trainable(fresh)
     with torch.no_grad():
         assert torch.equal(family.run(fresh), family.run(model))
 
