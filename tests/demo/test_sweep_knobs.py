@@ -171,7 +171,7 @@ def test_converged_proxy_is_the_proxy_made_small(tmp_path):
     cfg = compose_cfg(["experiment=qvhighlights_proxy_converged", "variant=none"], tmp_path)
     assert cfg.experiment == cfg.table == "qvhighlights_proxy_converged"
     assert cfg.mask.type == "none"
-    assert (cfg.model.hidden_dim, cfg.model.num_heads, cfg.trainer.max_epochs) == (32, 4, 60)
+    assert (cfg.model.hidden_dim, cfg.model.num_heads, cfg.trainer.max_epochs) == (32, 4, 200)
     assert cfg.data.annotation_dir.endswith("qvhighlights_proxy_small/annotations")
     assert cfg.hydra.sweeper.params.variant == "none,multilayer-kaiming"
     stamp = compose_cfg(["experiment=qvhighlights_proxy_converged"], tmp_path)
