@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_report import plot_scaling, to_markdown  # noqa: E402  (scripts/: the tables)
 
 from stamp import (  # noqa: E402
+    AttendSpec,
     AttentionConfig,
     LowRankMaskGenerator,
     MaskConfig,
@@ -579,9 +580,9 @@ def _scaling_steps(
     grad = torch.randn(1, heads, n, head_dim, device=device, dtype=dtype)
     fns = {
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
-        "eager": lambda: eager_attention(q, k, v, mask=m)[0],
-        "fused": lambda: fused_attention(q, k, v, mask=m)[0],
-        "compiled_fused": lambda: compiled_fused_attention(q, k, v, mask=m)[0],
+        "eager": lambda: eager_attention(q, k, v, AttendSpec(mask=m))[0],
+        "fused": lambda: fused_attention(q, k, v, AttendSpec(mask=m))[0],
+        "compiled_fused": lambda: compiled_fused_attention(q, k, v, AttendSpec(mask=m))[0],
     }
     for name in ("eager", "fused", "compiled_fused"):  # additive M
         fns[f"{name}_add"] = _add_fn(ATTENTION_BACKENDS[name], q, k, v, m)
@@ -611,7 +612,7 @@ def _scaling_steps(
 
 
 def _add_fn(attend: Callable, q, k, v, m):
-    return lambda: attend(q, k, v, mask=m, fusion="add")[0]
+    return lambda: attend(q, k, v, AttendSpec(mask=m, fusion="add"))[0]
 
 
 def block_matmuls(q, k, v, dout, block_elems: int | None = None) -> None:
@@ -689,7 +690,7 @@ def bench_precision(
         if form == "offset":
             return lambda: _eager_offset(q, k, v, m)
         attend = ATTENTION_BACKENDS[backend]
-        return lambda: attend(q, k, v, mask=m)[0]
+        return lambda: attend(q, k, v, AttendSpec(mask=m))[0]
 
     def deviation_error(form: str) -> float:
         m = masks[form].detach()
@@ -739,13 +740,13 @@ def bench_precision(
 
 
 def _generated_fn(q, k, v, x, gen: nn.Module):
-    return lambda: fused_attention(q, k, v, mask=gen(x))[0]
+    return lambda: fused_attention(q, k, v, AttendSpec(mask=gen(x)))[0]
 
 
 def _flex_fn(q, k, v, m):
     from stamp.attention import flex_attention_backend
 
-    return lambda: flex_attention_backend(q, k, v, mask=m)[0]
+    return lambda: flex_attention_backend(q, k, v, AttendSpec(mask=m))[0]
 
 
 def pick_best(rows: list[dict], shape: Shape) -> tuple[dict | None, dict | None]:

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_attention import SHAPES, Shape  # noqa: E402
 
-from stamp import eager_attention  # noqa: E402
+from stamp import AttendSpec, eager_attention  # noqa: E402
 from stamp.attention import ATTENTION_BACKENDS  # noqa: E402
 
 NO_GPU = (
@@ -129,16 +129,8 @@ def _attend(fn: Callable, case: Case, named: dict, pad, weight, backward: bool) 
     m = named.get("m")
     if m is None:  # low-rank M = 1 (mul) + f gᵀ
         m = named["f"] @ named["g"].transpose(-2, -1) + (case.fusion == "mul")
-    out, _ = fn(
-        named["q"],
-        named["k"],
-        named["v"],
-        mask=m,
-        fusion=case.fusion,
-        fusion_order=case.order,
-        key_padding_mask=pad,
-        attn_bias=named["bias"],
-    )
+    spec = AttendSpec(m, case.fusion, case.order, key_padding_mask=pad, attn_bias=named["bias"])
+    out, _ = fn(named["q"], named["k"], named["v"], spec)
     result = {"out": out.detach()}
     if backward:
         (out.float() * weight).sum().backward()

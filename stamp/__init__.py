@@ -13,6 +13,7 @@ from stamp.attention import (
     sdpa_attention,
 )
 from stamp.config import (
+    AttendSpec,
     AttentionConfig,
     Backend,
     Fusion,
@@ -62,6 +63,7 @@ from stamp.plan import MaskPlan, check_mask_backend, full_attention, mask_memory
 from stamp.record import record_attention
 
 __all__ = [
+    "AttendSpec",
     "ATTENTION_BACKENDS",
     "AttentionConfig",
     "Backend",

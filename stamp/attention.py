@@ -1,8 +1,8 @@
 """Attention with a soft mask fused into the logits, under three interchangeable backends.
 
-All backends share one signature, ``attend(q, k, v, *, mask, fusion, key_padding_mask,
-attn_bias, dropout_p, return_attn) -> (out, probs | None)`` with ``q`` (B, H, Nq, d) and
-``k``, ``v`` (B, H, Nk, d). The order of operations is the paper's:
+All backends share one signature, ``attend(q, k, v, spec: AttendSpec) -> (out, probs | None)``
+with ``q`` (B, H, Nq, d), ``k``, ``v`` (B, H, Nk, d) and ``spec`` holding M, the fusion, the
+bias, the key padding and the dropout. The order of operations is the paper's:
 
     logits = Q K^T / sqrt(d);  logits = logits ◇ M;  logits += attn_bias;  padded keys -> -inf
 
@@ -19,80 +19,54 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stamp.config import AttentionConfig, Backend, Fusion, FusionOrder
-from stamp.fused import compiled_fused_attention, fuse_scores, fused_attention, fusion_input
+from stamp.config import AttendSpec, AttentionConfig, Backend, Fusion, FusionOrder
+from stamp.fused import PLAIN, compiled_fused_attention, fuse_scores, fused_attention, fusion_input
 
 log = logging.getLogger(__name__)
 
-AttendFn = Callable[..., tuple[Tensor, Tensor | None]]
+AttendFn = Callable[[Tensor, Tensor, Tensor, AttendSpec], tuple[Tensor, Tensor | None]]
 
 
 def eager_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Tensor | None = None,
-    fusion: Fusion | str = Fusion.mul,
-    fusion_order: FusionOrder | str = FusionOrder.mask_first,
-    key_padding_mask: Tensor | None = None,
-    attn_bias: Tensor | None = None,
-    dropout_p: float = 0.0,
-    return_attn: bool = False,
+    q: Tensor, k: Tensor, v: Tensor, spec: AttendSpec = PLAIN
 ) -> tuple[Tensor, Tensor | None]:
     """Reference path: explicit logits, fusion, softmax. Can return the probabilities."""
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    logits, _ = fuse_scores(
-        logits,
-        None if mask is None else (mask.unsqueeze(1) if mask.dim() == 3 else mask),
-        attn_bias,
-        None if key_padding_mask is None else key_padding_mask[:, None, None, :],
-        mul=Fusion(fusion) is Fusion.mul,
-        bias_first=FusionOrder(fusion_order) is FusionOrder.bias_first,
-    )
+    pad = spec.key_padding_mask
+    pad4 = None if pad is None else pad[:, None, None, :]
+    logits, _ = fuse_scores(logits, spec.mask4d, spec.attn_bias, pad4, spec.mul, spec.bias_first)
     probs = logits.float().softmax(dim=-1).to(q.dtype)
-    dropped = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
-    return dropped @ v, (probs if return_attn else None)
+    dropped = F.dropout(probs, spec.dropout_p) if spec.dropout_p > 0 else probs
+    return dropped @ v, (probs if spec.return_attn else None)
 
 
 def sdpa_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Tensor | None = None,
-    fusion: Fusion | str = Fusion.mul,
-    fusion_order: FusionOrder | str = FusionOrder.mask_first,
-    key_padding_mask: Tensor | None = None,
-    attn_bias: Tensor | None = None,
-    dropout_p: float = 0.0,
-    return_attn: bool = False,
+    q: Tensor, k: Tensor, v: Tensor, spec: AttendSpec = PLAIN
 ) -> tuple[Tensor, Tensor | None]:
     """PyTorch SDPA. An additive M maps onto a float ``attn_mask``; a multiplicative one cannot."""
-    if return_attn:
+    if spec.return_attn:
         raise ValueError(
             "attention=sdpa cannot return attention probabilities; use attention=eager"
         )
-    if mask is not None and Fusion(fusion) is Fusion.mul:
+    if spec.mask is not None and spec.mul:
         raise ValueError(SDPA_MUL_ERROR)
-    attn_mask = None
-    if mask is not None:
-        attn_mask = mask.unsqueeze(1) if mask.dim() == 3 else mask
-    if attn_bias is not None:
-        attn_mask = attn_bias if attn_mask is None else attn_mask + attn_bias
-    if key_padding_mask is not None:
-        pad = key_padding_mask[:, None, None, :]
+    attn_mask, bias = spec.mask4d, spec.attn_bias
+    if bias is not None:
+        attn_mask = bias if attn_mask is None else attn_mask + bias
+    if spec.key_padding_mask is not None:
+        pad = spec.key_padding_mask[:, None, None, :]
         if attn_mask is None:
             attn_mask = torch.zeros(pad.shape, dtype=q.dtype, device=q.device)
         attn_mask = attn_mask.masked_fill(pad, float("-inf"))
     if attn_mask is not None:
         attn_mask = attn_mask.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=spec.dropout_p)
     return out, None
 
 
@@ -126,24 +100,14 @@ def _pad_to(x: Tensor, dim: int, length: int, value: float = 0.0) -> Tensor:
 
 
 def flex_attention_backend(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Tensor | None = None,
-    fusion: Fusion | str = Fusion.mul,
-    fusion_order: FusionOrder | str = FusionOrder.mask_first,
-    key_padding_mask: Tensor | None = None,
-    attn_bias: Tensor | None = None,
-    dropout_p: float = 0.0,
-    return_attn: bool = False,
+    q: Tensor, k: Tensor, v: Tensor, spec: AttendSpec = PLAIN
 ) -> tuple[Tensor, Tensor | None]:
     """Fused attention: ``torch.nn.attention.flex_attention`` with a score_mod that applies
     ``score ◇ M[b, q, k]``, the bias and the key padding, so logits are never materialised.
 
     flex has no attention-probability dropout; ``dropout_p`` is ignored (the module warns once).
     """
-    if return_attn:
+    if spec.return_attn:
         raise ValueError(
             "attention=flex cannot return attention probabilities; use attention=eager"
         )
@@ -151,19 +115,17 @@ def flex_attention_backend(
     nk = k.shape[2]
     pq, pk = math.ceil(nq / FLEX_PAD) * FLEX_PAD, math.ceil(nk / FLEX_PAD) * FLEX_PAD
     q, k, v = _pad_to(q, 2, pq), _pad_to(k, 2, pk), _pad_to(v, 2, pk)
-    pad = key_padding_mask
+    pad = spec.key_padding_mask
     if pad is None:
         pad = torch.zeros(B, nk, dtype=torch.bool, device=q.device)
     pad = _pad_to(pad, 1, pk, value=True)
-    mul = Fusion(fusion) is Fusion.mul
-    m = None
-    if mask is not None:
-        m = mask if mask.dim() == 4 else mask.unsqueeze(1)
+    mul, bias_first = spec.mul, spec.bias_first
+    m = spec.mask4d
+    if m is not None:
         m = _pad_to(_pad_to(m, 2, pq, 1.0 if mul else 0.0), 3, pk, 1.0 if mul else 0.0)
         m = fusion_input(m, q)  # a float32 M stays float32 (flex's scores are float32)
-    bias = None
-    if attn_bias is not None:
-        bias = attn_bias
+    bias = spec.attn_bias
+    if bias is not None:
         while bias.dim() < 4:
             bias = bias.unsqueeze(0)
         bias = fusion_input(_pad_to(_pad_to(bias, 2, pq), 3, pk), q)
@@ -171,8 +133,6 @@ def flex_attention_backend(
     m_per_head = m is not None and m.shape[1] > 1
     b_per_batch = bias is not None and bias.shape[0] > 1
     b_per_head = bias is not None and bias.shape[1] > 1
-
-    bias_first = FusionOrder(fusion_order) is FusionOrder.bias_first
 
     def score_mod(score, b, h, q_idx, kv_idx):
         if bias is not None and bias_first:
@@ -282,6 +242,9 @@ class RecordsAttention:
         """
         attend = self._attend
         want_probs = bool(return_attn or self.record)
+        spec = AttendSpec(
+            mask, self.fusion, self.fusion_order, key_padding_mask, attn_bias, dropout_p, want_probs
+        )
         if want_probs:
             attend = eager_attention
         elif self.attention.backend is Backend.flex and q.device.type == "cpu":
@@ -297,30 +260,13 @@ class RecordsAttention:
                     "the eager path (attention.flex_cpu_training=eager).",
                 )
                 attend = eager_attention
-        out, probs = attend(
-            q,
-            k,
-            v,
-            mask=mask,
-            fusion=self.fusion,
-            fusion_order=self.fusion_order,
-            key_padding_mask=key_padding_mask,
-            attn_bias=attn_bias,
-            dropout_p=dropout_p,
-            return_attn=want_probs,
-        )
+        out, probs = attend(q, k, v, spec)
         if self.record:
             unmasked = None
             if mask is not None:  # the same logits without M (diagnostics: entropy change)
                 with torch.no_grad():
-                    _, unmasked = eager_attention(
-                        q,
-                        k,
-                        v,
-                        key_padding_mask=key_padding_mask,
-                        attn_bias=attn_bias,
-                        return_attn=True,
-                    )
+                    plain = replace(spec, mask=None, dropout_p=0.0)
+                    _, unmasked = eager_attention(q, k, v, plain)
             self.recorded = {
                 "attn": probs.detach(),
                 "attn_unmasked": unmasked,

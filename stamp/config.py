@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class _StrEnum(str, Enum):
@@ -44,28 +48,22 @@ MaskType.has_generator_settings = property(
 )
 
 
-class Fusion(str, Enum):
+class Fusion(_StrEnum):
     """How the soft mask M is fused with the attention logits, before the softmax."""
 
     mul = "mul"  # softmax((QK^T / sqrt(d)) * M)   (paper default)
     add = "add"  # softmax((QK^T / sqrt(d)) + M)
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class MaskBound(str, Enum):
+class MaskBound(_StrEnum):
     """Optional bound on M. The paper leaves M unconstrained (``none``)."""
 
     none = "none"
     sigmoid = "sigmoid"  # M in (0, 1): a multiplicative mask can only damp a logit
     softplus = "softplus"  # M > 0: never flips a logit's sign
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class MaskInit(str, Enum):
+class MaskInit(_StrEnum):
     """Initialisation of the generator F (the paper does not specify one).
 
     ``torch``: PyTorch's default Linear init (reproduces the paper as written). Through a deep
@@ -83,11 +81,8 @@ class MaskInit(str, Enum):
     kaiming = "kaiming"
     identity = "identity"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class FusionOrder(str, Enum):
+class FusionOrder(_StrEnum):
     """Where an additive bias (causal, SwinBERT's sparse bias) enters relative to M.
 
     ``mask_first`` (this project's default): ``(logits ◇ M) + bias``. ``bias_first`` (the
@@ -98,11 +93,8 @@ class FusionOrder(str, Enum):
     mask_first = "mask_first"
     bias_first = "bias_first"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class GeneratorKind(str, Enum):
+class GeneratorKind(_StrEnum):
     """The form of the generator F (``mask.generator``).
 
     ``mlp`` (paper): a ReLU MLP from each query token to one logit per key *position*; its last
@@ -115,11 +107,8 @@ class GeneratorKind(str, Enum):
     mlp = "mlp"
     lowrank = "lowrank"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class LinearControl(str, Enum):
+class LinearControl(_StrEnum):
     """The form of the Table 3 "+Linear" control (``mask=extra_linear``), its
     ``mask.linear_control``.
 
@@ -132,11 +121,8 @@ class LinearControl(str, Enum):
     residual = "residual"
     plain = "plain"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class GlobalInput(str, Enum):
+class GlobalInput(_StrEnum):
     """What the single generator of ``mask=global`` reads (``mask.global_input``).
 
     ``encoder`` (default; the ACL paper's reading of "global"): M is computed once from the
@@ -148,11 +134,8 @@ class GlobalInput(str, Enum):
     encoder = "encoder"
     layer = "layer"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Backend(str, Enum):
+class Backend(_StrEnum):
     """Attention implementation (``attention=`` in the configs)."""
 
     eager = "eager"  # explicit logits; reference; can return attention probabilities
@@ -163,8 +146,48 @@ class Backend(str, Enum):
     # passes around the matmuls); the same blocks, nothing B·H·N² kept
     compiled_fused = "compiled_fused"
 
-    def __str__(self) -> str:
-        return self.value
+
+@dataclass(frozen=True)
+class AttendSpec:
+    """One attention call's inputs besides q, k and v: what every backend of
+    ``stamp.attention`` takes (``eager_attention(q, k, v, AttendSpec(mask=M))``).
+
+    Args:
+        mask: M (B, Nq, Nk), shared by the heads, or (B, H, Nq, Nk); None: no mask.
+        fusion: ``mul`` (paper) or ``add``.
+        fusion_order: where ``attn_bias`` enters relative to M.
+        key_padding_mask: (B, Nk) bool, True at padded keys.
+        attn_bias: an additive bias broadcastable to (B, H, Nq, Nk).
+        dropout_p: attention-probability dropout (0 outside training).
+        return_attn: also return the probabilities (B, H, Nq, Nk); the eager path only.
+    """
+
+    mask: Tensor | None = None
+    fusion: Fusion = Fusion.mul
+    fusion_order: FusionOrder = FusionOrder.mask_first
+    key_padding_mask: Tensor | None = None
+    attn_bias: Tensor | None = None
+    dropout_p: float = 0.0
+    return_attn: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fusion", Fusion(self.fusion))
+        object.__setattr__(self, "fusion_order", FusionOrder(self.fusion_order))
+
+    @property
+    def mul(self) -> bool:
+        return self.fusion is Fusion.mul
+
+    @property
+    def bias_first(self) -> bool:
+        """The bias enters before M (``FusionOrder.bias_first``, and there is a bias)."""
+        return self.attn_bias is not None and self.fusion_order is FusionOrder.bias_first
+
+    @property
+    def mask4d(self) -> Tensor | None:
+        """M with a head dim: (B, 1 | H, Nq, Nk)."""
+        m = self.mask
+        return m if m is None or m.dim() == 4 else m.unsqueeze(1)
 
 
 class _DefaultInit(str):

@@ -21,7 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from stamp.config import Fusion, FusionOrder
+from stamp.config import AttendSpec
+
+PLAIN = AttendSpec()  # no mask, no bias, no padding, no dropout
 
 # Elements of one block of logits (B·H·rows·Nk). Chosen on a 2-core x86 CPU (see
 # BENCHMARKS.md): big enough that the matmuls stay efficient, small enough that a block's few
@@ -333,14 +335,8 @@ def fused_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    spec: AttendSpec = PLAIN,
     *,
-    mask: Tensor | None = None,
-    fusion: Fusion | str = Fusion.mul,
-    fusion_order: FusionOrder | str = FusionOrder.mask_first,
-    key_padding_mask: Tensor | None = None,
-    attn_bias: Tensor | None = None,
-    dropout_p: float = 0.0,
-    return_attn: bool = False,
     block_elems: int | None = None,
     compiled: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
@@ -353,24 +349,22 @@ def fused_attention(
     identity stay visible). ``compiled``: the block bodies under ``torch.compile``
     (``attention=compiled_fused``, see ``compiled_fused_attention``).
     """
-    if return_attn:
+    if spec.return_attn:
         raise ValueError(
             "attention=fused cannot return attention probabilities; use attention=eager"
         )
     if block_elems is None and q.device.type != "cpu":
         block_elems = GPU_BLOCK_ELEMS
-    mul = Fusion(fusion) is Fusion.mul
-    bias_first = attn_bias is not None and FusionOrder(fusion_order) is FusionOrder.bias_first
     out = _FusedStampAttention.apply(
         q,
         k,
         v,
-        fusion_input(mask, q),
-        fusion_input(attn_bias, q),
-        key_padding_mask,
-        mul,
-        bias_first,
-        dropout_p,
+        fusion_input(spec.mask, q),
+        fusion_input(spec.attn_bias, q),
+        spec.key_padding_mask,
+        spec.mul,
+        spec.bias_first,
+        spec.dropout_p,
         block_elems,
         compiled,
     )
@@ -378,33 +372,9 @@ def fused_attention(
 
 
 def compiled_fused_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Tensor | None = None,
-    fusion: Fusion | str = Fusion.mul,
-    fusion_order: FusionOrder | str = FusionOrder.mask_first,
-    key_padding_mask: Tensor | None = None,
-    attn_bias: Tensor | None = None,
-    dropout_p: float = 0.0,
-    return_attn: bool = False,
-    block_elems: int | None = None,
+    q: Tensor, k: Tensor, v: Tensor, spec: AttendSpec = PLAIN, *, block_elems: int | None = None
 ) -> tuple[Tensor, Tensor | None]:
     """``attention=compiled_fused``: ``fused_attention`` with each block's forward and backward
     body compiled by ``torch.compile`` (the same loop, blocks and saved tensors: no
     B·H·Nq·Nk tensor is kept). The first call of each flag combination compiles (seconds)."""
-    return fused_attention(
-        q,
-        k,
-        v,
-        mask=mask,
-        fusion=fusion,
-        fusion_order=fusion_order,
-        key_padding_mask=key_padding_mask,
-        attn_bias=attn_bias,
-        dropout_p=dropout_p,
-        return_attn=return_attn,
-        block_elems=block_elems,
-        compiled=True,
-    )
+    return fused_attention(q, k, v, spec, block_elems=block_elems, compiled=True)

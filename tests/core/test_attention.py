@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from stamp import (
+    AttendSpec,
     AttentionConfig,
     StampAttention,
     eager_attention,
@@ -47,7 +48,7 @@ def test_eager_matches_hand_written_formula(nq, nk):
     q, k, v = qkv(nq, nk)
     m, pad = soft_mask(nq, nk), padding(nk)
     out, probs = eager_attention(
-        q, k, v, mask=m, fusion="mul", key_padding_mask=pad, return_attn=True
+        q, k, v, AttendSpec(mask=m, fusion="mul", key_padding_mask=pad, return_attn=True)
     )
     logits = torch.einsum("bhqd,bhkd->bhqk", q, k) / D_HEAD**0.5 * m[:, None]
     logits = logits.masked_fill(pad[:, None, None], float("-inf"))
@@ -62,8 +63,12 @@ def test_sdpa_additive_matches_eager_outputs_and_gradients(nq, nk):
     q, k, v = qkv(nq, nk)
     m, pad = soft_mask(nq, nk), padding(nk)
     bias = torch.randn(1, 1, nq, nk, dtype=torch.float64)
-    ref, _ = eager_attention(q, k, v, mask=m, fusion="add", key_padding_mask=pad, attn_bias=bias)
-    out, _ = sdpa_attention(q, k, v, mask=m, fusion="add", key_padding_mask=pad, attn_bias=bias)
+    ref, _ = eager_attention(
+        q, k, v, AttendSpec(mask=m, fusion="add", key_padding_mask=pad, attn_bias=bias)
+    )
+    out, _ = sdpa_attention(
+        q, k, v, AttendSpec(mask=m, fusion="add", key_padding_mask=pad, attn_bias=bias)
+    )
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
     for g_out, g_ref in zip(grads(out, q, k, v, m), grads(ref, q, k, v, m), strict=True):
         torch.testing.assert_close(g_out, g_ref, atol=1e-6, rtol=1e-6)
@@ -72,7 +77,7 @@ def test_sdpa_additive_matches_eager_outputs_and_gradients(nq, nk):
 def test_sdpa_refuses_multiplicative_mask_with_guidance():
     q, k, v = qkv(4, 4)
     with pytest.raises(ValueError, match="attention=flex.*mask.fusion=add"):
-        sdpa_attention(q, k, v, mask=soft_mask(4, 4), fusion="mul")
+        sdpa_attention(q, k, v, AttendSpec(mask=soft_mask(4, 4), fusion="mul"))
 
 
 @pytest.mark.parametrize(
@@ -99,10 +104,10 @@ def test_flex_forward_matches_eager(nq, nk, fusion, compiled, monkeypatch):
     bias = torch.randn(B, 1, nq, nk)
     with torch.no_grad():
         ref, _ = eager_attention(
-            q, k, v, mask=m, fusion=fusion, key_padding_mask=pad, attn_bias=bias
+            q, k, v, AttendSpec(mask=m, fusion=fusion, key_padding_mask=pad, attn_bias=bias)
         )
         out, _ = flex_attention_backend(
-            q, k, v, mask=m, fusion=fusion, key_padding_mask=pad, attn_bias=bias
+            q, k, v, AttendSpec(mask=m, fusion=fusion, key_padding_mask=pad, attn_bias=bias)
         )
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
@@ -114,8 +119,10 @@ def test_flex_gradients_match_eager_on_gpu(fusion):
     q, k, v = (t.detach().float().cuda().requires_grad_() for t in qkv(33, 40))
     m = soft_mask(33, 40).detach().float().cuda().requires_grad_()
     pad = padding(40).cuda()
-    ref, _ = eager_attention(q, k, v, mask=m, fusion=fusion, key_padding_mask=pad)
-    out, _ = flex_attention_backend(q, k, v, mask=m, fusion=fusion, key_padding_mask=pad)
+    ref, _ = eager_attention(q, k, v, AttendSpec(mask=m, fusion=fusion, key_padding_mask=pad))
+    out, _ = flex_attention_backend(
+        q, k, v, AttendSpec(mask=m, fusion=fusion, key_padding_mask=pad)
+    )
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-3)
     for g_out, g_ref in zip(grads(out, q, k, v, m), grads(ref, q, k, v, m), strict=True):
         torch.testing.assert_close(g_out, g_ref, atol=1e-3, rtol=1e-3)
@@ -133,8 +140,8 @@ def test_identity_masks_equal_plain_attention():
         ),
     )
     ones, zeros = torch.ones(B, 6, 6, dtype=q.dtype), torch.zeros(B, 6, 6, dtype=q.dtype)
-    mul, _ = eager_attention(q, k, v, mask=ones, fusion="mul", key_padding_mask=pad)
-    add, _ = eager_attention(q, k, v, mask=zeros, fusion="add", key_padding_mask=pad)
+    mul, _ = eager_attention(q, k, v, AttendSpec(mask=ones, fusion="mul", key_padding_mask=pad))
+    add, _ = eager_attention(q, k, v, AttendSpec(mask=zeros, fusion="add", key_padding_mask=pad))
     torch.testing.assert_close(mul, plain)
     torch.testing.assert_close(add, plain)
 
@@ -145,7 +152,7 @@ def test_padding_after_fusion_avoids_nan_for_zero_and_negative_masks():
     m = torch.zeros(B, 4, 6, dtype=q.dtype)
     m[..., 0] = -3.0
     out, probs = eager_attention(
-        q, k, v, mask=m, fusion="mul", key_padding_mask=pad, return_attn=True
+        q, k, v, AttendSpec(mask=m, fusion="mul", key_padding_mask=pad, return_attn=True)
     )
     assert torch.isfinite(out).all()
     assert torch.all(probs.masked_select(pad[:, None, None].expand_as(probs)) == 0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stamp import AttentionConfig, StampAttention, eager_attention, fused
+from stamp import AttendSpec, AttentionConfig, StampAttention, eager_attention, fused
 from stamp.attention import ATTENTION_BACKENDS
 from stamp.config import Backend
 from stamp.fused import blocks, compiled_fused_attention
@@ -46,10 +46,8 @@ def run(fn, named: dict[str, torch.Tensor], fusion: str, order: str, pad: torch.
     m = named.get("m")
     if m is None:
         m = named["f"] @ named["g"].transpose(-2, -1)
-    out, _ = fn(
-        named["q"], named["k"], named["v"], mask=m, fusion=fusion, fusion_order=order,
-        key_padding_mask=pad, attn_bias=named["bias"],
-    )  # fmt: skip
+    spec = AttendSpec(m, fusion, order, key_padding_mask=pad, attn_bias=named["bias"])
+    out, _ = fn(named["q"], named["k"], named["v"], spec)
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=F64)
     (out.nan_to_num() * weight).sum().backward()
     return {"out": out, **{f"d{k}": t.grad for k, t in named.items()}}
@@ -68,7 +66,7 @@ def test_compiled_variant_wraps_the_fused_block_bodies(monkeypatch):
     monkeypatch.setattr(fused, "_block_fns", lambda compiled: calls.append(compiled) or (
         fused._forward_block, fused._backward_block))  # fmt: skip
     q = torch.randn(1, 2, 4, 3, requires_grad=True)
-    compiled_fused_attention(q, q, q, mask=torch.randn(1, 4, 4))[0].sum().backward()
+    compiled_fused_attention(q, q, q, AttendSpec(mask=torch.randn(1, 4, 4)))[0].sum().backward()
     assert calls == [True, True]  # forward and backward
 
 

@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from stamp import AttentionConfig, MaskConfig, MaskGenerator, StampAttention, eager_attention
+from stamp import (
+    AttendSpec,
+    AttentionConfig,
+    MaskConfig,
+    MaskGenerator,
+    StampAttention,
+    eager_attention,
+)
 from stamp.fused import blocks, fused_attention
 
 F64 = torch.float64
@@ -33,10 +40,7 @@ def case(nq, nk, per_head, full_pad, B=2, H=3, d=4, seed=1):
 def outputs_and_grads(fn, leaves, pad, weight, fusion, order, **kw):
     leaves = [t.detach().clone().requires_grad_() for t in leaves]
     q, k, v, m, bias = leaves
-    out, _ = fn(
-        q, k, v, mask=m, fusion=fusion, fusion_order=order, key_padding_mask=pad,
-        attn_bias=bias, **kw,
-    )  # fmt: skip
+    out, _ = fn(q, k, v, AttendSpec(m, fusion, order, key_padding_mask=pad, attn_bias=bias), **kw)
     (out.nan_to_num() * weight).sum().backward()
     return [out] + [t.grad for t in leaves]
 
@@ -80,10 +84,8 @@ def test_fused_gradcheck(fusion, order):
     pad = torch.tensor([[False, False, False, True], [False] * 4])
 
     def f(q, k, v, m, bias):
-        return fused_attention(
-            q, k, v, mask=m, attn_bias=bias, fusion=fusion, fusion_order=order,
-            key_padding_mask=pad, block_elems=2 * 2 * 4 * 2,
-        )[0]  # fmt: skip
+        spec = AttendSpec(m, fusion, order, key_padding_mask=pad, attn_bias=bias)
+        return fused_attention(q, k, v, spec, block_elems=2 * 2 * 4 * 2)[0]
 
     assert gradcheck(f, (q, k, v, m, bias))
 
@@ -101,7 +103,7 @@ def test_fused_keeps_no_quadratic_tensor():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fused_attention(q, k, v, mask=m, block_elems=n * 8)
+        fused_attention(q, k, v, AttendSpec(mask=m), block_elems=n * 8)
     assert sizes and max(sizes) <= B * n * n < B * H * n * n
     assert len(blocks(B, H, n, n, n * 8)) == B * H * 8
 
@@ -142,18 +144,20 @@ def test_fused_dropout_statistics_and_backward():
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 1, 4, 3, dtype=F64) for _ in range(3))
     m = torch.rand(1, 4, 4, dtype=F64)
-    plain = fused_attention(q, k, v, mask=m)[0]
-    runs = torch.stack([fused_attention(q, k, v, mask=m, dropout_p=0.3)[0] for _ in range(2000)])
+    plain = fused_attention(q, k, v, AttendSpec(mask=m))[0]
+    runs = torch.stack(
+        [fused_attention(q, k, v, AttendSpec(mask=m, dropout_p=0.3))[0] for _ in range(2000)]
+    )
     torch.testing.assert_close(runs.mean(0), plain, atol=0.05, rtol=0.05)
     # one dropout sample: out is linear in v, so d(sum out)/dv from autograd equals the
     # finite difference of the same sample (same seed -> same mask)
     v = v.clone().requires_grad_()
     torch.manual_seed(5)
-    out = fused_attention(q, k, v, mask=m, dropout_p=0.5)[0]
+    out = fused_attention(q, k, v, AttendSpec(mask=m, dropout_p=0.5))[0]
     out.sum().backward()
     torch.manual_seed(5)
     with torch.no_grad():
-        shifted = fused_attention(q, k, v + 1.0, mask=m, dropout_p=0.5)[0]
+        shifted = fused_attention(q, k, v + 1.0, AttendSpec(mask=m, dropout_p=0.5))[0]
     # out(v + 1) - out(v) = P_drop @ 1 per row; summed: sum of dv
     torch.testing.assert_close((shifted - out.detach()).sum(), v.grad.sum() / 1.0)
 
@@ -181,9 +185,9 @@ def test_module_fused_equals_eager_and_routes_probabilities():
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
     out, probs = mods["fused"](x, ctx, mask=m, return_attn=True)
     assert probs.shape == (2, 4, 5, 7)
+    t = torch.randn(1, 1, 2, 2)
     with pytest.raises(ValueError, match="fused cannot return"):
-        fused_attention(torch.randn(1, 1, 2, 2), torch.randn(1, 1, 2, 2),
-                        torch.randn(1, 1, 2, 2), return_attn=True)  # fmt: skip
+        fused_attention(t, t, t, AttendSpec(return_attn=True))
 
 
 def test_attention_config_accepts_fused():

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from stamp import (
+    AttendSpec,
     LowRankMaskGenerator,
     MaskConfig,
     MaskGenerator,
@@ -127,29 +128,29 @@ def test_per_head_mask_on_every_backend():
     pad = torch.zeros(B, N, dtype=torch.bool)
     pad[1, -2:] = True
     for fusion in ("mul", "add"):
-        ref, _ = eager_attention(q, k, v, mask=m, fusion=fusion, key_padding_mask=pad)
+        ref, _ = eager_attention(q, k, v, AttendSpec(mask=m, fusion=fusion, key_padding_mask=pad))
         per_head_loop = torch.stack(
             [
                 eager_attention(
                     q[:, i : i + 1],
                     k[:, i : i + 1],
                     v[:, i : i + 1],
-                    mask=m[:, i],
-                    fusion=fusion,
-                    key_padding_mask=pad,
+                    AttendSpec(mask=m[:, i], fusion=fusion, key_padding_mask=pad),
                 )[0][:, 0]
                 for i in range(H)
             ],
             dim=1,
         )
         torch.testing.assert_close(ref, per_head_loop)
-        out, _ = fused_attention(q, k, v, mask=m, fusion=fusion, key_padding_mask=pad)
+        out, _ = fused_attention(q, k, v, AttendSpec(mask=m, fusion=fusion, key_padding_mask=pad))
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
         with torch.no_grad():
-            out, _ = flex_attention_backend(q, k, v, mask=m, fusion=fusion, key_padding_mask=pad)
+            out, _ = flex_attention_backend(
+                q, k, v, AttendSpec(mask=m, fusion=fusion, key_padding_mask=pad)
+            )
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    out, _ = sdpa_attention(q, k, v, mask=m, fusion="add", key_padding_mask=pad)
-    ref, _ = eager_attention(q, k, v, mask=m, fusion="add", key_padding_mask=pad)
+    out, _ = sdpa_attention(q, k, v, AttendSpec(mask=m, fusion="add", key_padding_mask=pad))
+    ref, _ = eager_attention(q, k, v, AttendSpec(mask=m, fusion="add", key_padding_mask=pad))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 

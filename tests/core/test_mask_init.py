@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stamp import MaskConfig, MaskGenerator, StampEncoder, eager_attention
+from stamp import AttendSpec, MaskConfig, MaskGenerator, StampEncoder, eager_attention
 from stamp.diagnostics import token_dependence
 
 
@@ -70,9 +70,13 @@ def test_bias_first_fusion_order_is_the_rebuttal_formula() -> None:
         ("mask_first", logits * m[:, None] + bias),
         ("bias_first", (logits + bias) * m[:, None]),
     ):
-        out, _ = eager_attention(q, k, v, mask=m, fusion="mul", fusion_order=order, attn_bias=bias)
+        out, _ = eager_attention(
+            q, k, v, AttendSpec(mask=m, fusion="mul", fusion_order=order, attn_bias=bias)
+        )
         torch.testing.assert_close(out, expected.softmax(-1) @ v)
     # without a bias, or with fusion=add, the order does not matter
-    a, _ = eager_attention(q, k, v, mask=m, fusion="add", fusion_order="bias_first", attn_bias=bias)
-    b, _ = eager_attention(q, k, v, mask=m, fusion="add", attn_bias=bias)
+    a, _ = eager_attention(
+        q, k, v, AttendSpec(mask=m, fusion="add", fusion_order="bias_first", attn_bias=bias)
+    )
+    b, _ = eager_attention(q, k, v, AttendSpec(mask=m, fusion="add", attn_bias=bias))
     torch.testing.assert_close(a, b)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from stamp import MaskConfig, MaskGenerator, eager_attention
+from stamp import AttendSpec, MaskConfig, MaskGenerator, eager_attention
 from stamp import fused as fused_module
 from stamp.fused import fuse_scores, fused_attention
 
@@ -87,7 +87,7 @@ def test_backends_fuse_a_float32_mask_in_float32(backend, monkeypatch):
     attend = fused_attention if backend == "fused" else eager_attention
     with torch.autocast("cpu", dtype=BF16):
         m = gen(x)
-        attend(q, k, v, mask=m)
+        attend(q, k, v, AttendSpec(mask=m))
     s, logits = seen[0]
     assert s.dtype == torch.float32
     ref = logits.double() * (m.double()[:, None] - 1)

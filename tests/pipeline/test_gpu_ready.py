@@ -4,6 +4,7 @@ check happens when training starts; every task's tiny experiment trains under bf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -115,8 +116,8 @@ def test_gpu_check_attention_on_cpu(tmp_path):
     assert {"out", "dq", "dk", "dv", "dm", "dbias"} <= grads
     assert {"df", "dg"} <= set(results[6].detail["fused"])  # the low-rank case
 
-    def wrong(q, k, v, **kw):  # drops the bias: must be caught
-        return gpu_check.eager_attention(q, k, v, **{**kw, "attn_bias": None})
+    def wrong(q, k, v, spec):  # drops the bias: must be caught
+        return gpu_check.eager_attention(q, k, v, dataclasses.replace(spec, attn_bias=None))
 
     gpu_check.ATTENTION_BACKENDS["wrong"] = wrong
     try:
