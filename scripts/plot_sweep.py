@@ -3,6 +3,7 @@
     python train.py -m experiment=demo_positions                  # points x variants x seeds
     python scripts/plot_sweep.py outputs/demo/multiruns/<time> --x point --out positions.png
     python scripts/plot_sweep.py <dirs> --x data.num_train --line variant --metric val/acc
+    python scripts/plot_sweep.py <dirs> --x epoch --metric val/MR-full-mAP   # learning curves
 
 Reads every finished results.json under the given run / sweep directories (runs of several
 sweeps may be mixed: the shared default point of issue 29's demo sweeps is run once), groups the
@@ -10,7 +11,10 @@ runs by the resolved config value at ``--x`` (a dotted path into the run's confi
 as numbers: ``data.visual_len.1``; ``point`` for the named points of an experiment file) and by
 the value at ``--line`` (default ``variant``), and draws mean ± std (sample std over seeds) per
 group. Numeric x values are plotted on a numeric axis, others as categories in the order of
-``--order`` (default: sorted, ``default`` first). Writes the PNG, <out>.json (the plotted numbers)
+``--order`` (default: sorted, ``default`` first). ``--x epoch`` draws learning curves instead:
+each run's validations from its ``csv/metrics.csv`` (``logger=csv``), the epochs before
+``trainer.max_epochs`` (the row at ``max_epochs`` is the final evaluation of the kept
+checkpoint, not a training epoch). Writes the PNG, <out>.json (the plotted numbers)
 and <out>.md (a markdown table: one row per line, one column per x value) and prints the table.
 The papers' figures have their own scripts: plot_depth_sweep.py adds the paper's points,
 plot_sparsity_sweep.py draws one line per metric (with this script's ``plot``).
@@ -50,12 +54,33 @@ def sweep_stats(
     """line value -> x value -> Stat of ``metric`` over the finished runs (seeds)."""
     values: dict[str, dict[Any, list[float]]] = {}
     for r in records:
-        value = (r.get("metrics") or {}).get(metric)
-        if r.get("status", "ok") != "ok" or value is None:
+        if r.get("status", "ok") != "ok":
             continue
+        if x == "epoch":
+            points = validation_history(r, metric)
+        else:
+            value = (r.get("metrics") or {}).get(metric)
+            points = [] if value is None else [(config_value(r, x), float(value))]
         by_x = values.setdefault(str(config_value(r, line)), {})
-        by_x.setdefault(config_value(r, x), []).append(float(value))
-    return {name: {k: Stat.of(v) for k, v in by_x.items()} for name, by_x in values.items()}
+        for k, value in points:
+            by_x.setdefault(k, []).append(value)
+    return {name: {k: Stat.of(v) for k, v in by_x.items()} for name, by_x in values.items() if by_x}
+
+
+def validation_history(record: dict[str, Any], metric: str) -> list[tuple[int, float]]:
+    """(epoch, value) of each validation of ``metric`` in the run's ``csv/metrics.csv``, the
+    epochs before ``trainer.max_epochs`` only (see the module docstring)."""
+    import pandas as pd
+
+    path = Path(record["results_file"]).parent / "csv" / "metrics.csv"
+    if not path.is_file():
+        raise KeyError(f"{path.parent.parent}: no csv/metrics.csv (--x epoch needs logger=csv)")
+    rows = pd.read_csv(path)
+    if metric not in rows:
+        return []
+    rows = rows.dropna(subset=[metric])
+    rows = rows[rows["epoch"] < config_value(record, "trainer.max_epochs")]
+    return [(int(e), float(v)) for e, v in zip(rows["epoch"], rows[metric], strict=True)]
 
 
 def x_order(stats: dict[str, dict[Any, Stat]], order: list[str] | None) -> list[Any]:

@@ -72,3 +72,24 @@ def test_one_run_shows_no_spread(sweep):
     proc = run_script(["scripts/plot_sweep.py", str(tmp_path), "--x", "point", "--out", str(out)])
     assert proc.returncode == 0, proc.stderr
     assert "| global-mlp | 0.600 ± 0.100 (3) | 0.900 (1) |" in proc.stdout
+
+
+def test_learning_curves_from_the_csv_log(tmp_path):
+    """--x epoch: each run's validations before max_epochs (the row at max_epochs is the final
+    evaluation of the kept checkpoint), mean ± std per epoch over the seeds."""
+    header = "epoch,step,train/loss,val/acc\n"
+    logs = {0: "0,9,1.0,\n1,19,,0.5\n3,39,,0.7\n4,40,,0.9\n", 1: "1,19,,0.7\n3,39,,0.8\n4,40,,1\n"}
+    for seed, rows in logs.items():
+        run = tmp_path / f"none-{seed}"
+        (run / "csv").mkdir(parents=True)
+        (run / "csv" / "metrics.csv").write_text(header + rows)
+        config = {"variant": "none", "trainer": {"max_epochs": 4}}
+        record = {"status": "ok", "run_dir": "/moved/elsewhere", "config": config}
+        (run / "results.json").write_text(json.dumps(record))
+    out = tmp_path / "curves.png"
+    proc = run_script(["scripts/plot_sweep.py", str(tmp_path), "--x", "epoch", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    assert "| none | 0.600 ± 0.141 (2) | 0.750 ± 0.071 (2) |" in proc.stdout
+    (tmp_path / "none-1" / "csv" / "metrics.csv").unlink()
+    proc = run_script(["scripts/plot_sweep.py", str(tmp_path), "--x", "epoch", "--out", str(out)])
+    assert proc.returncode != 0 and "--x epoch needs logger=csv" in proc.stderr

@@ -123,7 +123,8 @@ def read_record(file: str | Path) -> dict[str, Any] | None:
 
 def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """All readable results.json under the given run / sweep directories (or the files
-    themselves); unreadable ones are skipped with a warning naming the file."""
+    themselves), each with ``results_file``, the path it was read from; unreadable ones are
+    skipped with a warning naming the file."""
     records = []
     for path in paths:
         path = Path(path)
@@ -133,6 +134,7 @@ def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             if record is None:
                 continue
             record.setdefault("run_dir", str(file.parent))
+            record["results_file"] = str(file)  # where it was read (the run may have moved)
             records.append(record)
     return records
 
