@@ -142,9 +142,9 @@ def plot(
             linestyle="--" if name == "none" else "-",
             label="full attention" if name == "none" else name,
         )
-    if numeric:
+    if numeric and len(xs) <= 12:  # a tick per swept value; learning curves: matplotlib's
         ax.set_xticks(xs, [str(k) for k in xs])
-    else:
+    elif not numeric:
         ax.set_xticks(range(len(xs)), [str(k) for k in xs])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")

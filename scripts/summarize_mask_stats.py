@@ -69,12 +69,13 @@ def summarize(
                 order.append(key)
             for stat in columns:
                 value = stats[name].get(stat)
-                if value is not None:
-                    cells[key][stat].append(float(value))
+                cells[key][stat] += [] if value is None else [float(value)]
     header = ["row", "layer", "runs", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, name in order:
         values = cells[(row, name)]
+        if not any(values.values()):  # a layer without these statistics (cross-attention)
+            continue
         lines.append(
             "| "
             + " | ".join([row, name, str(runs[row])] + [_cell(values[c]) for c in columns])

@@ -33,6 +33,7 @@ def test_relevance_columns(tmp_path, capsys):
     records = [_record(0, 0.1), _record(1, 0.3)]
     for record, share in zip(records, (0.5, 0.7), strict=True):
         record["mask_stats"]["l0"].update(M_relevant=1.0, share_relevant=share)
+        record["mask_stats"]["cross"] = {"mean_abs": 1.0}  # no relevance labels: not listed
     for i, record in enumerate(records):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "results.json").write_text(json.dumps(record))
@@ -42,3 +43,4 @@ def test_relevance_columns(tmp_path, capsys):
     cells = dict(zip(header, [c.strip() for c in lines[2].strip("|").split("|")], strict=True))
     assert cells["M_relevant"] == "1.000 ± 0.000" and cells["share_relevant"] == "0.600 ± 0.141"
     assert cells["M_irrelevant"] == "" and "token_dependence" not in cells
+    assert len(lines) == 3  # header, rule, one row: each (row, layer) once
