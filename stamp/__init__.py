@@ -63,8 +63,8 @@ from stamp.plan import MaskPlan, check_mask_backend, full_attention, mask_memory
 from stamp.record import record_attention
 
 __all__ = [
-    "AttendSpec",
     "ATTENTION_BACKENDS",
+    "AttendSpec",
     "AttentionConfig",
     "Backend",
     "DropPath",
