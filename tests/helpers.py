@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from omegaconf import DictConfig
 
 from tasks.common.runtime.compose import CONFIG_DIR, ROOT, compose_config, without_hydra
@@ -120,3 +122,14 @@ def mad_ad_overrides(tmp_path: Path, max_epochs: int) -> list[str]:
         "module.max_new_tokens=4",
         f"trainer.max_epochs={max_epochs}",
     ]
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """One torch thread per test. A folder's conftest imports this to make it autouse there:
+    on a shared 2-core machine, two threads per process oversubscribe the cores and a 0.07 s
+    training step can take seconds."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

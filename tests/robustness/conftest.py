@@ -6,20 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.helpers import DEMO_TINY, compose_cfg, run_cfg
+from tests.helpers import (
+    DEMO_TINY,
+    compose_cfg,
+    run_cfg,
+    single_torch_thread,  # noqa: F401  (autouse in this folder)
+)
 
 ANN = Path(__file__).resolve().parents[2] / "data" / "qvhighlights"
 DEMO = [*DEMO_TINY, "callbacks.progress_bar.refresh_rate=0", "mask=multilayer"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
